@@ -1,0 +1,46 @@
+# CodeGen-MCP — `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8765
+PYTEST_ARGS ?=
+KIND_CLUSTER ?= codegen-mcp
+IMAGE_TAG ?= dev
+
+.DEFAULT_GOAL := help
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(VENV)/.installed ## Create .venv and install the project with all extras (idempotent)
+
+run: install ## Install, then serve MCP on http://$(HOST):$(PORT)/mcp and /sse (local backend)
+	$(BIN)/codegen-mcp serve --backend local --host $(HOST) --port $(PORT)
+
+test: install ## Install, then run every test that can run on this machine
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install ## ruff, ruff format --check, mypy --strict, import-linter
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+fmt: install ## Format and autofix
+	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench
+
+bench: install ## Print round-trip figures (coordinator vs a bare MCP server)
+	$(BIN)/python bench/roundtrip.py
+
+.PHONY: help install run test lint fmt bench

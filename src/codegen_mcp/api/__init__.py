@@ -1,0 +1,1 @@
+"""Models, errors and constants shared by every component (imports no component)."""

@@ -1,0 +1,108 @@
+"""`codegen-mcp serve`: run the coordinator over HTTP (/mcp and /sse) or stdio."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from codegen_mcp.coordinator.settings import CoordinatorSettings, LocalBackendSettings
+
+
+def parse_settings(argv: list[str] | None) -> tuple[CoordinatorSettings, str]:
+    parser = argparse.ArgumentParser(
+        prog="codegen-mcp serve",
+        description="Serve per-session Python sandboxes to MCP clients. Flags override CODEGEN_* variables.",
+    )
+    parser.add_argument("--backend", choices=["local", "kubernetes"], help="where sandboxes run (default: local)")
+    parser.add_argument("--transport", choices=["http", "stdio"], help="http serves /mcp and /sse (default: http)")
+    parser.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on; 0 picks a free one (default: 8765)")
+    parser.add_argument("--state-dir", type=Path, help="local backend: workspaces and logs (default: ./.codegen-mcp)")
+    parser.add_argument("--audit-log", type=Path, help="JSON-lines audit log (default: <state-dir>/audit.jsonl)")
+    parser.add_argument("--sandbox", choices=["auto", "bwrap", "none"], help="local backend: how code is confined")
+    parser.add_argument("--idle-timeout", type=float, help="close sessions idle this many seconds (default: 1800)")
+    parser.add_argument("--allowed-host", action="append", default=None, help="extra accepted Host header (repeat)")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING… (default: INFO)")
+    ns = parser.parse_args(argv)
+
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "backend": ns.backend,
+            "transport": ns.transport,
+            "host": ns.host,
+            "port": ns.port,
+            "state_dir": ns.state_dir,
+            "audit_log": ns.audit_log,
+            "session_idle_timeout_s": ns.idle_timeout,
+            "allowed_hosts": ns.allowed_host,
+        }.items()
+        if v is not None
+    }
+    settings = CoordinatorSettings(**overrides)
+    if ns.sandbox is not None:
+        settings.local = LocalBackendSettings(sandbox=ns.sandbox)
+    return settings, ns.log_level
+
+
+async def serve_http(settings: CoordinatorSettings, log_level: str) -> None:
+    import uvicorn
+
+    from codegen_mcp.coordinator.server import create_app
+
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.port))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(settings),
+        log_level=log_level.lower(),
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    async with asyncio.timeout(60):
+        while not server.started:
+            if serving.done():
+                await serving
+                return
+            await asyncio.sleep(0.02)
+    host = f"[{settings.host}]" if family == socket.AF_INET6 else settings.host
+    print(f"LISTENING http://{host}:{port}", flush=True)
+    logging.getLogger("codegen_mcp").info(
+        "MCP endpoints: http://%s:%d/mcp (streamable HTTP), http://%s:%d/sse (SSE)", host, port, host, port
+    )
+    await serving
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings, log_level = parse_settings(argv)
+    logging.basicConfig(
+        level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if settings.backend == "kubernetes":
+        try:
+            import kubernetes_asyncio  # noqa: F401
+        except ImportError:
+            sys.exit("the kubernetes backend needs the operator extra: pip install 'codegen-mcp[all]'")
+    try:
+        if settings.transport == "stdio":
+            from codegen_mcp.coordinator.server import serve_stdio
+
+            asyncio.run(serve_stdio(settings))
+        else:
+            asyncio.run(serve_http(settings, log_level))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""The backend interface: open a sandbox for an MCP session, keep it alive, close it."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from codegen_mcp.coordinator.agent_client import AgentClient
+
+
+@dataclass(eq=False)
+class Sandbox:
+    """A running agent serving one session's workspace."""
+
+    sandbox_id: str
+    client: AgentClient
+    where: str  # human-readable location: a workspace folder, or namespace/name of a resource
+    alive: bool = True
+    exit_reason: str | None = None  # why it stopped, once it did
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    name: str
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Prepare the backend (probe isolation, connect to the cluster)."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Stop every sandbox this process started and release resources."""
+
+    @abstractmethod
+    async def open(self, session_key: str) -> Sandbox:
+        """Create (or find again) the sandbox of an MCP session and return it once its agent is ready."""
+
+    @abstractmethod
+    async def revive(self, sandbox: Sandbox) -> Sandbox:
+        """Return a working sandbox on the same workspace after `sandbox` stopped (restart or reconnect)."""
+
+    @abstractmethod
+    async def close(self, sandbox: Sandbox) -> None:
+        """End a session's sandbox (its workspace is kept or removed as configured)."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """One line for logs: the backend and the isolation in force."""
+
+    async def touch(self, sandbox: Sandbox) -> None:  # noqa: B027 - optional hook, default does nothing
+        """Note activity on a sandbox (the kubernetes backend records it for idle expiry)."""

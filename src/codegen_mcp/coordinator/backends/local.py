@@ -1,0 +1,315 @@
+"""The local backend: each sandbox is an agent process on this machine with its own workspace folder.
+
+Layout under the state directory (created 0700):
+
+    sessions/<sandbox_id>/workspace/   the session's files (and its venv in .venv/)
+    sessions/<sandbox_id>/agent.sock   the agent's Unix socket (TCP loopback when the path is too long)
+    sessions/<sandbox_id>/agent.log    the agent's own log
+
+The agent is trusted code and runs as this user; the code it runs is confined by the agent (bubblewrap
+namespaces when they work here, rlimits always, a per-session uid when we are root). The coordinator probes
+bubblewrap once at start-up, logs what is in force and tells every agent, so agents skip their own probe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import os
+import secrets
+import shutil
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from codegen_mcp.api.errors import SandboxUnavailable
+from codegen_mcp.coordinator.agent_client import AgentClient, AgentEndpoint
+from codegen_mcp.coordinator.backends.base import Backend, Sandbox
+from codegen_mcp.coordinator.settings import CoordinatorSettings
+
+log = logging.getLogger(__name__)
+
+# sockaddr_un.sun_path is 108 bytes on Linux; beyond that we fall back to TCP on loopback.
+_MAX_UNIX_SOCKET_PATH = 100
+_LISTENING = "LISTENING "
+
+
+@dataclass
+class _Process:
+    proc: asyncio.subprocess.Process
+    watcher: asyncio.Task[None]
+    drain: asyncio.Task[None] | None
+
+
+def _parent_death_signal() -> None:
+    """Runs in the agent child before exec: if the coordinator dies, the agent gets SIGTERM."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name:
+        libc = ctypes.CDLL(libc_name, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+async def probe_bwrap(uid: int | None) -> str | None:
+    """Return None when bubblewrap can sandbox a process here (as `uid`), else the reason it cannot."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return "bwrap is not installed"
+
+    def drop() -> None:
+        if uid is not None:
+            os.setgid(uid)
+            os.setuid(uid)
+
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            bwrap,
+            "--unshare-all",
+            "--die-with-parent",
+            "--ro-bind",
+            "/",
+            "/",
+            "--",
+            "/bin/true",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            preexec_fn=drop,  # noqa: PLW1509 - a tiny, async-signal-safe uid drop
+        )
+        async with asyncio.timeout(10):
+            _, err = await proc.communicate()
+    except (OSError, TimeoutError) as exc:
+        return f"bwrap could not start ({exc})"
+    if proc.returncode != 0:
+        return f"bwrap failed: {err.decode(errors='replace').strip()[:200]}"
+    return None
+
+
+def _tail(path: Path, limit: int = 4000) -> str:
+    try:
+        return path.read_bytes()[-limit:].decode(errors="replace")
+    except OSError:
+        return "(no agent log)"
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def __init__(self, settings: CoordinatorSettings) -> None:
+        self._settings = settings
+        self._local = settings.local
+        self._root = settings.state_dir.resolve()
+        self._sessions_dir = self._root / "sessions"
+        self._procs: dict[str, _Process] = {}
+        self._uids: dict[str, int] = {}
+        self._next_slot = 0
+        self._sandbox_mode = "none"
+        self._isolation = "rlimits"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._root.mkdir(parents=True, exist_ok=True)
+        # Traverse-only for others: each session's uid must reach its own workspace (which the agent makes
+        # 0700 and owned by that uid), but nobody may list the sessions.
+        self._sessions_dir.mkdir(mode=0o711, exist_ok=True)
+        os.chmod(self._sessions_dir, 0o711)
+        self._check_traversable(self._sessions_dir)
+        probe_uid = self._local.sandbox_uid_base if os.geteuid() == 0 else None
+        reason: str | None
+        if self._local.sandbox == "none":
+            reason = "disabled by settings (sandbox=none)"
+        else:
+            reason = await probe_bwrap(probe_uid)
+            if reason is not None and self._local.sandbox == "bwrap":
+                raise RuntimeError(f"sandbox=bwrap was asked for but {reason}")
+        self._sandbox_mode = "bwrap" if reason is None else "none"
+        parts = ["bwrap namespaces (net, pid, mount, ipc, uts, user)"] if reason is None else []
+        parts.append("rlimits (memory, cpu, processes, file size)")
+        if os.geteuid() == 0:
+            parts.append(f"per-session uid from {self._local.sandbox_uid_base}")
+        self._isolation = " + ".join(parts)
+        if reason is not None:
+            log.warning(
+                "local backend: bubblewrap not in force: %s; sandboxed code is confined by rlimits only",
+                reason,
+            )
+        log.info("local backend: state in %s; isolation: %s", self._root, self._isolation)
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(self._stop(sid) for sid in list(self._procs)), return_exceptions=True)
+
+    def describe(self) -> str:
+        return f"local backend ({self._isolation}), state in {self._root}"
+
+    # -- sandboxes -----------------------------------------------------------------------------
+
+    async def open(self, session_key: str) -> Sandbox:
+        sandbox_id = "s-" + secrets.token_hex(6)
+        session_dir = self._sessions_dir / sandbox_id
+        session_dir.mkdir(mode=0o711)
+        (session_dir / "workspace").mkdir(mode=0o700)
+        self._uids[sandbox_id] = self._allocate_uid()
+        try:
+            return await self._launch(sandbox_id, session_dir)
+        except BaseException:
+            await self._discard(sandbox_id, session_dir)
+            raise
+
+    async def revive(self, sandbox: Sandbox) -> Sandbox:
+        await self._stop(sandbox.sandbox_id)
+        await sandbox.client.aclose()
+        session_dir = self._sessions_dir / sandbox.sandbox_id
+        log.warning("restarting sandbox %s on its workspace (%s)", sandbox.sandbox_id, sandbox.exit_reason)
+        return await self._launch(sandbox.sandbox_id, session_dir)
+
+    async def close(self, sandbox: Sandbox) -> None:
+        sandbox.alive = False
+        await self._stop(sandbox.sandbox_id)
+        await sandbox.client.aclose()
+        await self._discard(sandbox.sandbox_id, self._sessions_dir / sandbox.sandbox_id)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_traversable(path: Path) -> None:
+        """As root, code runs as other uids that must be able to walk down to their workspaces."""
+        if os.geteuid() != 0:
+            return
+        for parent in [path, *path.parents]:
+            if not parent.stat().st_mode & 0o001:
+                raise RuntimeError(
+                    f"the state directory {path} lies inside {parent}, which other users cannot enter; sandboxed "
+                    "code runs as its own uid and must reach its workspace: choose a state directory elsewhere "
+                    f"(e.g. /var/lib/codegen-mcp) or run `chmod o+x {parent}`"
+                )
+
+    def _allocate_uid(self) -> int:
+        used = set(self._uids.values())
+        for _ in range(self._local.sandbox_uid_slots):
+            uid = self._local.sandbox_uid_base + self._next_slot
+            self._next_slot = (self._next_slot + 1) % self._local.sandbox_uid_slots
+            if uid not in used:
+                return uid
+        raise SandboxUnavailable("no free sandbox uid is left; raise CODEGEN_LOCAL_SANDBOX_UID_SLOTS")
+
+    async def _discard(self, sandbox_id: str, session_dir: Path) -> None:
+        self._uids.pop(sandbox_id, None)
+        if not self._local.retain_workspaces:
+            await asyncio.to_thread(shutil.rmtree, session_dir, True)
+
+    def _agent_env(self, sandbox_id: str, workspace: Path, token: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CODEGEN_", "MCP_"))}
+        env.update(
+            CODEGEN_AGENT_TOKEN=token,
+            CODEGEN_AGENT_WORKSPACE=str(workspace),
+            CODEGEN_AGENT_SANDBOX=self._sandbox_mode,
+            CODEGEN_AGENT_NETWORK="true" if self._local.network else "false",
+            CODEGEN_AGENT_HIDE_PATHS=f'["{self._sessions_dir}"]',
+        )
+        if os.geteuid() == 0:
+            uid = self._uids[sandbox_id]
+            env["CODEGEN_AGENT_SANDBOX_UID"] = str(uid)
+            env["CODEGEN_AGENT_SANDBOX_GID"] = str(uid)
+        optional = {
+            "CODEGEN_AGENT_PYTHON": self._local.python,
+            "CODEGEN_AGENT_MEMORY_BYTES": self._local.memory_bytes,
+            "CODEGEN_AGENT_MAX_PROCESSES": self._local.max_processes,
+            "CODEGEN_AGENT_OUTPUT_CAP_BYTES": self._local.output_cap_bytes,
+        }
+        env.update({k: str(v) for k, v in optional.items() if v is not None})
+        return env
+
+    async def _launch(self, sandbox_id: str, session_dir: Path) -> Sandbox:
+        workspace = session_dir / "workspace"
+        socket_path = session_dir / "agent.sock"
+        token = secrets.token_urlsafe(32)
+        argv = [sys.executable, "-m", "codegen_mcp.sandbox_agent"]
+        if len(str(socket_path)) <= _MAX_UNIX_SOCKET_PATH:
+            socket_path.unlink(missing_ok=True)
+            argv += ["--unix-socket", str(socket_path)]
+        else:
+            argv += ["--host", "127.0.0.1", "--port", "0"]
+        log_file = (session_dir / "agent.log").open("ab")
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log_file,
+                env=self._agent_env(sandbox_id, workspace, token),
+                preexec_fn=_parent_death_signal,  # noqa: PLW1509
+            )
+        finally:
+            log_file.close()
+        assert proc.stdout is not None
+        try:
+            async with asyncio.timeout(self._local.agent_start_timeout_s):
+                while True:
+                    raw = await proc.stdout.readline()
+                    if not raw:
+                        await proc.wait()
+                        tail = _tail(session_dir / "agent.log")
+                        log.error("sandbox agent %s failed to start (exit %s):\n%s", sandbox_id, proc.returncode, tail)
+                        raise SandboxUnavailable(
+                            f"the sandbox agent exited during start-up (exit code {proc.returncode}); "
+                            "the coordinator's log has its output"
+                        )
+                    line = raw.decode(errors="replace").strip()
+                    if line.startswith(_LISTENING):
+                        address = line[len(_LISTENING) :]
+                        break
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise SandboxUnavailable(
+                f"the sandbox agent did not start within {self._local.agent_start_timeout_s:g} s"
+            ) from None
+
+        if address.startswith("unix:"):
+            endpoint = AgentEndpoint("http://sandbox", token, unix_socket=address[len("unix:") :])
+        else:
+            endpoint = AgentEndpoint(f"http://{address}", token)
+        client = AgentClient(endpoint, request_timeout_s=self._settings.request_timeout_s)
+        sandbox = Sandbox(sandbox_id=sandbox_id, client=client, where=str(workspace))
+        drain = asyncio.create_task(self._drain(proc.stdout), name=f"drain-{sandbox_id}")
+        watcher = asyncio.create_task(self._watch(sandbox, proc), name=f"watch-{sandbox_id}")
+        self._procs[sandbox_id] = _Process(proc, watcher, drain)
+        return sandbox
+
+    @staticmethod
+    async def _drain(stream: asyncio.StreamReader) -> None:
+        while await stream.read(65536):
+            pass
+
+    async def _watch(self, sandbox: Sandbox, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        if sandbox.alive:
+            sandbox.alive = False
+            sandbox.exit_reason = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            log.warning("sandbox %s stopped unexpectedly: %s", sandbox.sandbox_id, sandbox.exit_reason)
+
+    async def _stop(self, sandbox_id: str) -> None:
+        entry = self._procs.pop(sandbox_id, None)
+        if entry is None:
+            return
+        proc = entry.proc
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            try:
+                async with asyncio.timeout(5):
+                    await proc.wait()
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        for task in (entry.watcher, entry.drain):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

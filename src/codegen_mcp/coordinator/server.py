@@ -1,0 +1,297 @@
+"""The MCP server: `create_server` (the protocol side) and `create_app` (HTTP: /mcp, /sse, /healthz).
+
+State shared by all connections (backend, sessions, audit log) lives in a `Coordinator` owned by the app's
+lifespan — not in the MCP server's lifespan, which the SSE transport enters once per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import secrets
+import time
+import warnings
+from collections.abc import AsyncIterator
+from typing import Any
+
+import mcp_types as types
+from mcp.server import Server
+from mcp.server.context import ServerRequestContext
+from mcp.server.sse import SseServerTransport
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from codegen_mcp import __version__
+from codegen_mcp.api.errors import CodegenError, ErrorCode
+from codegen_mcp.api.tools import TOOLS_BY_NAME
+from codegen_mcp.coordinator import tools
+from codegen_mcp.coordinator.audit import AuditLog
+from codegen_mcp.coordinator.backends import Backend, create_backend
+from codegen_mcp.coordinator.sessions import SessionManager
+from codegen_mcp.coordinator.settings import CoordinatorSettings
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "codegen-mcp"
+_SESSION_KEY = "codegen_mcp.session_key"
+INSTRUCTIONS = (
+    "Each MCP session gets its own isolated Python workspace. Write files with fs.write, run code with "
+    "run.python (it runs in the workspace folder, in the session's own virtualenv), install packages with "
+    "pkg.install. Long runs return a task_id: fetch the outcome with task.get_result."
+)
+
+
+class Coordinator:
+    """Everything one coordinator process shares across MCP connections."""
+
+    def __init__(self, settings: CoordinatorSettings, backend: Backend | None = None) -> None:
+        self.settings = settings
+        self.backend = backend or create_backend(settings)
+        self.sessions = SessionManager(
+            self.backend, idle_timeout_s=settings.session_idle_timeout_s, max_sessions=settings.max_sessions
+        )
+        self.audit = AuditLog(settings.audit_path)
+        self._closing: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self.audit.open()
+        await self.backend.start()
+        self.sessions.start()
+        log.info("codegen-mcp %s ready: %s; audit log %s", __version__, self.backend.describe(), self.audit.path)
+
+    async def aclose(self) -> None:
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+        await self.sessions.aclose()
+        await self.backend.aclose()
+        self.audit.close()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Coordinator]:
+        await self.start()
+        try:
+            yield self
+        finally:
+            await self.aclose()
+
+    # -- MCP sessions ----------------------------------------------------------------------------
+
+    def session_key(self, ctx: ServerRequestContext[Any, Any]) -> str:
+        """The key of the MCP session this request belongs to; its sandbox closes when the session ends."""
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            raise CodegenError(
+                "this server keeps one workspace per MCP session, and protocol version "
+                f"{ctx.protocol_version} has no sessions; connect with version {HANDSHAKE_PROTOCOL_VERSIONS[-1]}",
+                code=ErrorCode.SESSION_REQUIRED,
+            )
+        # The SDK exposes the per-connection state only on the session object (mcp 2.3).
+        connection = ctx.session._connection  # noqa: SLF001
+        key = connection.state.get(_SESSION_KEY)
+        if key is None:
+            key = connection.session_id or "c-" + secrets.token_hex(8)
+            connection.state[_SESSION_KEY] = key
+            connection.exit_stack.push_async_callback(self._session_ended, key)
+        return str(key)
+
+    async def _session_ended(self, key: str) -> None:
+        # Close in the background: connection teardown must not wait for a sandbox to stop.
+        task = asyncio.create_task(self.sessions.close(key), name=f"close-{key}")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    # -- MCP handlers ----------------------------------------------------------------------------
+
+    async def list_tools(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=tools.list_tools())
+
+    async def call_tool(
+        self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        started = time.monotonic()
+        arguments = dict(params.arguments or {})
+        key = "-"
+        sandbox_id: str | None = None
+        outcome, code = "ok", None
+        try:
+            spec = TOOLS_BY_NAME.get(params.name)
+            if spec is None:
+                raise CodegenError(
+                    f"there is no tool named {params.name!r}; the tools are: {', '.join(TOOLS_BY_NAME)}",
+                    code=ErrorCode.INVALID_ARGUMENT,
+                )
+            args = tools.parse_arguments(spec, arguments)
+            key = self.session_key(ctx)
+
+            async def progress(done: float, total: float | None, message: str) -> None:
+                await ctx.session.report_progress(done, total, message)
+
+            async with self.sessions.use(key) as sandbox:
+                sandbox_id = sandbox.sandbox_id
+                result = await tools.call_tool(
+                    spec,
+                    args,
+                    sandbox.client,
+                    progress=progress,
+                    progress_interval_s=self.settings.progress_interval_s,
+                )
+            if result.is_error:
+                outcome = "error"
+            return result
+        except CodegenError as exc:
+            outcome, code = "error", exc.code.value
+            return tools.error_result(exc.message)
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except Exception:
+            outcome, code = "error", ErrorCode.INTERNAL.value
+            log.exception("tool %s failed unexpectedly", params.name)
+            return tools.error_result("the server hit an internal error running this tool; it was logged")
+        finally:
+            self.audit.record(
+                session=key,
+                sandbox=sandbox_id,
+                tool=params.name,
+                arguments=arguments,
+                outcome=outcome,
+                duration_s=time.monotonic() - started,
+                error_code=code,
+            )
+
+    async def discover(self, ctx: ServerRequestContext[Any, Any], params: types.RequestParams) -> types.DiscoverResult:
+        # Advertise only session-based (handshake) versions: auto-negotiating clients then fall back to
+        # `initialize`, which gives the MCP session a sandbox is bound to.
+        return types.DiscoverResult(
+            supported_versions=list(HANDSHAKE_PROTOCOL_VERSIONS),
+            capabilities=server_capabilities(ctx),
+            instructions=INSTRUCTIONS,
+        )
+
+    async def set_logging_level(
+        self, ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams
+    ) -> types.EmptyResult:
+        logging.getLogger("codegen_mcp").debug("client asked for log level %s", params.level)
+        return types.EmptyResult()
+
+
+def server_capabilities(ctx: ServerRequestContext[Any, Any]) -> types.ServerCapabilities:
+    return types.ServerCapabilities(tools=types.ToolsCapability(list_changed=False))
+
+
+def create_server(coordinator: Coordinator) -> Server[Any]:
+    """The MCP protocol side: tools/list and tools/call backed by `coordinator`."""
+    with warnings.catch_warnings():
+        # `logging/setLevel` is deprecated upstream (SEP-2577) but clients and the conformance suite still use it.
+        warnings.simplefilter("ignore")
+        server: Server[Any] = Server(
+            SERVER_NAME,
+            version=__version__,
+            title="CodeGen-MCP",
+            instructions=INSTRUCTIONS,
+            on_list_tools=coordinator.list_tools,
+            on_call_tool=coordinator.call_tool,
+            on_set_logging_level=coordinator.set_logging_level,
+        )
+    server.add_request_handler("server/discover", types.RequestParams, coordinator.discover)
+    return server
+
+
+def transport_security(settings: CoordinatorSettings) -> TransportSecuritySettings:
+    hosts = [
+        "127.0.0.1",
+        "localhost",
+        "[::1]",
+        "127.0.0.1:*",
+        "localhost:*",
+        "[::1]:*",
+        *settings.allowed_hosts,
+    ]
+    origins = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*", *settings.allowed_origins]
+    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
+
+
+class BearerTokenMiddleware:
+    """Optional static bearer tokens on the MCP endpoints (not on /healthz)."""
+
+    def __init__(self, app: ASGIApp, tokens: list[str]) -> None:
+        self.app = app
+        self._tokens = [t.encode() for t in tokens]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self._tokens or scope.get("path") == "/healthz":
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() == b"bearer" and any(hmac.compare_digest(token.strip(), t) for t in self._tokens):
+            await self.app(scope, receive, send)
+            return
+        response = JSONResponse(
+            {
+                "error": "unauthorized",
+                "message": "send `Authorization: Bearer <token>` with a configured token",
+            },
+            status_code=401,
+            headers={"WWW-Authenticate": 'Bearer realm="codegen-mcp"'},
+        )
+        await response(scope, receive, send)
+
+
+def create_app(settings: CoordinatorSettings, backend: Backend | None = None) -> Starlette:
+    """The HTTP app: streamable HTTP at /mcp, SSE at /sse (+ /messages/), health at /healthz."""
+    coordinator = Coordinator(settings, backend)
+    server = create_server(coordinator)
+    security = transport_security(settings)
+    streamable = server.streamable_http_app(
+        streamable_http_path="/mcp",
+        transport_security=security,
+        session_idle_timeout=settings.session_idle_timeout_s,
+        max_sessions=settings.max_sessions,
+        host=settings.host,
+    )
+    sse = SseServerTransport("/messages/", security_settings=security)
+
+    async def handle_sse(request: Request) -> Response:
+        async with sse.connect_sse(request.scope, request.receive, request._send) as (read, write):  # noqa: SLF001
+            await server.run(read, write, server.create_initialization_options())
+        return Response()
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "version": __version__, "sessions": len(coordinator.sessions)})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with coordinator.running(), server.session_manager.run():
+            yield
+
+    routes: list[BaseRoute] = [
+        *streamable.router.routes,
+        Route("/sse", endpoint=handle_sse, methods=["GET"]),
+        Mount("/messages/", app=sse.handle_post_message),
+        Route("/healthz", endpoint=healthz, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    tokens = [t.get_secret_value() for t in settings.auth_tokens]
+    if tokens:
+        app.add_middleware(BearerTokenMiddleware, tokens=tokens)
+    app.state.coordinator = coordinator
+    return app
+
+
+async def serve_stdio(settings: CoordinatorSettings) -> None:
+    """One MCP session over this process's stdin/stdout."""
+    from mcp.server.stdio import stdio_server
+
+    coordinator = Coordinator(settings)
+    server = create_server(coordinator)
+    async with coordinator.running(), stdio_server() as (read, write):
+        await server.run(read, write, server.create_initialization_options())

@@ -1,0 +1,89 @@
+"""The real kopf operator against the API emulator, with the kubelet harness running real agents."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from codegen_mcp.api import session as api
+from codegen_mcp.operator.settings import OperatorSettings
+from tests.support.fixtures import agent_port, cluster, kubeconfig_path, kubelet  # noqa: F401
+from tests.support.k8s import ClusterEmulator
+from tests.support.kubelet import FakeKubelet
+from tests.support.operator import OperatorThread
+
+NS = "default"
+SESSIONS = f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{NS}/{api.PLURAL}"
+
+
+@pytest.fixture
+def operator_settings(kubeconfig_path: Path, agent_port: int) -> OperatorSettings:  # noqa: F811
+    return OperatorSettings(
+        namespaces=[NS],
+        kubeconfig=kubeconfig_path,
+        standalone=True,
+        liveness_endpoint=None,
+        default_image="codegen-mcp-sandbox:test",
+        agent_port=agent_port,
+        expiry_check_seconds=0.1,
+        max_pod_restarts=2,
+        request_timeout_seconds=10,
+    )
+
+
+@pytest.fixture
+async def operator(
+    cluster: ClusterEmulator,  # noqa: F811
+    kubelet: FakeKubelet,  # noqa: F811
+    operator_settings: OperatorSettings,
+) -> AsyncIterator[OperatorThread]:
+    async with OperatorThread(operator_settings) as running:
+        yield running
+
+
+class Kubectl:
+    """What a user (or the coordinator) does through the API: plain HTTP, like kubectl."""
+
+    def __init__(self, cluster: ClusterEmulator) -> None:
+        self.cluster = cluster
+
+    async def apply(self, name: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name}, "spec": spec or {}}
+        async with self.cluster.post(SESSIONS, json=body) as resp:
+            assert resp.status in (200, 201), await resp.text()
+            return dict(await resp.json())
+
+    async def patch(self, name: str, patch: dict[str, Any], *, status: bool = False) -> dict[str, Any]:
+        path = f"{SESSIONS}/{name}" + ("/status" if status else "")
+        async with self.cluster.patch(
+            path, json=patch, headers={"Content-Type": "application/merge-patch+json"}
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+            return dict(await resp.json())
+
+    async def delete(self, kind_path: str, name: str) -> None:
+        async with self.cluster.delete(f"{kind_path}/{name}") as resp:
+            assert resp.status == 200, await resp.text()
+
+    def session(self, name: str) -> dict[str, Any] | None:
+        return self.cluster.read(api.GROUP, api.VERSION, api.PLURAL, NS, name)
+
+    def status(self, name: str) -> api.SessionStatus:
+        obj = self.session(name) or {}
+        return api.SessionStatus.model_validate(obj.get("status") or {})
+
+    def child(self, plural: str, name: str, group: str = "", version: str = "v1") -> dict[str, Any] | None:
+        return self.cluster.read(group, version, plural, NS, name)
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [
+            e for e in self.cluster.list_objects("", "v1", "events", NS) if e["involvedObject"].get("name") == name
+        ]
+
+
+@pytest.fixture
+def kubectl(cluster: ClusterEmulator) -> Kubectl:  # noqa: F811
+    return Kubectl(cluster)
