@@ -27,8 +27,16 @@ install: $(VENV)/.installed ## Create .venv and install the project with all ext
 run: install ## Install, then serve MCP on http://$(HOST):$(PORT)/mcp and /sse (local backend)
 	$(BIN)/codegen-mcp serve --backend local --host $(HOST) --port $(PORT)
 
-test: install ## Install, then run every test that can run on this machine
+test: install conformance-install ## Install, then run every test that can run on this machine
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+tests/conformance/node_modules/.package-lock.json: tests/conformance/package.json tests/conformance/package-lock.json
+	bash tests/conformance/install.sh
+
+conformance-install: tests/conformance/node_modules/.package-lock.json ## Install the pinned MCP conformance suite (npm ci)
+
+conformance: install conformance-install ## Run the official MCP conformance suite against the coordinator
+	$(BIN)/pytest -m conformance tests/conformance $(PYTEST_ARGS)
 
 lint: install ## ruff, ruff format --check, mypy --strict, import-linter
 	$(BIN)/ruff check src tests bench
@@ -43,4 +51,4 @@ fmt: install ## Format and autofix
 bench: install ## Print round-trip figures (coordinator vs a bare MCP server)
 	$(BIN)/python bench/roundtrip.py
 
-.PHONY: help install run test lint fmt bench
+.PHONY: help install run test lint fmt bench conformance-install conformance

@@ -55,8 +55,20 @@ def _read_listening_line(proc: subprocess.Popen[bytes], timeout_s: float) -> str
 
 
 def start_coordinator(state_dir: Path, *extra: str, env: dict[str, str] | None = None) -> CoordinatorProcess:
-    cmd = [sys.executable, "-m", "codegen_mcp.coordinator", "--host", "127.0.0.1", "--port", "0",
-           "--state-dir", str(state_dir), "--log-level", "WARNING", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "codegen_mcp.coordinator",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--state-dir",
+        str(state_dir),
+        "--log-level",
+        "WARNING",
+        *extra,
+    ]
     with (state_dir.parent / f"{state_dir.name}.log").open("ab") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env={**os.environ, **(env or {})})
     try:
@@ -111,8 +123,16 @@ async def mcp_session(coordinator: CoordinatorProcess, transport: str = "http") 
     elif transport == "stdio":
         params = StdioServerParameters(
             command=sys.executable,
-            args=["-m", "codegen_mcp.coordinator", "--transport", "stdio", "--log-level", "WARNING",
-                  "--state-dir", str(coordinator.state_dir.parent / "stdio-state")],
+            args=[
+                "-m",
+                "codegen_mcp.coordinator",
+                "--transport",
+                "stdio",
+                "--log-level",
+                "WARNING",
+                "--state-dir",
+                str(coordinator.state_dir.parent / "stdio-state"),
+            ],
             env={**os.environ},
         )
         errlog = (coordinator.state_dir.parent / "stdio.log").open("a")

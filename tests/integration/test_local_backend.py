@@ -33,6 +33,13 @@ def agent_pids(state_dir: Path) -> list[int]:
     return pids
 
 
+def process_alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
 async def wait_for(predicate: Callable[[], bool], timeout_s: float = 20, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
@@ -64,8 +71,7 @@ async def test_a_killed_agent_is_revived_with_its_workspace(fresh_coordinator: C
         await call(s, "fs.write", path="keep.txt", content="survives")
         [pid] = agent_pids(cp.state_dir)
         os.kill(pid, signal.SIGKILL)
-        await wait_for(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2],
-                       what="the agent to die")
+        await wait_for(lambda: not process_alive(pid), what="the agent to die")
         first = await s.call_tool("fs.read", {"path": "keep.txt"})
         if first.is_error:  # the call raced the death notice: it must say so clearly
             assert "restarts with your workspace intact" in text_of(first)

@@ -10,7 +10,9 @@ from typing import Any
 
 import anyio
 import pytest
-from mcp import ClientSession, Client
+from mcp import Client, ClientSession
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS
 
 from codegen_mcp.api.tools import TOOLS
 
@@ -19,9 +21,30 @@ from .conftest import TRANSPORTS, CoordinatorProcess, mcp_session
 pytestmark = pytest.mark.timeout(180)
 
 SEED_TOOLS = {
-    "echo", "fs.read", "fs.write", "fs.list", "run.python", "pkg.install",
-    "artifact.get", "task.get_status", "task.get_result",
+    "echo",
+    "fs.read",
+    "fs.write",
+    "fs.list",
+    "run.python",
+    "pkg.install",
+    "artifact.get",
+    "task.get_status",
+    "task.get_result",
 }
+
+
+FORK_BOMB = """
+import os, time
+n = 0
+try:
+    for _ in range(2000):
+        if os.fork() == 0:
+            time.sleep(5)
+            os._exit(0)
+        n += 1
+except OSError as e:
+    print('stopped', n, e.errno)
+"""
 
 
 def text_of(result: Any) -> str:
@@ -90,8 +113,13 @@ async def test_binary_content_round_trips_as_base64(coordinator: CoordinatorProc
 
 async def test_run_python_prints_fails_and_reads_stdin_and_args(coordinator: CoordinatorProcess) -> None:
     async with mcp_session(coordinator) as s:
-        ok = await call(s, "run.python", code="import sys; print(sys.stdin.read().upper(), sys.argv[1:])",
-                        stdin="shout", args=["a", "b"])
+        ok = await call(
+            s,
+            "run.python",
+            code="import sys; print(sys.stdin.read().upper(), sys.argv[1:])",
+            stdin="shout",
+            args=["a", "b"],
+        )
         assert ok.structured_content["state"] == "succeeded"
         assert "SHOUT ['a', 'b']" in ok.structured_content["run"]["stdout"]
         assert text_of(ok).startswith("Exit Code: 0\nStdout:\n")
@@ -113,12 +141,7 @@ async def test_run_python_limits(coordinator: CoordinatorProcess) -> None:
         assert hog["run"]["exit_code"] != 0 and "MemoryError" in hog["run"]["stderr"]
         assert "allocated" not in hog["run"]["stdout"]
 
-        bomb = await run(
-            s,
-            "import os, time\nn = 0\ntry:\n    for _ in range(2000):\n        if os.fork() == 0:\n"
-            "            time.sleep(5); os._exit(0)\n        n += 1\nexcept OSError as e:\n    print('stopped', n, e.errno)\n",
-            timeout_s=20,
-        )
+        bomb = await run(s, FORK_BOMB, timeout_s=20)
         assert "stopped" in bomb["run"]["stdout"], bomb["run"]
         stopped_at = int(bomb["run"]["stdout"].split()[1])
         assert stopped_at < 300  # the process limit (256 by default) held
@@ -138,8 +161,9 @@ async def test_artifacts_produced_by_a_run(coordinator: CoordinatorProcess) -> N
 
 async def test_long_run_returns_a_task_then_its_result(coordinator: CoordinatorProcess) -> None:
     async with mcp_session(coordinator) as s:
-        first = (await call(s, "run.python", code="import time; time.sleep(2); print('done')",
-                            wait_s=0.2)).structured_content
+        first = (
+            await call(s, "run.python", code="import time; time.sleep(2); print('done')", wait_s=0.2)
+        ).structured_content
         assert first["state"] in ("queued", "running") and first["run"] is None
         status = (await call(s, "task.get_status", task_id=first["task_id"])).structured_content
         assert status["task_id"] == first["task_id"]
@@ -154,8 +178,9 @@ async def test_progress_notifications_during_a_long_run(coordinator: Coordinator
         seen.append((progress, message))
 
     async with mcp_session(coordinator) as s:
-        result = await s.call_tool("run.python", {"code": "import time; time.sleep(3.5)"},
-                                   progress_callback=on_progress)
+        result = await s.call_tool(
+            "run.python", {"code": "import time; time.sleep(3.5)"}, progress_callback=on_progress
+        )
         assert not result.is_error
     assert len(seen) >= 2, seen
     assert seen[-1][0] >= seen[0][0]
@@ -163,21 +188,34 @@ async def test_progress_notifications_during_a_long_run(coordinator: Coordinator
 
 async def test_cancelling_a_call_stops_the_run(coordinator: CoordinatorProcess) -> None:
     code = "import time, pathlib\nfor i in range(600):\n    pathlib.Path('beat').write_text(str(i)); time.sleep(0.05)\n"
+
+    async def beat(s: ClientSession) -> str | None:
+        result = await s.call_tool("fs.read", {"path": "beat"})
+        return None if result.is_error else text_of(result)
+
     async with mcp_session(coordinator) as s:
-        with anyio.move_on_after(1.5):
-            await s.call_tool("run.python", {"code": code, "wait_s": 60})
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+
+                async def long_call() -> None:
+                    await s.call_tool("run.python", {"code": code, "wait_s": 60})
+
+                tg.start_soon(long_call)
+                while await beat(s) is None:  # cancel only once the run is really going
+                    await anyio.sleep(0.1)
+                tg.cancel_scope.cancel()
         # The heartbeat must stop: read it until two reads 0.5 s apart agree (bounded).
         deadline = time.monotonic() + 20
         last = None
         while time.monotonic() < deadline:
-            now = (await call(s, "fs.read", path="beat")).structured_content["content"]
+            now = await beat(s)
             if now == last:
                 break
             last = now
             await anyio.sleep(0.5)
         else:
             pytest.fail("the run kept going after its call was cancelled")
-        assert int(last) < 500
+        assert last is not None and int(last) < 500
 
 
 async def test_two_sessions_cannot_see_each_other(coordinator: CoordinatorProcess) -> None:
@@ -227,7 +265,6 @@ BAD_CALLS = [
     ("artifact.get", {"artifact_id": "art_doesnotexist"}),
     ("task.get_status", {"task_id": "task_nope"}),
     ("task.get_result", {"task_id": "task_nope", "wait_s": -3}),
-    ("no.such.tool", {}),
 ]
 
 
@@ -241,6 +278,15 @@ async def test_bad_arguments_get_one_clear_sentence_and_the_session_survives(
             assert result.is_error, (tool, args, text)
             assert "Traceback" not in text and "\n" not in text, (tool, text)
             assert 10 < len(text) < 400, (tool, text)
+        assert text_of(await call(s, "echo", message="alive")) == "alive"
+
+
+async def test_an_unknown_tool_is_a_protocol_error(coordinator: CoordinatorProcess) -> None:
+    async with mcp_session(coordinator) as s:
+        with pytest.raises(MCPError) as info:
+            await s.call_tool("no.such.tool", {})
+        assert info.value.error.code == INVALID_PARAMS
+        assert "no.such.tool" in info.value.error.message
         assert text_of(await call(s, "echo", message="alive")) == "alive"
 
 

@@ -21,25 +21,33 @@ class AgentEndpoint:
     unix_socket: str | None = None
 
 
-class AgentClient:
-    """Talks to one agent. Owns its aiohttp session; close it with `aclose()`."""
+class AgentUnreachable(SandboxUnavailable):
+    """No connection to the agent could be made: the request was never sent, so retrying is safe."""
 
-    def __init__(self, endpoint: AgentEndpoint, *, request_timeout_s: float = 30.0) -> None:
+
+class AgentClient:
+    """Talks to one agent, over a shared pooled `session` (TCP) or a session of its own (Unix socket)."""
+
+    def __init__(
+        self, endpoint: AgentEndpoint, *, request_timeout_s: float = 30.0, session: aiohttp.ClientSession | None = None
+    ) -> None:
         self.endpoint = endpoint
         self._request_timeout_s = request_timeout_s
-        connector: aiohttp.BaseConnector
-        if endpoint.unix_socket:
-            connector = aiohttp.UnixConnector(path=endpoint.unix_socket)
-        else:
-            connector = aiohttp.TCPConnector(limit=32)
-        self._session = aiohttp.ClientSession(
-            base_url=endpoint.base_url,
-            connector=connector,
-            headers={"Authorization": f"Bearer {endpoint.token}"},
-        )
+        self._base = endpoint.base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {endpoint.token}"}
+        self._owns_session = session is None
+        if session is None:
+            connector: aiohttp.BaseConnector
+            if endpoint.unix_socket:
+                connector = aiohttp.UnixConnector(path=endpoint.unix_socket)
+            else:
+                connector = aiohttp.TCPConnector(limit=32)
+            session = aiohttp.ClientSession(connector=connector)
+        self._session = session
 
     async def aclose(self) -> None:
-        await self._session.close()
+        if self._owns_session:
+            await self._session.close()
 
     async def request(
         self,
@@ -53,7 +61,9 @@ class AgentClient:
         """One JSON request. Agent errors come back as `CodegenError` with the agent's code and message."""
         timeout = aiohttp.ClientTimeout(total=self._request_timeout_s + extra_wait_s)
         try:
-            async with self._session.request(method, path, json=body, params=params, timeout=timeout) as resp:
+            async with self._session.request(
+                method, self._base + path, json=body, params=params, timeout=timeout, headers=self._headers
+            ) as resp:
                 raw = await resp.read()
                 try:
                     data = json.loads(raw) if raw else {}
@@ -66,6 +76,8 @@ class AgentClient:
                 if not isinstance(data, dict):
                     raise CodegenError("the sandbox answered with something that is not a JSON object")
                 return data
+        except aiohttp.ClientConnectorError as exc:
+            raise AgentUnreachable(f"the sandbox is not reachable ({type(exc).__name__})") from exc
         except (aiohttp.ClientConnectionError, ConnectionError) as exc:
             raise SandboxUnavailable(f"the sandbox is not reachable ({type(exc).__name__})") from exc
         except TimeoutError as exc:
@@ -75,7 +87,7 @@ class AgentClient:
 
     async def healthy(self, timeout_s: float = 2.0) -> bool:
         try:
-            async with asyncio.timeout(timeout_s), self._session.get("/healthz") as resp:
+            async with asyncio.timeout(timeout_s), self._session.get(self._base + "/healthz") as resp:
                 return resp.status == 200
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import logging
+import re
 import secrets
 import time
 import warnings
@@ -21,6 +23,7 @@ from mcp.server import Server
 from mcp.server.context import ServerRequestContext
 from mcp.server.sse import SseServerTransport
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.exceptions import MCPError
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -32,8 +35,10 @@ from codegen_mcp import __version__
 from codegen_mcp.api.errors import CodegenError, ErrorCode
 from codegen_mcp.api.tools import TOOLS_BY_NAME
 from codegen_mcp.coordinator import tools
+from codegen_mcp.coordinator.agent_client import AgentUnreachable
 from codegen_mcp.coordinator.audit import AuditLog
 from codegen_mcp.coordinator.backends import Backend, create_backend
+from codegen_mcp.coordinator.backends.base import NAMED_WORKSPACE_PREFIX
 from codegen_mcp.coordinator.sessions import SessionManager
 from codegen_mcp.coordinator.settings import CoordinatorSettings
 
@@ -46,6 +51,30 @@ INSTRUCTIONS = (
     "run.python (it runs in the workspace folder, in the session's own virtualenv), install packages with "
     "pkg.install. Long runs return a task_id: fetch the outcome with task.get_result."
 )
+
+
+WORKSPACE_HEADER = "Codegen-Workspace"
+_WORKSPACE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+def named_workspace_key(ctx: ServerRequestContext[Any, Any]) -> str | None:
+    """`ws-<principal>-<name>` when the HTTP request names a workspace, else None."""
+    request = ctx.request
+    headers = getattr(request, "headers", None)
+    if headers is None:
+        return None
+    name = headers.get(WORKSPACE_HEADER)
+    if name is None:
+        return None
+    if not _WORKSPACE_NAME.match(name):
+        raise CodegenError(
+            f"the `{WORKSPACE_HEADER}` header must be 1-63 letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit",
+            code=ErrorCode.INVALID_ARGUMENT,
+        )
+    # Scope names by bearer token, so one client cannot resume another's workspace by guessing its name.
+    principal = hashlib.sha256(headers.get("authorization", "").encode()).hexdigest()[:8]
+    return f"{NAMED_WORKSPACE_PREFIX}{principal}-{name}"
 
 
 class Coordinator:
@@ -84,11 +113,19 @@ class Coordinator:
     # -- MCP sessions ----------------------------------------------------------------------------
 
     def session_key(self, ctx: ServerRequestContext[Any, Any]) -> str:
-        """The key of the MCP session this request belongs to; its sandbox closes when the session ends."""
+        """The key of the sandbox this request uses.
+
+        By default one per MCP session, closed when the session ends. A client may instead name a workspace
+        with the `Codegen-Workspace` HTTP header: it then outlives MCP sessions (and coordinator restarts)
+        until it idles out, and any later session sending the same name (and bearer token) resumes it.
+        """
+        named = named_workspace_key(ctx)
+        if named is not None:
+            return named
         if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
             raise CodegenError(
-                "this server keeps one workspace per MCP session, and protocol version "
-                f"{ctx.protocol_version} has no sessions; connect with version {HANDSHAKE_PROTOCOL_VERSIONS[-1]}",
+                f"protocol version {ctx.protocol_version} has no sessions, so name your workspace with a "
+                f"`{WORKSPACE_HEADER}` header or connect with version {HANDSHAKE_PROTOCOL_VERSIONS[-1]}",
                 code=ErrorCode.SESSION_REQUIRED,
             )
         # The SDK exposes the per-connection state only on the session object (mcp 2.3).
@@ -116,33 +153,43 @@ class Coordinator:
     async def call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
+        if params.name not in TOOLS_BY_NAME:
+            # An unknown tool is a protocol error (JSON-RPC -32602), not a tool result, per the MCP spec.
+            raise MCPError(
+                code=types.INVALID_PARAMS,
+                message=f"Unknown tool {params.name!r}; the tools are: {', '.join(TOOLS_BY_NAME)}",
+            )
         started = time.monotonic()
         arguments = dict(params.arguments or {})
         key = "-"
         sandbox_id: str | None = None
         outcome, code = "ok", None
         try:
-            spec = TOOLS_BY_NAME.get(params.name)
-            if spec is None:
-                raise CodegenError(
-                    f"there is no tool named {params.name!r}; the tools are: {', '.join(TOOLS_BY_NAME)}",
-                    code=ErrorCode.INVALID_ARGUMENT,
-                )
+            spec = TOOLS_BY_NAME[params.name]
             args = tools.parse_arguments(spec, arguments)
             key = self.session_key(ctx)
 
             async def progress(done: float, total: float | None, message: str) -> None:
                 await ctx.session.report_progress(done, total, message)
 
-            async with self.sessions.use(key) as sandbox:
-                sandbox_id = sandbox.sandbox_id
-                result = await tools.call_tool(
-                    spec,
-                    args,
-                    sandbox.client,
-                    progress=progress,
-                    progress_interval_s=self.settings.progress_interval_s,
-                )
+            for attempt in (1, 2):
+                try:
+                    async with self.sessions.use(key) as sandbox:
+                        sandbox_id = sandbox.sandbox_id
+                        result = await tools.call_tool(
+                            spec,
+                            args,
+                            sandbox.client,
+                            progress=progress,
+                            progress_interval_s=self.settings.progress_interval_s,
+                        )
+                    break
+                except AgentUnreachable:
+                    # The request never reached the agent (e.g. its Pod was recreated elsewhere): reconnect
+                    # to the session's sandbox and send it once more.
+                    if attempt == 2:
+                        raise
+                    log.info("sandbox of session %s unreachable; reconnecting", key)
             if result.is_error:
                 outcome = "error"
             return result

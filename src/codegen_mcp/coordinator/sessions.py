@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from codegen_mcp.api.errors import CodegenError, ErrorCode, SandboxUnavailable
+from codegen_mcp.coordinator.agent_client import AgentUnreachable
 from codegen_mcp.coordinator.backends.base import Backend, Sandbox
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,11 @@ class SessionManager:
         try:
             await self._backend.touch(sandbox)
             yield sandbox
+        except AgentUnreachable as exc:
+            # Nothing reached the agent: mark it stopped so the next acquire revives it; callers may retry.
+            sandbox.alive = False
+            sandbox.exit_reason = sandbox.exit_reason or str(exc)
+            raise
         except SandboxUnavailable as exc:
             if sandbox.alive and await sandbox.client.healthy():
                 raise

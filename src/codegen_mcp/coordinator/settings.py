@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class LocalBackendSettings(BaseSettings):
@@ -32,6 +32,49 @@ class LocalBackendSettings(BaseSettings):
     output_cap_bytes: int | None = None
 
 
+def _split_list(value: Any) -> Any:
+    if isinstance(value, str) and not value.lstrip().startswith("["):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class KubernetesBackendSettings(BaseSettings):
+    """The kubernetes backend: the session template and how the coordinator talks to the cluster."""
+
+    model_config = SettingsConfigDict(env_prefix="CODEGEN_K8S_", extra="ignore")
+
+    namespace: str | None = Field(
+        None, description="Namespace for sessions; default: the coordinator's own, or default."
+    )
+    kubeconfig: Path | None = Field(
+        None, description="kubeconfig outside a cluster; default: in-cluster, then ~/.kube."
+    )
+    context: str | None = None
+    ready_timeout_s: float = Field(180.0, gt=0, description="How long a new session may take to become Ready.")
+    activity_interval_s: float = Field(30.0, gt=0, description="status.lastActivityAt is written at most this often.")
+    retain_sessions: bool = Field(False, description="Keep the CodegenSession when its MCP session ends.")
+
+    # The session template: every CodegenSession the coordinator creates gets these spec fields.
+    image: str | None = Field(None, description="Sandbox image; default: the operator's.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    runtime_class_name: str | None = Field(None, description="e.g. gvisor or kata for stronger isolation.")
+    cpu_request: str | None = None
+    cpu_limit: str | None = None
+    memory_request: str | None = None
+    memory_limit: str | None = None
+    workspace_size: str = "1Gi"
+    storage_class: str | None = None
+    retain_workspace: bool = Field(False, description="Keep the workspace PVC after the session is deleted.")
+    network_egress: Literal["none", "packages", "open"] = Field(
+        "packages", description="none: no egress; packages: DNS + the package index (pkg.install works); open: all."
+    )
+    ttl_seconds: int | None = Field(86400, ge=1, description="Absolute lifetime of a session.")
+    idle_timeout_seconds: int | None = Field(3600, ge=1, description="A session idle this long is deleted.")
+    packages: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Installed at session start.")
+
+    _split = field_validator("packages", mode="before")(_split_list)
+
+
 class CoordinatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CODEGEN_", extra="ignore")
 
@@ -52,17 +95,20 @@ class CoordinatorSettings(BaseSettings):
     progress_interval_s: float = Field(1.0, gt=0, description="How often long calls report MCP progress.")
 
     # HTTP transport security: Host/Origin validation against DNS rebinding (both transports).
-    allowed_hosts: list[str] = Field(
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Extra Host header values accepted (e.g. 'mcp.example.svc:8765'); loopback is always allowed.",
     )
-    allowed_origins: list[str] = Field(default_factory=list)
-    auth_tokens: list[SecretStr] = Field(
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    _split = field_validator("allowed_hosts", "allowed_origins", "auth_tokens", mode="before")(_split_list)
+    auth_tokens: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="If set, HTTP clients must send `Authorization: Bearer <one of these>`.",
     )
 
     local: LocalBackendSettings = Field(default_factory=LocalBackendSettings)
+    kubernetes: KubernetesBackendSettings = Field(default_factory=KubernetesBackendSettings)
 
     @property
     def audit_path(self) -> Path:

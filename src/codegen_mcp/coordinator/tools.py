@@ -16,7 +16,7 @@ from typing import Any
 import mcp_types as types
 from pydantic import BaseModel, ValidationError
 
-from codegen_mcp.api.errors import CodegenError, ErrorCode
+from codegen_mcp.api.errors import CodegenError, ErrorCode, SandboxUnavailable
 from codegen_mcp.api.tools import (
     TOOLS,
     ArtifactContent,
@@ -30,7 +30,7 @@ from codegen_mcp.api.tools import (
     TaskView,
     ToolSpec,
 )
-from codegen_mcp.coordinator.agent_client import AgentClient
+from codegen_mcp.coordinator.agent_client import AgentClient, AgentUnreachable
 
 ProgressFn = Callable[[float, float | None, str], Awaitable[None]]
 
@@ -140,6 +140,9 @@ async def _run_task(
         return await _wait_task(
             client, view.task_id, float(body.get("wait_s", 0)), progress=progress, interval_s=interval_s
         )
+    except AgentUnreachable as exc:
+        # The task started, so this call must not be retried elsewhere: it is lost with its sandbox.
+        raise SandboxUnavailable(f"the sandbox went away while {view.task_id} was running") from exc
     except asyncio.CancelledError:
         # The MCP request was cancelled: cancel the sandbox task too, even though we are being cancelled.
         await asyncio.shield(_cancel_quietly(client, view.task_id))

@@ -11,6 +11,10 @@ def create_backend(settings: CoordinatorSettings) -> Backend:
         from codegen_mcp.coordinator.backends.local import LocalBackend
 
         return LocalBackend(settings)
+    if settings.backend == "kubernetes":
+        from codegen_mcp.coordinator.backends.kubernetes import KubernetesBackend
+
+        return KubernetesBackend(settings)
     raise ValueError(f"unknown backend {settings.backend!r}")
 
 

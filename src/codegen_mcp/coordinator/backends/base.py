@@ -7,6 +7,13 @@ from dataclasses import dataclass, field
 
 from codegen_mcp.coordinator.agent_client import AgentClient
 
+NAMED_WORKSPACE_PREFIX = "ws-"
+
+
+def is_named_workspace(session_key: str) -> bool:
+    """Keys of workspaces a client named (they outlive MCP sessions), as opposed to per-session ones."""
+    return session_key.startswith(NAMED_WORKSPACE_PREFIX)
+
 
 @dataclass(eq=False)
 class Sandbox:

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import hashlib
 import logging
 import os
 import secrets
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from codegen_mcp.api.errors import SandboxUnavailable
 from codegen_mcp.coordinator.agent_client import AgentClient, AgentEndpoint
-from codegen_mcp.coordinator.backends.base import Backend, Sandbox
+from codegen_mcp.coordinator.backends.base import Backend, Sandbox, is_named_workspace
 from codegen_mcp.coordinator.settings import CoordinatorSettings
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ class LocalBackend(Backend):
         # Traverse-only for others: each session's uid must reach its own workspace (which the agent makes
         # 0700 and owned by that uid), but nobody may list the sessions.
         self._sessions_dir.mkdir(mode=0o711, exist_ok=True)
-        os.chmod(self._sessions_dir, 0o711)
+        os.chmod(self._sessions_dir, 0o711)  # noqa: S103 - traverse-only, see above
         self._check_traversable(self._sessions_dir)
         probe_uid = self._local.sandbox_uid_base if os.geteuid() == 0 else None
         reason: str | None
@@ -149,10 +150,14 @@ class LocalBackend(Backend):
     # -- sandboxes -----------------------------------------------------------------------------
 
     async def open(self, session_key: str) -> Sandbox:
-        sandbox_id = "s-" + secrets.token_hex(6)
+        if is_named_workspace(session_key):
+            # A named workspace lives in a folder derived from its key, so it resumes after a restart.
+            sandbox_id = "w-" + hashlib.sha256(session_key.encode()).hexdigest()[:12]
+        else:
+            sandbox_id = "s-" + secrets.token_hex(6)
         session_dir = self._sessions_dir / sandbox_id
-        session_dir.mkdir(mode=0o711)
-        (session_dir / "workspace").mkdir(mode=0o700)
+        session_dir.mkdir(mode=0o711, exist_ok=True)
+        (session_dir / "workspace").mkdir(mode=0o700, exist_ok=True)
         self._uids[sandbox_id] = self._allocate_uid()
         try:
             return await self._launch(sandbox_id, session_dir)
@@ -199,7 +204,7 @@ class LocalBackend(Backend):
 
     async def _discard(self, sandbox_id: str, session_dir: Path) -> None:
         self._uids.pop(sandbox_id, None)
-        if not self._local.retain_workspaces:
+        if not self._local.retain_workspaces and not sandbox_id.startswith("w-"):
             await asyncio.to_thread(shutil.rmtree, session_dir, True)
 
     def _agent_env(self, sandbox_id: str, workspace: Path, token: str) -> dict[str, str]:

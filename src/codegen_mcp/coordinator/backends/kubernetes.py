@@ -1,0 +1,329 @@
+"""The kubernetes backend: every MCP session is a `CodegenSession` resource that the operator turns into a Pod.
+
+Session start creates the resource (or finds it again: the name derives from the session key, so a restarted
+coordinator or another replica lands on the same one), waits for `status.phase == Ready` with a watch, reads
+the agent endpoint from status and the token from the Secret the status names. Nothing lives only in this
+process: what we know about a session is on the resource.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import re
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import config as k8s_config
+from kubernetes_asyncio import watch as k8s_watch
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from codegen_mcp.api.errors import CodegenError, ErrorCode, SandboxUnavailable
+from codegen_mcp.api.session import (
+    ANNOTATION_MCP_SESSION,
+    API_VERSION,
+    GROUP,
+    KIND,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    PLURAL,
+    TOKEN_SECRET_KEY,
+    VERSION,
+    Phase,
+)
+from codegen_mcp.coordinator.agent_client import AgentClient, AgentEndpoint
+from codegen_mcp.coordinator.backends.base import Backend, Sandbox
+from codegen_mcp.coordinator.settings import CoordinatorSettings, KubernetesBackendSettings
+
+log = logging.getLogger(__name__)
+
+LABEL_MCP_SESSION = f"{GROUP}/mcp-session"
+_IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+_LABEL_VALUE_BAD = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def session_resource_name(session_key: str) -> str:
+    """A stable, valid resource name for an MCP session key (the same key always gives the same name)."""
+    return "mcp-" + hashlib.sha256(session_key.encode()).hexdigest()[:16]
+
+
+def label_value(text: str) -> str:
+    """`text` squeezed into a valid label value (≤63 chars, alphanumeric at both ends)."""
+    value = _LABEL_VALUE_BAD.sub("-", text)[:63].strip("-._")
+    return value or "none"
+
+
+def build_session_manifest(
+    name: str, namespace: str, session_key: str, template: KubernetesBackendSettings
+) -> dict[str, Any]:
+    """The CodegenSession the coordinator asks for, from the session template."""
+    spec: dict[str, Any] = {
+        "workspace": {"size": template.workspace_size, "retain": template.retain_workspace},
+        "network": {"egress": template.network_egress},
+        "owner": f"mcp-session {session_key}",
+    }
+    if template.storage_class:
+        spec["workspace"]["storageClassName"] = template.storage_class
+    optional = {
+        "image": template.image,
+        "imagePullPolicy": template.image_pull_policy,
+        "runtimeClassName": template.runtime_class_name,
+        "ttlSeconds": template.ttl_seconds,
+        "idleTimeoutSeconds": template.idle_timeout_seconds,
+    }
+    spec.update({k: v for k, v in optional.items() if v is not None})
+    if template.packages:
+        spec["packages"] = list(template.packages)
+    requests = {k: v for k, v in {"cpu": template.cpu_request, "memory": template.memory_request}.items() if v}
+    limits = {k: v for k, v in {"cpu": template.cpu_limit, "memory": template.memory_limit}.items() if v}
+    if requests or limits:
+        spec["resources"] = {**({"requests": requests} if requests else {}), **({"limits": limits} if limits else {})}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_MCP_SESSION: label_value(session_key)},
+            "annotations": {ANNOTATION_MCP_SESSION: session_key},
+        },
+        "spec": spec,
+    }
+
+
+class ActivityThrottle:
+    """Says when a session's activity is worth writing: at most once per `interval_s` per session."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+
+    def due(self, key: str, now: float) -> bool:
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_s:
+            return False
+        self._last[key] = now
+        return True
+
+    def forget(self, key: str) -> None:
+        self._last.pop(key, None)
+
+
+def ready_endpoint(obj: dict[str, Any]) -> tuple[str, str] | None:
+    """(endpoint, token secret name) when the resource is Ready; raise when it Failed; None while starting."""
+    status = obj.get("status") or {}
+    phase = status.get("phase")
+    if phase == Phase.FAILED:
+        message = status.get("message") or "the operator marked it Failed without a message"
+        raise CodegenError(f"your sandbox could not start: {message}", code=ErrorCode.SANDBOX_UNAVAILABLE)
+    if phase == Phase.TERMINATING or (obj.get("metadata") or {}).get("deletionTimestamp"):
+        raise CodegenError(
+            "your sandbox is being deleted (it expired or was removed)", code=ErrorCode.SANDBOX_UNAVAILABLE
+        )
+    if phase == Phase.READY and status.get("endpoint") and status.get("tokenSecretName"):
+        return str(status["endpoint"]), str(status["tokenSecretName"])
+    return None
+
+
+class KubernetesBackend(Backend):
+    name = "kubernetes"
+
+    def __init__(self, settings: CoordinatorSettings) -> None:
+        self._settings = settings
+        self._k8s = settings.kubernetes
+        # Read once here, not in the event loop: in a Pod, the service account says which namespace we are in.
+        self._in_cluster = self._k8s.kubeconfig is None and _IN_CLUSTER_NAMESPACE.exists()
+        in_cluster_ns = _IN_CLUSTER_NAMESPACE.read_text().strip() if self._in_cluster else None
+        self._namespace = self._k8s.namespace or in_cluster_ns or "default"
+        self._api: k8s.ApiClient | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._throttle = ActivityThrottle(self._k8s.activity_interval_s)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        configuration = k8s.Configuration()
+        if self._in_cluster:
+            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        else:
+            await k8s_config.load_kube_config(
+                config_file=str(self._k8s.kubeconfig) if self._k8s.kubeconfig else None,
+                context=self._k8s.context,
+                client_configuration=configuration,
+            )
+        self._api = k8s.ApiClient(configuration)
+        # One pooled HTTP session for every agent this coordinator talks to.
+        self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512, limit_per_host=32))
+        existing = await self._custom.list_namespaced_custom_object(
+            GROUP, VERSION, self._namespace, PLURAL, label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+        )
+        log.info(
+            "kubernetes backend: namespace %s; %d session resource(s) already there",
+            self._namespace,
+            len(existing.get("items", [])),
+        )
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+        if self._api is not None:
+            await self._api.close()
+
+    def describe(self) -> str:
+        return f"kubernetes backend (CodegenSession resources in namespace {self._namespace})"
+
+    @property
+    def _custom(self) -> k8s.CustomObjectsApi:
+        assert self._api is not None, "the backend was not started"
+        return k8s.CustomObjectsApi(self._api)
+
+    @property
+    def _core(self) -> k8s.CoreV1Api:
+        assert self._api is not None, "the backend was not started"
+        return k8s.CoreV1Api(self._api)
+
+    # -- sandboxes -----------------------------------------------------------------------------
+
+    async def open(self, session_key: str) -> Sandbox:
+        name = session_resource_name(session_key)
+        body = build_session_manifest(name, self._namespace, session_key, self._k8s)
+        try:
+            await self._custom.create_namespaced_custom_object(GROUP, VERSION, self._namespace, PLURAL, body)
+            log.info("created CodegenSession %s/%s for MCP session %s", self._namespace, name, session_key)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise _api_error("create your sandbox", exc) from None
+            log.info("MCP session %s continues on CodegenSession %s/%s", session_key, self._namespace, name)
+        return await self._connect(name)
+
+    async def revive(self, sandbox: Sandbox) -> Sandbox:
+        await sandbox.client.aclose()
+        log.info("reconnecting to CodegenSession %s (%s)", sandbox.sandbox_id, sandbox.exit_reason)
+        return await self._connect(sandbox.sandbox_id)
+
+    async def close(self, sandbox: Sandbox) -> None:
+        sandbox.alive = False
+        await sandbox.client.aclose()
+        self._throttle.forget(sandbox.sandbox_id)
+        if self._k8s.retain_sessions:
+            return
+        try:
+            await self._custom.delete_namespaced_custom_object(
+                GROUP, VERSION, self._namespace, PLURAL, sandbox.sandbox_id
+            )
+            log.info("deleted CodegenSession %s/%s", self._namespace, sandbox.sandbox_id)
+        except ApiException as exc:
+            if exc.status != 404:
+                log.warning("could not delete CodegenSession %s: %s", sandbox.sandbox_id, exc.reason)
+
+    async def touch(self, sandbox: Sandbox) -> None:
+        if not self._throttle.due(sandbox.sandbox_id, time.monotonic()):
+            return
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            await self._custom.patch_namespaced_custom_object_status(
+                GROUP,
+                VERSION,
+                self._namespace,
+                PLURAL,
+                sandbox.sandbox_id,
+                {"status": {"lastActivityAt": now}},
+                _content_type="application/merge-patch+json",  # type: ignore[call-arg]  # accepted via **kwargs
+            )
+        except ApiException as exc:
+            # Activity is advisory (idle expiry); a failed write must not fail the user's call.
+            log.warning("could not record activity on %s: %s", sandbox.sandbox_id, exc.reason)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    async def _connect(self, name: str) -> Sandbox:
+        endpoint, secret_name = await self._wait_ready(name)
+        token = await self._read_token(secret_name)
+        assert self._http is not None
+        client = AgentClient(
+            AgentEndpoint(endpoint, token), request_timeout_s=self._settings.request_timeout_s, session=self._http
+        )
+        return Sandbox(sandbox_id=name, client=client, where=f"{self._namespace}/{name}", meta={"endpoint": endpoint})
+
+    async def _wait_ready(self, name: str) -> tuple[str, str]:
+        """Watch the resource until Ready (or Failed, or the deadline), never polling blindly."""
+        deadline = time.monotonic() + self._k8s.ready_timeout_s
+        last_message = "it is still starting"
+        while True:
+            try:
+                obj = await self._custom.get_namespaced_custom_object(GROUP, VERSION, self._namespace, PLURAL, name)
+            except ApiException as exc:
+                if exc.status == 404:
+                    raise CodegenError(
+                        "your sandbox's CodegenSession resource no longer exists (it expired or was deleted); "
+                        "start a new MCP session",
+                        code=ErrorCode.SANDBOX_UNAVAILABLE,
+                    ) from None
+                raise _api_error("read your sandbox's status", exc) from None
+            found = ready_endpoint(obj)
+            if found:
+                return found
+            last_message = (obj.get("status") or {}).get("message") or last_message
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise CodegenError(
+                    f"your sandbox was not ready within {self._k8s.ready_timeout_s:g} s: {last_message}",
+                    code=ErrorCode.TIMEOUT,
+                )
+            rv = (obj.get("metadata") or {}).get("resourceVersion")
+            watcher = k8s_watch.Watch()
+            try:
+                async with asyncio.timeout(min(remaining, 30.0)):
+                    async for event in watcher.stream(
+                        self._custom.list_namespaced_custom_object,
+                        GROUP,
+                        VERSION,
+                        self._namespace,
+                        PLURAL,
+                        field_selector=f"metadata.name={name}",
+                        resource_version=rv,
+                        timeout_seconds=max(1, int(min(remaining, 30.0))),
+                    ):
+                        changed = event["raw_object"] if isinstance(event, dict) else None
+                        if not changed or (changed.get("metadata") or {}).get("name") != name:
+                            continue
+                        if event.get("type") == "DELETED":
+                            break
+                        found = ready_endpoint(changed)
+                        if found:
+                            return found
+                        last_message = (changed.get("status") or {}).get("message") or last_message
+            except TimeoutError:
+                pass
+            except ApiException as exc:
+                if exc.status != 410:  # 410 Gone: resourceVersion too old, just re-read
+                    raise _api_error("watch your sandbox's status", exc) from None
+            finally:
+                watcher.stop()
+                await watcher.close()
+
+    async def _read_token(self, secret_name: str) -> str:
+        try:
+            secret = await self._core.read_namespaced_secret(secret_name, self._namespace)
+        except ApiException as exc:
+            raise _api_error("read your sandbox's token", exc) from None
+        data = (secret.data or {}).get(TOKEN_SECRET_KEY)
+        if not data:
+            raise SandboxUnavailable(f"the Secret {secret_name} has no {TOKEN_SECRET_KEY!r} key")
+        return base64.b64decode(data).decode()
+
+
+def _api_error(doing: str, exc: ApiException) -> CodegenError:
+    reason = exc.reason or f"HTTP {exc.status}"
+    if exc.status in (401, 403):
+        return CodegenError(
+            f"the coordinator is not allowed to {doing} ({reason}); check its RBAC",
+            code=ErrorCode.SANDBOX_UNAVAILABLE,
+        )
+    return CodegenError(f"could not {doing}: the Kubernetes API answered {reason}", code=ErrorCode.SANDBOX_UNAVAILABLE)
