@@ -24,7 +24,11 @@ NOW = datetime(2026, 11, 25, tzinfo=UTC)
         ("run.python", {"code": "1", "timeout_s": 0}, "`timeout_s`: input should be greater than 0"),
         ("fs.read", {"path": ""}, "`path`: string should have at least 1 character"),
         ("fs.read", {"path": "a", "limit": 0}, "`limit`: input should be greater than or equal to 1"),
-        ("fs.write", {"path": "a", "content": "x", "encoding": "rot13"}, "`encoding`: input should be 'utf-8' or 'base64'"),
+        (
+            "fs.write",
+            {"path": "a", "content": "x", "encoding": "rot13"},
+            "`encoding`: input should be 'utf-8' or 'base64'",
+        ),
         ("task.get_result", {"task_id": "t", "wait_s": 1e9}, "`wait_s`: input should be less than or equal to 300"),
     ],
 )
