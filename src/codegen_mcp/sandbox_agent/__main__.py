@@ -1,0 +1,117 @@
+"""`python -m codegen_mcp.sandbox_agent` / `codegen-mcp agent`: run one sandbox agent.
+
+Flags override `CODEGEN_AGENT_*` environment variables. Once listening, one line
+`LISTENING <host>:<port>` (or `LISTENING unix:<path>`) is printed to stdout, so a parent process that
+passed `--port 0` can find the port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from codegen_mcp.api.errors import CodegenError
+from codegen_mcp.sandbox_agent.app import create_app
+from codegen_mcp.sandbox_agent.settings import AgentSettings
+
+log = logging.getLogger("codegen_mcp.sandbox_agent")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="codegen-mcp agent",
+        description="Run one sandbox agent over a workspace folder. Flags override CODEGEN_AGENT_* variables.",
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("--workspace", type=Path, help="the folder this agent owns (CODEGEN_AGENT_WORKSPACE)")
+    p.add_argument("--state-dir", dest="state_dir", type=Path, help="agent bookkeeping; default <workspace>/.codegen")
+    p.add_argument("--venv-dir", dest="venv_dir", type=Path, help="session venv; default <workspace>/.venv")
+    p.add_argument("--host", help="TCP host to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="TCP port; 0 picks a free one (default 8080)")
+    p.add_argument("--unix-socket", dest="unix_socket", type=Path, help="listen on this Unix socket instead of TCP")
+    p.add_argument("--token-file", dest="token_file", type=Path, help="file holding the bearer token")
+    p.add_argument("--sandbox", choices=["auto", "bwrap", "none"], help="how run code is confined (default auto)")
+    p.add_argument(
+        "--network", action=argparse.BooleanOptionalAction, help="let run code reach the network (bwrap mode)"
+    )
+    p.add_argument("--sandbox-uid", dest="sandbox_uid", type=int, help="uid for run code when root (default 65534)")
+    p.add_argument("--sandbox-gid", dest="sandbox_gid", type=int, help="gid for run code when root")
+    p.add_argument(
+        "--hide-path", dest="hide_paths", type=Path, action="append", help="host folder hidden from run code"
+    )
+    p.add_argument("--python", help="base interpreter for the session venv (default /usr/bin/python3)")
+    p.add_argument("--memory-bytes", dest="memory_bytes", type=int, help="address-space limit of run code")
+    p.add_argument("--max-processes", dest="max_processes", type=int, help="process limit of run code")
+    p.add_argument("--max-file-bytes", dest="max_file_bytes", type=int, help="largest file run code may write")
+    p.add_argument("--output-cap-bytes", dest="output_cap_bytes", type=int, help="captured bytes per stream")
+    p.add_argument("--max-timeout-s", dest="max_timeout_s", type=float, help="largest timeout_s a call may ask")
+    p.add_argument("--pip-index-url", dest="pip_index_url", help="package index for pkg.install")
+    p.add_argument("--packages", help="requirements to install into the venv at start (space/comma separated)")
+    p.add_argument("--log-level", dest="log_level", default="INFO", help="logging level (default INFO)")
+    return p
+
+
+def parse_settings(argv: list[str] | None) -> tuple[AgentSettings, str]:
+    parser = build_parser()
+    ns = vars(parser.parse_args(argv))
+    level = str(ns.pop("log_level", "INFO"))
+    overrides: dict[str, Any] = dict(ns)
+    try:
+        return AgentSettings(**overrides), level
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        parser.error(f"{where}: {first['msg']} (set it with a flag or CODEGEN_AGENT_{where.upper()})")
+
+
+async def serve(settings: AgentSettings) -> None:
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        site: web.BaseSite
+        if settings.unix_socket is not None:
+            site = web.UnixSite(runner, str(settings.unix_socket))
+            await site.start()
+            os.chmod(settings.unix_socket, 0o600)
+            line = f"LISTENING unix:{settings.unix_socket}"
+        else:
+            site = web.TCPSite(runner, settings.host, settings.port)
+            await site.start()
+            host, port = runner.addresses[0][:2]
+            line = f"LISTENING [{host}]:{port}" if ":" in str(host) else f"LISTENING {host}:{port}"
+        print(line, flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings, level = parse_settings(argv)
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(settings))
+    except CodegenError as err:
+        print(f"codegen-mcp agent: {err.message}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except OSError as err:
+        print(f"codegen-mcp agent: cannot listen: {err.strerror or err}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Tasks: every run.python and pkg.install is a task with an id, a state, progress and a result.
+
+Callers wait on an `asyncio.Event` that is set when the task finishes (never a sleep loop). Finished tasks
+are kept up to a retention count, oldest forgotten first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from codegen_mcp.api.errors import CodegenError, ErrorCode
+from codegen_mcp.api.tools import PkgInstallResult, RunResult, TaskKind, TaskProgress, TaskState, TaskView
+
+log = logging.getLogger(__name__)
+
+# How long a cancel request waits for the killed process to be reaped before answering.
+CANCEL_GRACE_S = 10.0
+
+
+@dataclass
+class Outcome:
+    state: TaskState
+    run: RunResult | None = None
+    install: PkgInstallResult | None = None
+    error: str | None = None
+
+
+@dataclass
+class Task:
+    task_id: str
+    kind: TaskKind
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    state: TaskState = TaskState.QUEUED
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    started_mono: float | None = None
+    finished_mono: float | None = None
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+    message: str = ""
+    run: RunResult | None = None
+    install: PkgInstallResult | None = None
+    error: str | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    cancel_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    runner: asyncio.Task[None] | None = None
+
+    def view(self) -> TaskView:
+        elapsed = 0.0
+        if self.started_mono is not None:
+            end = self.finished_mono if self.finished_mono is not None else time.monotonic()
+            elapsed = round(end - self.started_mono, 3)
+        return TaskView(
+            task_id=self.task_id,
+            kind=self.kind,
+            state=self.state,
+            created_at=self.created_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            progress=TaskProgress(
+                elapsed_s=elapsed,
+                stdout_bytes=self.stdout_bytes,
+                stderr_bytes=self.stderr_bytes,
+                message=self.message,
+            ),
+            run=self.run,
+            install=self.install,
+            error=self.error,
+        )
+
+
+Work = Callable[[Task], Awaitable[Outcome]]
+
+
+class TaskManager:
+    """Starts, tracks, waits on, cancels and forgets tasks."""
+
+    def __init__(self, retention: int, max_concurrent_runs: int = 8) -> None:
+        self.retention = retention
+        self._tasks: dict[str, Task] = {}
+        self._run_gate = asyncio.Semaphore(max_concurrent_runs)
+        # pip runs one at a time: two installs into one venv at once can corrupt it.
+        self._install_gate = asyncio.Semaphore(1)
+        self._closed = False
+
+    def submit(self, kind: TaskKind, work: Work) -> Task:
+        if self._closed:
+            raise CodegenError("the agent is shutting down", code=ErrorCode.SANDBOX_UNAVAILABLE)
+        task = Task(task_id=f"task_{secrets.token_hex(8)}", kind=kind)
+        gate = self._install_gate if kind is TaskKind.PKG_INSTALL else self._run_gate
+        self._tasks[task.task_id] = task
+        task.runner = asyncio.create_task(self._drive(task, work, gate), name=task.task_id)
+        return task
+
+    async def _drive(self, task: Task, work: Work, gate: asyncio.Semaphore) -> None:
+        try:
+            async with gate:
+                task.state = TaskState.RUNNING
+                task.started_at = datetime.now(UTC)
+                task.started_mono = time.monotonic()
+                outcome = await work(task)
+            task.state, task.run, task.install, task.error = outcome.state, outcome.run, outcome.install, outcome.error
+        except asyncio.CancelledError:
+            task.state = TaskState.CANCELLED
+            task.error = task.error or "the task was cancelled"
+            raise
+        except CodegenError as err:
+            task.state, task.error = TaskState.FAILED, err.message
+        except Exception:
+            log.exception("task %s failed inside the agent", task.task_id)
+            task.state, task.error = TaskState.FAILED, "the task failed inside the agent (see the agent log)"
+        finally:
+            task.finished_at = datetime.now(UTC)
+            task.finished_mono = time.monotonic()
+            if task.started_mono is None:
+                task.started_mono = task.finished_mono
+            task.done.set()
+            self._forget_old()
+
+    def _forget_old(self) -> None:
+        finished = [t for t in self._tasks.values() if t.done.is_set()]
+        for old in finished[: max(0, len(finished) - self.retention)]:
+            del self._tasks[old.task_id]
+
+    def get(self, task_id: str) -> Task:
+        task = self._tasks.get(task_id)
+        if task is None:
+            raise CodegenError(
+                f"there is no task `{task_id}` (unknown, or finished long enough ago to be forgotten)",
+                code=ErrorCode.TASK_NOT_FOUND,
+            )
+        return task
+
+    async def wait(self, task: Task, timeout_s: float) -> None:
+        """Wait up to `timeout_s` for the task to finish; returns either way."""
+        if task.done.is_set() or timeout_s <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await task.done.wait()
+
+    async def cancel(self, task_id: str) -> Task:
+        task = self.get(task_id)
+        if task.done.is_set():
+            return task
+        task.cancel_requested.set()
+        if task.state is TaskState.QUEUED and task.runner is not None:
+            # Still waiting for its turn: nothing to kill.
+            task.runner.cancel()
+        await self.wait(task, CANCEL_GRACE_S)
+        return task
+
+    def running(self) -> list[Task]:
+        return [t for t in self._tasks.values() if not t.done.is_set()]
+
+    async def shutdown(self) -> None:
+        """Stop everything still running (their process groups are killed by the executor)."""
+        self._closed = True
+        runners = [t.runner for t in self.running() if t.runner is not None]
+        for runner in runners:
+            runner.cancel()
+        if runners:
+            await asyncio.gather(*runners, return_exceptions=True)
