@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx2 as httpx
 import pytest
 from mcp import ClientSession
 from mcp.client.sse import sse_client
@@ -79,6 +80,14 @@ def start_coordinator(state_dir: Path, *extra: str, env: dict[str, str] | None =
     return CoordinatorProcess(url=base, state_dir=state_dir, proc=proc)
 
 
+def print_log_tail(cp: CoordinatorProcess, lines: int = 60) -> None:
+    """Echo the end of a coordinator's log: pytest shows it only when a test failed."""
+    log = cp.state_dir.parent / f"{cp.state_dir.name}.log"
+    if log.exists():
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+        print(f"--- {log} (last {len(tail)} lines) ---", *tail, sep="\n")
+
+
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
@@ -111,13 +120,18 @@ def coordinator() -> Iterator[CoordinatorProcess]:
             yield cp
         finally:
             stop_process(cp.proc)
+            print_log_tail(cp)
 
 
 @contextlib.asynccontextmanager
-async def mcp_session(coordinator: CoordinatorProcess, transport: str = "http") -> AsyncIterator[ClientSession]:
+async def mcp_session(
+    coordinator: CoordinatorProcess, transport: str = "http", headers: dict[str, str] | None = None
+) -> AsyncIterator[ClientSession]:
     """An initialized official-SDK ClientSession over the given transport."""
+    stack = contextlib.AsyncExitStack()
     if transport == "http":
-        cm = streamable_http_client(f"{coordinator.url}/mcp")
+        http_client = await stack.enter_async_context(httpx.AsyncClient(headers=headers)) if headers else None
+        cm = streamable_http_client(f"{coordinator.url}/mcp", http_client=http_client)
     elif transport == "sse":
         cm = sse_client(f"{coordinator.url}/sse")
     elif transport == "stdio":
@@ -140,7 +154,7 @@ async def mcp_session(coordinator: CoordinatorProcess, transport: str = "http") 
     else:
         raise ValueError(transport)
     try:
-        async with cm as streams, ClientSession(streams[0], streams[1]) as session:
+        async with stack, cm as streams, ClientSession(streams[0], streams[1]) as session:
             await session.initialize()
             yield session
     finally:

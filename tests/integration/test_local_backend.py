@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from .conftest import CoordinatorProcess, mcp_session, start_coordinator, state_root, stop_process
+from .conftest import CoordinatorProcess, mcp_session, print_log_tail, start_coordinator, state_root, stop_process
 from .test_mcp_tools import call, text_of
 
 pytestmark = pytest.mark.timeout(120)
@@ -58,6 +58,7 @@ def fresh_coordinator() -> Iterator[CoordinatorProcess]:
             yield cp
         finally:
             stop_process(cp.proc)
+            print_log_tail(cp)
 
 
 def session_dirs(cp: CoordinatorProcess) -> list[Path]:

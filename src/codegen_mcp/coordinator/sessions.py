@@ -46,7 +46,12 @@ class SessionManager:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
-        await asyncio.gather(*(self.close(key) for key in list(self._entries)), return_exceptions=True)
+        await asyncio.gather(*(self._detach(key) for key in list(self._entries)), return_exceptions=True)
+
+    async def _detach(self, key: str) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None and entry.sandbox is not None:
+            await self._backend.detach(entry.sandbox)
 
     def sandbox_id(self, key: str) -> str | None:
         entry = self._entries.get(key)

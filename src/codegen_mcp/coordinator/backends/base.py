@@ -50,6 +50,14 @@ class Backend(ABC):
     async def close(self, sandbox: Sandbox) -> None:
         """End a session's sandbox (its workspace is kept or removed as configured)."""
 
+    async def detach(self, sandbox: Sandbox) -> None:
+        """This coordinator stops serving the sandbox (shutdown); by default that ends it like `close`.
+
+        Backends whose sandboxes live outside this process (kubernetes) only let go, so a restarted
+        coordinator, or another replica, finds them again.
+        """
+        await self.close(sandbox)
+
     @abstractmethod
     def describe(self) -> str:
         """One line for logs: the backend and the isolation in force."""

@@ -23,6 +23,7 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio import watch as k8s_watch
 from kubernetes_asyncio.client.exceptions import ApiException
+from pydantic import ValidationError
 
 from codegen_mcp.api.errors import CodegenError, ErrorCode, SandboxUnavailable
 from codegen_mcp.api.session import (
@@ -36,6 +37,8 @@ from codegen_mcp.api.session import (
     TOKEN_SECRET_KEY,
     VERSION,
     Phase,
+    SessionSpec,
+    describe_validation_error,
 )
 from codegen_mcp.coordinator.agent_client import AgentClient, AgentEndpoint
 from codegen_mcp.coordinator.backends.base import Backend, Sandbox
@@ -97,6 +100,15 @@ def build_session_manifest(
     }
 
 
+def check_template(template: KubernetesBackendSettings) -> None:
+    """Refuse at start-up a session template the operator would reject for every session."""
+    spec = build_session_manifest("mcp-template", "default", "template", template)["spec"]
+    try:
+        SessionSpec.model_validate(spec)
+    except ValidationError as exc:
+        raise ValueError(f"the CODEGEN_K8S_* session template is invalid: {describe_validation_error(exc)}") from None
+
+
 class ActivityThrottle:
     """Says when a session's activity is worth writing: at most once per `interval_s` per session."""
 
@@ -144,6 +156,7 @@ class KubernetesBackend(Backend):
         self._api: k8s.ApiClient | None = None
         self._http: aiohttp.ClientSession | None = None
         self._throttle = ActivityThrottle(self._k8s.activity_interval_s)
+        check_template(self._k8s)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -203,9 +216,14 @@ class KubernetesBackend(Backend):
         return await self._connect(name)
 
     async def revive(self, sandbox: Sandbox) -> Sandbox:
-        await sandbox.client.aclose()
         log.info("reconnecting to CodegenSession %s (%s)", sandbox.sandbox_id, sandbox.exit_reason)
-        return await self._connect(sandbox.sandbox_id)
+        old = sandbox.meta.get("endpoint")
+        if await sandbox.client.healthy():
+            sandbox.alive, sandbox.exit_reason = True, None
+            return sandbox
+        await sandbox.client.aclose()
+        # The status may still name the old Pod until the operator notices: wait for a different endpoint.
+        return await self._connect(sandbox.sandbox_id, stale_endpoint=old)
 
     async def close(self, sandbox: Sandbox) -> None:
         sandbox.alive = False
@@ -221,6 +239,11 @@ class KubernetesBackend(Backend):
         except ApiException as exc:
             if exc.status != 404:
                 log.warning("could not delete CodegenSession %s: %s", sandbox.sandbox_id, exc.reason)
+
+    async def detach(self, sandbox: Sandbox) -> None:
+        # The resource stays: its workspace is found again by name; if no session comes back for it, the
+        # operator deletes it at its idle timeout.
+        await sandbox.client.aclose()
 
     async def touch(self, sandbox: Sandbox) -> None:
         if not self._throttle.due(sandbox.sandbox_id, time.monotonic()):
@@ -242,8 +265,8 @@ class KubernetesBackend(Backend):
 
     # -- internals -----------------------------------------------------------------------------
 
-    async def _connect(self, name: str) -> Sandbox:
-        endpoint, secret_name = await self._wait_ready(name)
+    async def _connect(self, name: str, stale_endpoint: str | None = None) -> Sandbox:
+        endpoint, secret_name = await self._wait_ready(name, stale_endpoint)
         token = await self._read_token(secret_name)
         assert self._http is not None
         client = AgentClient(
@@ -251,8 +274,16 @@ class KubernetesBackend(Backend):
         )
         return Sandbox(sandbox_id=name, client=client, where=f"{self._namespace}/{name}", meta={"endpoint": endpoint})
 
-    async def _wait_ready(self, name: str) -> tuple[str, str]:
-        """Watch the resource until Ready (or Failed, or the deadline), never polling blindly."""
+    async def _wait_ready(self, name: str, stale_endpoint: str | None = None) -> tuple[str, str]:
+        """Watch the resource until Ready (or Failed, or the deadline), never polling blindly.
+
+        A Ready status that still names `stale_endpoint` (a Pod known to be gone) counts as not ready yet.
+        """
+
+        def usable(obj: dict[str, Any]) -> tuple[str, str] | None:
+            found = ready_endpoint(obj)
+            return found if found and found[0] != stale_endpoint else None
+
         deadline = time.monotonic() + self._k8s.ready_timeout_s
         last_message = "it is still starting"
         while True:
@@ -266,7 +297,7 @@ class KubernetesBackend(Backend):
                         code=ErrorCode.SANDBOX_UNAVAILABLE,
                     ) from None
                 raise _api_error("read your sandbox's status", exc) from None
-            found = ready_endpoint(obj)
+            found = usable(obj)
             if found:
                 return found
             last_message = (obj.get("status") or {}).get("message") or last_message
@@ -295,7 +326,7 @@ class KubernetesBackend(Backend):
                             continue
                         if event.get("type") == "DELETED":
                             break
-                        found = ready_endpoint(changed)
+                        found = usable(changed)
                         if found:
                             return found
                         last_message = (changed.get("status") or {}).get("message") or last_message
