@@ -12,7 +12,7 @@ IMAGE_TAG ?= dev
 .DEFAULT_GOAL := help
 
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}'
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed ## Create .venv and install the project with all extras (idempotent)
 
-run: install ## Install, then serve MCP on http://$(HOST):$(PORT)/mcp and /sse (local backend)
+run: install ## Install, then serve MCP on http://127.0.0.1:8765/mcp and /sse (local backend; HOST=, PORT= to change)
 	$(BIN)/codegen-mcp serve --backend local --host $(HOST) --port $(PORT)
 
 test: install conformance-install ## Install, then run every test that can run on this machine
@@ -52,3 +52,5 @@ bench: install ## Print round-trip figures (coordinator vs a bare MCP server)
 	$(BIN)/python bench/roundtrip.py
 
 .PHONY: help install run test lint fmt bench conformance-install conformance
+
+include mk/cluster.mk

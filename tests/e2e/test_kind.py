@@ -1,0 +1,355 @@
+"""The chart on a real kind cluster: sessions become sandbox Pods, MCP clients use them through the
+coordinator's Service, NetworkPolicy isolates sandboxes, deletion and TTL clean everything up.
+
+Run with `make e2e` (kind-up, images, kind-load, deploy, then these tests). Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+import yaml
+from mcp import ClientSession
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+
+from codegen_mcp.api import session as api
+
+from .cluster import REPO, Cluster, eventually, port_forward, pypi_reachable, session_manifest, unique
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+SEED_TOOLS = {
+    "echo", "fs.read", "fs.write", "fs.list", "run.python", "pkg.install",
+    "artifact.get", "task.get_status", "task.get_result",
+}  # fmt: skip
+SANDBOX_UID = 10001
+EXAMPLE = REPO / "examples" / "codegensession.yaml"
+
+
+def children_of(name: str) -> dict[str, str]:
+    return {
+        "pod": api.sandbox_pod_name(name),
+        "secret": api.token_secret_name(name),
+        "persistentvolumeclaim": api.workspace_claim_name(name),
+        "networkpolicy": api.network_policy_name(name),
+    }
+
+
+@pytest.fixture
+def sessions(cluster: Cluster) -> Iterator[list[tuple[str, str]]]:
+    """Sessions a test creates, as (namespace, name): deleted afterwards, whatever happened."""
+    made: list[tuple[str, str]] = []
+    yield made
+    for namespace, name in made:
+        cluster.delete("codegensession", name, namespace)
+
+
+def create_session(cluster: Cluster, made: list[tuple[str, str]], prefix: str, **spec: Any) -> str:
+    name = unique(prefix)
+    made.append((cluster.namespace, name))
+    cluster.apply(session_manifest(name, cluster.namespace, **spec))
+    return name
+
+
+def pod_ip(cluster: Cluster, session: str, namespace: str | None = None) -> str:
+    pod = cluster.get("pod", api.sandbox_pod_name(session), namespace)
+    assert pod is not None and pod["status"].get("podIP"), f"sandbox Pod of {session} has no IP"
+    return str(pod["status"]["podIP"])
+
+
+def connect_from(cluster: Cluster, pod: str, host: str, port: int, namespace: str | None = None) -> str:
+    """'connected' or 'blocked ...': a TCP connect from inside `pod`, with a 5 s deadline."""
+    code = (
+        (
+            "import socket\n"
+            "s = socket.socket(socket.AF_INET6 if ':' in HOST else socket.AF_INET)\n"
+            "s.settimeout(5)\n"
+            "try:\n"
+            "    s.connect((HOST, PORT)); print('connected')\n"
+            "except OSError as e:\n"
+            "    print('blocked', type(e).__name__)\n"
+        )
+        .replace("HOST", repr(host))
+        .replace("PORT", str(port))
+    )
+    done = cluster.exec_python(pod, code, namespace, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+# --- the release ---------------------------------------------------------------------------------------------
+
+
+def test_release_is_up_and_sessions_are_listable(cluster: Cluster) -> None:
+    for component in ("operator", "coordinator"):
+        status = cluster.deployment(component)["status"]
+        assert status.get("availableReplicas", 0) >= 1, component
+    listed = cluster.kubectl("get", "cgs", "-A")
+    assert listed.returncode == 0
+    coordinator = cluster.coordinator_pod()
+    spec = coordinator["spec"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+# --- a session from the example manifest -------------------------------------------------------------------
+
+
+def test_example_session_becomes_a_locked_down_sandbox_and_is_cleaned_up(cluster: Cluster) -> None:
+    example = yaml.safe_load(EXAMPLE.read_text())
+    name, namespace = example["metadata"]["name"], example["metadata"]["namespace"]
+    cluster.kubectl("delete", "-f", str(EXAMPLE), "--ignore-not-found", "--wait=true", "--timeout=120s", timeout=150)
+    cluster.kubectl("apply", "-f", str(EXAMPLE))
+    try:
+        body = cluster.wait_ready(name, namespace, timeout=300)
+        status = body["status"]
+        assert status["podName"] == api.sandbox_pod_name(name)
+        assert status["endpoint"].startswith("http://") and status["endpoint"].endswith(":8080")
+        assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
+        assert "Ready" in cluster.kubectl("get", "cgs", name, "-n", namespace).stdout  # printer columns
+
+        pod = cluster.get("pod", api.sandbox_pod_name(name), namespace)
+        assert pod is not None
+        spec = pod["spec"]
+        (agent,) = spec["containers"]
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["runAsUser"] == SANDBOX_UID
+        assert spec["automountServiceAccountToken"] is False
+        sc = agent["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        mounts = {m["mountPath"]: m["name"] for m in agent["volumeMounts"]}
+        assert mounts == {"/workspace": "workspace", "/tmp": "tmp"}, "no service-account token, nothing else"
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["workspace"]["persistentVolumeClaim"]["claimName"] == api.workspace_claim_name(name)
+        assert "emptyDir" in volumes["tmp"]
+
+        # What the kernel says inside the running sandbox.
+        probe = (
+            "import json, os\n"
+            "out = {'uid': os.getuid(), 'gid': os.getgid()}\n"
+            "open('/workspace/.e2e-probe', 'w').write('x'); os.remove('/workspace/.e2e-probe')\n"
+            "try:\n"
+            "    open('/opt/e2e-probe', 'w'); out['root_writable'] = True\n"
+            "except OSError as e:\n"
+            "    out['root_writable'] = False\n"
+            "out['token_mounted'] = os.path.exists('/var/run/secrets/kubernetes.io/serviceaccount/token')\n"
+            "print(json.dumps(out))\n"
+        )
+        done = cluster.exec_python(api.sandbox_pod_name(name), probe, namespace)
+        assert done.returncode == 0, done.stderr
+        seen = json.loads(done.stdout)
+        assert seen == {"uid": SANDBOX_UID, "gid": SANDBOX_UID, "root_writable": False, "token_mounted": False}
+
+        if pypi_reachable():  # spec.packages (requests==2.32.3) is installed at start, from the package index
+            check = "import subprocess; print(subprocess.run(['/workspace/.venv/bin/python', '-c', "
+            check += "'import requests; print(requests.__version__)'], capture_output=True, text=True).stdout)"
+            eventually(
+                lambda: "2.32.3" in cluster.exec_python(api.sandbox_pod_name(name), check, namespace).stdout,
+                timeout=240,
+                interval=5,
+                what="spec.packages to be installed into the session venv",
+            )
+    finally:
+        cluster.kubectl("delete", "-f", str(EXAMPLE), "--ignore-not-found", "--wait=false")
+
+    # Deleting the session removes its Pod, Secret, NetworkPolicy and (not retained) workspace claim.
+    cluster.wait_gone("codegensession", name, namespace)
+    for kind, child in children_of(name).items():
+        cluster.wait_gone(kind, child, namespace)
+
+
+def test_retained_workspace_outlives_its_session(cluster: Cluster, sessions: list[tuple[str, str]]) -> None:
+    name = create_session(cluster, sessions, "e2e-retain", workspace={"size": "256Mi", "retain": True})
+    cluster.wait_ready(name)
+    cluster.delete("codegensession", name)
+    cluster.wait_gone("codegensession", name)
+    children = children_of(name)
+    for kind in ("pod", "secret", "networkpolicy"):
+        cluster.wait_gone(kind, children[kind])
+    claim = cluster.get("persistentvolumeclaim", children["persistentvolumeclaim"])
+    try:
+        assert claim is not None, "a retained workspace must survive its session"
+        owners = [r["kind"] for r in claim["metadata"].get("ownerReferences") or []]
+        assert api.KIND not in owners
+    finally:
+        cluster.delete("persistentvolumeclaim", children["persistentvolumeclaim"])
+
+
+def test_ttl_expiry_deletes_the_session(cluster: Cluster, sessions: list[tuple[str, str]]) -> None:
+    ttl = 20
+    name = create_session(cluster, sessions, "e2e-ttl", ttlSeconds=ttl)
+    expires = eventually(
+        lambda: ((cluster.get("codegensession", name) or {}).get("status") or {}).get("expiresAt"),
+        timeout=60,
+        interval=1,
+        what="status.expiresAt",
+    )
+    assert expires
+    # TTL + the operator's expiry check interval (2 s on kind) + deletion of the children.
+    cluster.wait_gone("codegensession", name, timeout=ttl + 150)
+    for kind, child in children_of(name).items():
+        cluster.wait_gone(kind, child, timeout=120)
+
+
+# --- isolation ---------------------------------------------------------------------------------------------
+
+
+def test_network_policy_keeps_sandboxes_apart(cluster: Cluster, sessions: list[tuple[str, str]]) -> None:
+    if not cluster.calico_enforces_network_policy():
+        pytest.skip(
+            "no Calico in kube-system: kind's default CNI (kindnet) does not enforce NetworkPolicy, so isolation "
+            "cannot be observed; recreate the cluster with `make kind-down kind-up` (installs Calico)"
+        )
+    # The prober may send anything anywhere: only the target's own policy can stop it.
+    prober = create_session(cluster, sessions, "e2e-np-a", network={"egress": "open"})
+    target = create_session(cluster, sessions, "e2e-np-b", network={"egress": "none"})
+    cluster.wait_ready(prober)
+    cluster.wait_ready(target)
+    target_ip = pod_ip(cluster, target)
+    coordinator = cluster.coordinator_pod()
+
+    result = connect_from(cluster, api.sandbox_pod_name(prober), target_ip, 8080)
+    assert result.startswith("blocked"), f"sandbox {prober} reached {target}'s agent: {result}"
+    # Controls: the network works, and the coordinator (the one allowed peer) does reach the agent.
+    assert connect_from(cluster, api.sandbox_pod_name(prober), coordinator["status"]["podIP"], 8765) == "connected"
+    assert connect_from(cluster, coordinator["metadata"]["name"], target_ip, 8080) == "connected"
+
+
+# --- MCP clients through a port-forward --------------------------------------------------------------------
+
+
+@pytest.fixture
+def coordinator_url(cluster: Cluster) -> Iterator[str]:
+    service = cluster.coordinator_service()
+    with port_forward(cluster, f"svc/{service['metadata']['name']}", "mcp") as port:
+        url = f"http://127.0.0.1:{port}"
+        eventually(lambda: _healthy(url), timeout=30, interval=0.5, what="the coordinator's /healthz")
+        yield url
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=5) as answer:
+            return bool(answer.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+@contextlib.asynccontextmanager
+async def mcp_http(url: str, token: str | None) -> AsyncIterator[ClientSession]:
+    timeout = httpx2.Timeout(30.0, read=300.0)
+    async with (
+        httpx2.AsyncClient(headers=_headers(token), timeout=timeout) as http,
+        streamable_http_client(f"{url}/mcp", http_client=http) as streams,
+        ClientSession(streams[0], streams[1]) as session,
+    ):
+        await session.initialize()
+        yield session
+
+
+def text_of(result: Any) -> str:
+    return "\n".join(c.text for c in result.content if getattr(c, "type", None) == "text")
+
+
+async def call(session: ClientSession, tool: str, **arguments: Any) -> Any:
+    result = await session.call_tool(tool, arguments)
+    assert not result.is_error, f"{tool} failed: {text_of(result)}"
+    return result
+
+
+def session_names(cluster: Cluster) -> set[str]:
+    return {s["metadata"]["name"] for s in cluster.list("codegensession")}
+
+
+async def test_mcp_client_runs_every_tool_in_a_sandbox_pod(cluster: Cluster, coordinator_url: str) -> None:
+    token = cluster.auth_token()
+    before = session_names(cluster)
+    with anyio.fail_after(600):
+        async with mcp_http(coordinator_url, token) as s:
+            assert {t.name for t in (await s.list_tools()).tools} == SEED_TOOLS
+
+            assert text_of(await call(s, "echo", message="hello from kind")) == "hello from kind"
+            script = "print('hello from a pod')\n"
+            written = await call(s, "fs.write", path="e2e/hello.py", content=script)
+            assert written.structured_content["bytes_written"] == len(script.encode())
+            listing = (await call(s, "fs.list", recursive=True)).structured_content["entries"]
+            assert {e["name"]: e["type"] for e in listing}["e2e/hello.py"] == "file"
+            read = (await call(s, "fs.read", path="e2e/hello.py")).structured_content
+            assert read["content"] == script
+
+            ran = (await call(s, "run.python", file="e2e/hello.py")).structured_content
+            assert ran["state"] == "succeeded" and ran["run"]["stdout"] == "hello from a pod\n"
+            who = (await call(s, "run.python", code="import os; print(os.getuid())")).structured_content
+            assert who["run"]["stdout"].strip() == str(SANDBOX_UID)
+
+            made = (await call(s, "run.python", code="open('report.csv','w').write('a,b\\n1,2\\n')")).structured_content
+            (artifact,) = made["run"]["artifacts"]
+            got = (await call(s, "artifact.get", artifact_id=artifact["artifact_id"])).structured_content
+            assert got["content"] == "a,b\n1,2\n"
+
+            slow = await call(s, "run.python", code="import time; time.sleep(3); print('late')", wait_s=0.5)
+            task_id = slow.structured_content["task_id"]
+            assert slow.structured_content["state"] in ("queued", "running")
+            status = (await call(s, "task.get_status", task_id=task_id)).structured_content
+            assert status["task_id"] == task_id
+            done = (await call(s, "task.get_result", task_id=task_id, wait_s=60)).structured_content
+            assert done["state"] == "succeeded" and done["run"]["stdout"] == "late\n"
+
+            installed = await s.call_tool("pkg.install", {"packages": "iniconfig==2.0.0"})
+            if pypi_reachable():  # the default egress is `packages`: DNS + the package index
+                assert not installed.is_error, text_of(installed)
+                assert {"name": "iniconfig", "version": "2.0.0"} in installed.structured_content["install"]["installed"]
+            else:
+                assert installed.is_error and "\n" not in text_of(installed)
+
+            escape = await s.call_tool("fs.read", {"path": "../../etc/passwd"})
+            assert escape.is_error and "workspace" in text_of(escape).lower()
+
+            # The sandbox is a CodegenSession in the cluster, found by the MCP session it serves.
+            new = session_names(cluster) - before
+            assert len(new) == 1, f"expected one new CodegenSession, found {new}"
+            (mine,) = new
+            body = cluster.get("codegensession", mine)
+            assert body is not None and body["status"]["phase"] == "Ready"
+            assert api.ANNOTATION_MCP_SESSION in body["metadata"].get("annotations", {})
+
+    # Ending the MCP session ends its sandbox (sessions.retainSessions is false).
+    cluster.wait_gone("codegensession", mine, timeout=180)
+
+
+async def test_sse_transport_and_bearer_auth(cluster: Cluster, coordinator_url: str) -> None:
+    token = cluster.auth_token()
+    with anyio.fail_after(400):
+        async with (
+            sse_client(f"{coordinator_url}/sse", headers=_headers(token)) as streams,
+            ClientSession(streams[0], streams[1]) as s,
+        ):
+            await s.initialize()
+            assert text_of(await call(s, "echo", message="over SSE")) == "over SSE"
+            await call(s, "fs.write", path="sse.txt", content="sse")
+            assert (await call(s, "fs.read", path="sse.txt")).structured_content["content"] == "sse"
+    if token is None:
+        pytest.skip("auth.enabled is false in this release: nothing more to check")
+    request = urllib.request.Request(
+        f"{coordinator_url}/mcp",
+        data=json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}).encode(),
+        headers={"Content-Type": "application/json", "Accept": "application/json, text/event-stream"},
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 401
