@@ -19,15 +19,21 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[all]'
 	@touch $@
 
-install: $(VENV)/.installed ## Create .venv and install the project with all extras (idempotent)
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed ## Create .venv and install the project with its runtime extras (idempotent)
+
+install-dev: $(VENV)/.installed-dev ## Also install the test and lint tools
 
 run: install ## Install, then serve MCP on http://127.0.0.1:8765/mcp and /sse (local backend; HOST=, PORT= to change)
 	$(BIN)/codegen-mcp serve --backend local --host $(HOST) --port $(PORT)
 
-test: install conformance-install ## Install, then run every test that can run on this machine
+test: install-dev conformance-install ## Install, then run every test that can run on this machine
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 tests/conformance/node_modules/.package-lock.json: tests/conformance/package.json tests/conformance/package-lock.json
@@ -35,22 +41,22 @@ tests/conformance/node_modules/.package-lock.json: tests/conformance/package.jso
 
 conformance-install: tests/conformance/node_modules/.package-lock.json ## Install the pinned MCP conformance suite (npm ci)
 
-conformance: install conformance-install ## Run the official MCP conformance suite against the coordinator
+conformance: install-dev conformance-install ## Run the official MCP conformance suite against the coordinator
 	$(BIN)/pytest -m conformance tests/conformance $(PYTEST_ARGS)
 
-lint: install ## ruff, ruff format --check, mypy --strict, import-linter
+lint: install-dev ## ruff, ruff format --check, mypy --strict, import-linter
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-fmt: install ## Format and autofix
+fmt: install-dev ## Format and autofix
 	$(BIN)/ruff check --fix src tests bench
 	$(BIN)/ruff format src tests bench
 
 bench: install ## Print round-trip figures (coordinator vs a bare MCP server)
 	$(BIN)/python bench/roundtrip.py
 
-.PHONY: help install run test lint fmt bench conformance-install conformance
+.PHONY: help install install-dev run test lint fmt bench conformance-install conformance
 
 include mk/cluster.mk

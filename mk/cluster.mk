@@ -53,7 +53,7 @@ deploy: ## helm upgrade --install the chart into the kind cluster (NAMESPACE, RE
 	  $(KUBECTL) --context $(KIND_CONTEXT) -n $(NAMESPACE) rollout status $$d --timeout=$(DEPLOY_TIMEOUT) || exit 1; \
 	done
 
-e2e: install kind-up images kind-load deploy ## Build, load and deploy into kind, then run tests/e2e against it
+e2e: install-dev kind-up images kind-load deploy ## Build, load and deploy into kind, then run tests/e2e against it
 	CODEGEN_E2E=1 CODEGEN_E2E_CONTEXT=$(KIND_CONTEXT) CODEGEN_E2E_NAMESPACE=$(NAMESPACE) \
 	  CODEGEN_E2E_RELEASE=$(RELEASE) $(BIN)/pytest -m e2e tests/e2e $(PYTEST_ARGS)
 
