@@ -11,16 +11,14 @@ import dataclasses
 import json
 import re
 import shutil
-import signal
 import subprocess
-import sys
-import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.coordinator import CoordinatorProcess, start_coordinator, state_root, stop_process
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -138,86 +136,17 @@ def conformance_suite() -> ConformanceSuite:
 # --- the server under test ---------------------------------------------------------------------------
 
 
-class ServerProcess:
-    """A server started as `… --port 0` that announces itself with one `LISTENING <url>` stdout line."""
-
-    def __init__(self, argv: list[str], log_path: Path) -> None:
-        self.argv = argv
-        self.log_path = log_path
-        self.url = ""
-        self._stdout_lines: list[str] = []
-        self._announced = threading.Event()
-        with log_path.open("wb") as log:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(
-                argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True
-            )
-        # A reader thread keeps draining stdout so the server can never block on a full pipe.
-        self._reader = threading.Thread(target=self._read_stdout, name="server-stdout", daemon=True)
-        self._reader.start()
-
-    def _read_stdout(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._stdout_lines.append(line)
-            if not self.url and line.startswith("LISTENING "):
-                self.url = line.split(maxsplit=1)[1].strip().rstrip("/")
-                self._announced.set()
-        self._announced.set()  # EOF: the process ended without announcing itself
-
-    def wait_listening(self, timeout_s: float) -> str:
-        if not self._announced.wait(timeout_s) or not self.url:
-            self.stop()
-            raise RuntimeError(
-                f"{' '.join(self.argv)} did not print `LISTENING <url>` within {timeout_s:.0f} s "
-                f"(exit code {self.proc.poll()}).\nstdout:\n{''.join(self._stdout_lines)}\nlog:\n{self.log_tail()}"
-            )
-        return self.url
-
-    def log_tail(self, lines: int = 40) -> str:
-        text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # uvicorn shuts down gracefully (sandboxes are closed)
-            try:
-                self.proc.wait(COORDINATOR_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(COORDINATOR_STOP_TIMEOUT_S)
-        self._reader.join(COORDINATOR_STOP_TIMEOUT_S)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
 @pytest.fixture(scope="module")
-def coordinator() -> Iterator[ServerProcess]:
+def coordinator() -> Iterator[CoordinatorProcess]:
     """One coordinator on 127.0.0.1 with a random port and a temporary state dir for the module."""
-    # Not under pytest's tmp_path: that lies in a 0700 folder, and the local backend refuses a state dir
-    # that its sandboxed (unprivileged) processes could not enter.
-    state_dir = Path(tempfile.mkdtemp(prefix="codegen-mcp-conformance-"))
-    state_dir.chmod(0o711)
-    argv = [
-        sys.executable,
-        "-m",
-        "codegen_mcp.coordinator",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--state-dir",
-        str(state_dir / "state"),
-    ]
-    server = ServerProcess(argv, state_dir / "coordinator.log")
-    try:
-        server.wait_listening(COORDINATOR_START_TIMEOUT_S)
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(state_dir, ignore_errors=True)
+    for root in state_root():
+        state = root / "state"
+        state.mkdir()
+        server = start_coordinator(state)
+        try:
+            yield server
+        finally:
+            stop_process(server.proc)
 
 
 @pytest.fixture

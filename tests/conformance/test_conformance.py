@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:  # fixtures come from conftest.py; never import it at run time
-    from tests.conformance.conftest import ConformanceSuite, ServerProcess
+    from tests.conformance.conftest import ConformanceSuite
+    from tests.support.coordinator import CoordinatorProcess
 
 pytestmark = pytest.mark.conformance
 
@@ -29,7 +30,7 @@ SCENARIOS = [
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_scenario_passes_against_coordinator(
-    scenario: str, conformance_suite: ConformanceSuite, coordinator: ServerProcess, tmp_path: Path
+    scenario: str, conformance_suite: ConformanceSuite, coordinator: CoordinatorProcess, tmp_path: Path
 ) -> None:
     assert coordinator.alive(), f"the coordinator exited before {scenario}:\n{coordinator.log_tail()}"
 

@@ -1,0 +1,109 @@
+"""A real coordinator process on 127.0.0.1 for tests: start it, find its port, read its log, stop it."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class CoordinatorProcess:
+    url: str
+    state_dir: Path
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def audit_log(self) -> Path:
+        return self.state_dir / "audit.jsonl"
+
+    @property
+    def log_path(self) -> Path:
+        return self.state_dir.parent / f"{self.state_dir.name}.log"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 60) -> str:
+        if not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _read_listening_line(proc: subprocess.Popen[bytes], timeout_s: float) -> str:
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout_s
+    buf = b""
+    while time.monotonic() < deadline:
+        if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
+            break
+        chunk = os.read(proc.stdout.fileno(), 4096)
+        if not chunk:
+            break
+        buf += chunk
+        for line in buf.decode(errors="replace").splitlines():
+            if line.startswith("LISTENING "):
+                return line.split(" ", 1)[1].strip()
+    raise RuntimeError(f"coordinator did not report LISTENING within {timeout_s} s (exit code {proc.poll()})")
+
+
+def start_coordinator(state_dir: Path, *extra: str, env: dict[str, str] | None = None) -> CoordinatorProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "codegen_mcp.coordinator",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--state-dir",
+        str(state_dir),
+        "--log-level",
+        "WARNING",
+        *extra,
+    ]
+    with (state_dir.parent / f"{state_dir.name}.log").open("ab") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env={**os.environ, **(env or {})})
+    try:
+        base = _read_listening_line(proc, 60)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return CoordinatorProcess(url=base, state_dir=state_dir, proc=proc)
+
+
+def print_log_tail(cp: CoordinatorProcess, lines: int = 60) -> None:
+    """Echo the end of a coordinator's log: pytest shows it only when a test failed."""
+    print(f"--- {cp.log_path} (last {lines} lines) ---\n{cp.log_tail(lines)}")
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def state_root() -> Iterator[Path]:
+    """A temp folder sandbox uids can traverse (pytest's own temp root is 0700 when run as root)."""
+    root = Path(tempfile.mkdtemp(prefix="codegen-mcp-test-"))
+    root.chmod(0o711)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
