@@ -83,18 +83,22 @@ async def test_a_killed_agent_is_revived_with_its_workspace(fresh_coordinator: C
 
 async def test_a_call_in_flight_when_the_agent_dies_gets_a_clear_error(fresh_coordinator: CoordinatorProcess) -> None:
     cp = fresh_coordinator
+    code = "import pathlib, time\npathlib.Path('started').write_text('yes')\ntime.sleep(30)"
     async with mcp_session(cp) as s:
         await call(s, "echo", message="start")
         [pid] = agent_pids(cp.state_dir)
-        async with anyio.create_task_group() as tg:
-            results = []
+        results = []
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
 
-            async def long_call() -> None:
-                results.append(await s.call_tool("run.python", {"code": "import time; time.sleep(30)", "wait_s": 60}))
+                async def long_call() -> None:
+                    results.append(await s.call_tool("run.python", {"code": code, "wait_s": 60}))
 
-            tg.start_soon(long_call)
-            await anyio.sleep(1.0)
-            os.kill(pid, signal.SIGKILL)
+                tg.start_soon(long_call)
+                # Kill only once the run is really going inside the sandbox.
+                while (await s.call_tool("fs.read", {"path": "started"})).is_error:
+                    await anyio.sleep(0.05)
+                os.kill(pid, signal.SIGKILL)
         [result] = results
         assert result.is_error
         assert "sandbox stopped" in text_of(result)
