@@ -54,9 +54,16 @@ fmt: install-dev ## Format and autofix
 	$(BIN)/ruff check --fix src tests bench
 	$(BIN)/ruff format src tests bench
 
+crd: install ## Regenerate crds/codegensession.yaml from the models (and the chart's copy)
+	$(BIN)/codegen-mcp crd -o crds/codegensession.yaml
+	$(MAKE) chart-crds
+
+test-operator: install-dev ## Operator tests: real kopf against the API emulator and the kubelet harness
+	$(BIN)/pytest tests/unit/operator tests/integration/operator $(PYTEST_ARGS)
+
 bench: install ## Print round-trip figures (coordinator vs a bare MCP server)
 	$(BIN)/python bench/roundtrip.py
 
-.PHONY: help install install-dev run test lint fmt bench conformance-install conformance
+.PHONY: help install install-dev run test lint fmt bench conformance-install conformance crd test-operator
 
 include mk/cluster.mk

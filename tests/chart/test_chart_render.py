@@ -214,6 +214,7 @@ def test_coordinator_network_policy_admits_clients_and_reaches_only_what_it_need
 OPERATOR_RULES = [
     {"apiGroups": [api.GROUP], "resources": ["codegensessions"], "verbs": ["get", "list", "watch", "patch", "delete"]},
     {"apiGroups": [api.GROUP], "resources": ["codegensessions/status"], "verbs": ["get", "patch"]},
+    {"apiGroups": [api.GROUP], "resources": ["codegensessions/finalizers"], "verbs": ["update"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]},
     {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "list", "watch", "create", "patch"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch"]},

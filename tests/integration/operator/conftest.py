@@ -47,7 +47,7 @@ async def operator(
 class Kubectl:
     """What a user (or the coordinator) does through the API: plain HTTP, like kubectl."""
 
-    def __init__(self, cluster: ClusterEmulator) -> None:
+    def __init__(self, cluster: ClusterEmulator) -> None:  # noqa: F811
         self.cluster = cluster
 
     async def apply(self, name: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -79,9 +79,7 @@ class Kubectl:
         return self.cluster.read(group, version, plural, NS, name)
 
     def events(self, name: str) -> list[dict[str, Any]]:
-        return [
-            e for e in self.cluster.list_objects("", "v1", "events", NS) if e["involvedObject"].get("name") == name
-        ]
+        return [e for e in self.cluster.list_objects("", "v1", "events", NS) if e["involvedObject"].get("name") == name]
 
 
 @pytest.fixture

@@ -1,0 +1,355 @@
+"""Pure builders of a session's children: Secret, PersistentVolumeClaim, NetworkPolicy, Pod.
+
+Each takes the session (name, namespace, uid, validated spec) and the operator settings and returns a
+manifest dict; nothing here talks to a server, so `codegen-mcp render` and the unit tests use them as is.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from codegen_mcp.api import session as api
+from codegen_mcp.api.session import EgressMode, SessionSpec
+from codegen_mcp.operator.settings import OperatorSettings
+
+MiB = 1024 * 1024
+# What the agent itself may use inside the container's memory limit: code it runs is capped below the
+# limit, so a runaway run.python is killed by its own rlimit/cgroup rather than the whole Pod being OOM-killed.
+AGENT_MEMORY_HEADROOM = 256 * MiB
+MIN_RUN_MEMORY = 64 * MiB
+
+
+@dataclass(frozen=True)
+class SessionRef:
+    """What the builders need to know about the CodegenSession itself."""
+
+    name: str
+    namespace: str
+    uid: str
+    spec: SessionSpec
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], spec: SessionSpec) -> SessionRef:
+        meta = body.get("metadata", {})
+        return cls(
+            name=str(meta.get("name", "")),
+            namespace=str(meta.get("namespace") or "default"),
+            uid=str(meta.get("uid") or ""),
+            spec=spec,
+        )
+
+
+def owner_reference(session: SessionRef) -> dict[str, Any]:
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "name": session.name,
+        "uid": session.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def child_metadata(
+    session: SessionRef, name: str, *, owned: bool = True, labels: dict[str, str] | None = None
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": session.namespace,
+        "labels": {**api.session_labels(session.name), **(labels or {})},
+    }
+    if session.spec.owner:
+        meta["annotations"] = {api.ANNOTATION_OWNER: session.spec.owner}
+    if owned:
+        meta["ownerReferences"] = [owner_reference(session)]
+    return meta
+
+
+# --- Secret ---------------------------------------------------------------------------------------------
+
+
+def build_token_secret(session: SessionRef, token: str) -> dict[str, Any]:
+    """The agent's bearer token. Immutable: a new token means a new session."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": child_metadata(session, api.token_secret_name(session.name)),
+        "type": "Opaque",
+        "immutable": True,
+        "data": {api.TOKEN_SECRET_KEY: base64.b64encode(token.encode()).decode()},
+    }
+
+
+# --- PersistentVolumeClaim ---------------------------------------------------------------------------------
+
+
+def build_workspace_claim(session: SessionRef, settings: OperatorSettings) -> dict[str, Any]:
+    """The workspace volume. A retained one has no ownerReference, so garbage collection never takes it."""
+    workspace = session.spec.workspace
+    spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "volumeMode": "Filesystem",
+        "resources": {"requests": {"storage": workspace.size}},
+    }
+    storage_class = workspace.storage_class_name or settings.storage_class
+    if storage_class:
+        spec["storageClassName"] = storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": child_metadata(
+            session,
+            api.workspace_claim_name(session.name),
+            owned=not workspace.retain,
+            labels={api.LABEL_COMPONENT: "workspace"},
+        ),
+        "spec": spec,
+    }
+
+
+# --- NetworkPolicy ----------------------------------------------------------------------------------------
+
+
+def _split_families(cidrs: list[str]) -> tuple[list[str], list[str]]:
+    v4 = [c for c in cidrs if ipaddress.ip_network(c, strict=False).version == 4]
+    v6 = [c for c in cidrs if ipaddress.ip_network(c, strict=False).version == 6]
+    return v4, v6
+
+
+def _tcp_ports(ports: list[int]) -> list[dict[str, Any]]:
+    return [{"protocol": "TCP", "port": p} for p in ports]
+
+
+def _dns_rule(settings: OperatorSettings) -> dict[str, Any]:
+    return {
+        "to": [
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": settings.dns_namespace}},
+                "podSelector": {"matchLabels": dict(settings.dns_pod_labels)},
+            }
+        ],
+        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+    }
+
+
+def egress_rules(spec: SessionSpec, settings: OperatorSettings) -> list[dict[str, Any]]:
+    """Egress per spec.network: nothing, DNS + the package index, or anything but metadata endpoints."""
+    rules: list[dict[str, Any]] = []
+    mode = spec.network.egress
+    if mode == EgressMode.PACKAGES:
+        rules.append(_dns_rule(settings))
+        if settings.package_index_cidrs:
+            rules.append(
+                {
+                    "to": [{"ipBlock": {"cidr": c}} for c in settings.package_index_cidrs],
+                    "ports": _tcp_ports(settings.package_index_ports),
+                }
+            )
+    elif mode == EgressMode.OPEN:
+        rules.append(_dns_rule(settings))
+        deny4, deny6 = _split_families(settings.egress_deny_cidrs)
+        anywhere: list[dict[str, Any]] = []
+        for cidr, deny in (("0.0.0.0/0", deny4), ("::/0", deny6)):
+            block: dict[str, Any] = {"cidr": cidr}
+            if deny:
+                block["except"] = deny
+            anywhere.append({"ipBlock": block})
+        rules.append({"to": anywhere})
+    if spec.network.allow_cidrs:
+        rule: dict[str, Any] = {"to": [{"ipBlock": {"cidr": c}} for c in spec.network.allow_cidrs]}
+        if spec.network.allow_ports:
+            rule["ports"] = _tcp_ports(spec.network.allow_ports)
+        rules.append(rule)
+    return rules
+
+
+def build_network_policy(session: SessionRef, settings: OperatorSettings) -> dict[str, Any]:
+    """Ingress only from coordinator Pods to the agent port; egress per spec.network."""
+    peer: dict[str, Any] = {"podSelector": {"matchLabels": dict(settings.coordinator_pod_labels)}}
+    if settings.coordinator_namespace:
+        peer["namespaceSelector"] = {"matchLabels": {"kubernetes.io/metadata.name": settings.coordinator_namespace}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": child_metadata(session, api.network_policy_name(session.name)),
+        "spec": {
+            "podSelector": {"matchLabels": api.session_labels(session.name)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [peer], "ports": _tcp_ports([settings.agent_port])}],
+            "egress": egress_rules(session.spec, settings),
+        },
+    }
+
+
+# --- Pod ---------------------------------------------------------------------------------------------------
+
+
+def effective_image(spec: SessionSpec, settings: OperatorSettings) -> str:
+    return spec.image or settings.default_image
+
+
+def effective_resources(spec: SessionSpec, settings: OperatorSettings) -> dict[str, dict[str, str]]:
+    """Operator defaults, overridden key by key by spec.resources."""
+    requests = {
+        "cpu": settings.cpu_request,
+        "memory": settings.memory_request,
+        "ephemeral-storage": settings.ephemeral_storage_request,
+    }
+    limits = {
+        "cpu": settings.cpu_limit,
+        "memory": settings.memory_limit,
+        "ephemeral-storage": settings.ephemeral_storage_limit,
+    }
+    if spec.resources is not None:
+        if spec.resources.requests is not None:
+            requests.update(spec.resources.requests.items())
+        if spec.resources.limits is not None:
+            limits.update(spec.resources.limits.items())
+    # A request above a (defaulted) limit would be refused by the API server: lift the limit to it.
+    for key, request in requests.items():
+        if api.parse_quantity(request) > api.parse_quantity(limits[key]):
+            limits[key] = request
+    return {"requests": requests, "limits": limits}
+
+
+def run_memory_bytes(memory_limit: str) -> int:
+    limit = int(api.parse_quantity(memory_limit))
+    headroom = min(AGENT_MEMORY_HEADROOM, limit // 4)
+    return max(MIN_RUN_MEMORY, limit - headroom)
+
+
+def agent_env(session: SessionRef, settings: OperatorSettings, memory_limit: str) -> list[dict[str, Any]]:
+    spec = session.spec
+    # The root filesystem is read-only: caches and temporary files go to the /tmp emptyDir.
+    base = {"HOME": api.TMP_MOUNT_PATH, "TMPDIR": api.TMP_MOUNT_PATH, "PYTHONUNBUFFERED": "1"}
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in base.items()]
+    agent: dict[str, str] = {
+        "CODEGEN_AGENT_WORKSPACE": api.WORKSPACE_MOUNT_PATH,
+        "CODEGEN_AGENT_HOST": "0.0.0.0",  # noqa: S104 - the NetworkPolicy admits only the coordinator
+        "CODEGEN_AGENT_PORT": str(settings.agent_port),
+        # The Pod is the sandbox (non-root, no capabilities, seccomp, NetworkPolicy): no nested jail.
+        "CODEGEN_AGENT_SANDBOX": "none",
+        "CODEGEN_AGENT_NETWORK": "false" if spec.network.egress == EgressMode.NONE else "true",
+        "CODEGEN_AGENT_MEMORY_BYTES": str(run_memory_bytes(memory_limit)),
+        "CODEGEN_AGENT_MAX_PROCESSES": str(settings.max_processes),
+    }
+    if spec.env:
+        # spec.env is for the code the agent runs (which gets a clean environment), not for the agent itself.
+        agent["CODEGEN_AGENT_RUN_ENV"] = json.dumps({e.name: e.value for e in spec.env}, sort_keys=True)
+    if spec.packages:
+        agent["CODEGEN_AGENT_PACKAGES"] = " ".join(spec.packages)
+    if settings.pip_index_url:
+        agent["CODEGEN_AGENT_PIP_INDEX_URL"] = settings.pip_index_url
+    env += [{"name": k, "value": v} for k, v in agent.items()]
+    env.append(
+        {
+            "name": "CODEGEN_AGENT_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": api.token_secret_name(session.name), "key": api.TOKEN_SECRET_KEY}},
+        }
+    )
+    return env
+
+
+def container_security_context(settings: OperatorSettings) -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": settings.sandbox_uid,
+        "runAsGroup": settings.sandbox_gid,
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def build_sandbox_pod(session: SessionRef, settings: OperatorSettings) -> dict[str, Any]:
+    spec = session.spec
+    resources = effective_resources(spec, settings)
+    probe_action = {"httpGet": {"path": api.AGENT_HEALTH_PATH, "port": api.AGENT_PORT_NAME}}
+    container: dict[str, Any] = {
+        "name": api.AGENT_CONTAINER_NAME,
+        "image": effective_image(spec, settings),
+        "imagePullPolicy": (spec.image_pull_policy or settings.image_pull_policy).value,
+        "command": ["codegen-mcp", "agent"],
+        "ports": [{"name": api.AGENT_PORT_NAME, "containerPort": settings.agent_port, "protocol": "TCP"}],
+        "env": agent_env(session, settings, resources["limits"]["memory"]),
+        "resources": resources,
+        "securityContext": container_security_context(settings),
+        "readinessProbe": {**probe_action, "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 3},
+        # Generous: a busy agent answers /healthz from its event loop; only a wedged one is restarted.
+        "livenessProbe": {
+            **probe_action,
+            "initialDelaySeconds": 30,
+            "periodSeconds": 15,
+            "timeoutSeconds": 5,
+            "failureThreshold": 4,
+        },
+        "volumeMounts": [
+            {"name": "workspace", "mountPath": api.WORKSPACE_MOUNT_PATH},
+            {"name": "tmp", "mountPath": api.TMP_MOUNT_PATH},
+        ],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec: dict[str, Any] = {
+        # The operator, not the kubelet, replaces a failed sandbox: it counts restarts and keeps the PVC.
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "hostNetwork": False,
+        "hostPID": False,
+        "hostIPC": False,
+        "shareProcessNamespace": False,
+        "terminationGracePeriodSeconds": 10,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": settings.sandbox_uid,
+            "runAsGroup": settings.sandbox_gid,
+            "fsGroup": settings.sandbox_gid,
+            "fsGroupChangePolicy": "OnRootMismatch",
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {"name": "workspace", "persistentVolumeClaim": {"claimName": api.workspace_claim_name(session.name)}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": settings.tmp_size_limit}},
+        ],
+    }
+    runtime_class = spec.runtime_class_name or settings.runtime_class_name
+    if runtime_class:
+        pod_spec["runtimeClassName"] = runtime_class
+    if settings.service_account_name:
+        pod_spec["serviceAccountName"] = settings.service_account_name
+    if settings.node_selector:
+        pod_spec["nodeSelector"] = dict(settings.node_selector)
+    if settings.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": s} for s in settings.image_pull_secrets]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": child_metadata(
+            session,
+            api.sandbox_pod_name(session.name),
+            labels={api.LABEL_NAME: api.SANDBOX_APP_NAME, api.LABEL_COMPONENT: "sandbox"},
+        ),
+        "spec": pod_spec,
+    }
+
+
+def build_children(session: SessionRef, settings: OperatorSettings, token: str) -> list[dict[str, Any]]:
+    """Every child, in creation order: the Pod last, once what it mounts and references exists."""
+    return [
+        build_token_secret(session, token),
+        build_workspace_claim(session, settings),
+        build_network_policy(session, settings),
+        build_sandbox_pod(session, settings),
+    ]
+
+
+def endpoint_for(pod_ip: str, port: int) -> str:
+    host = f"[{pod_ip}]" if ":" in pod_ip else pod_ip
+    return f"http://{host}:{port}"

@@ -1,0 +1,221 @@
+"""Generate the CodegenSession CRD from the pydantic models (`codegen-mcp crd`).
+
+The models' JSON schema is rewritten into a *structural* openAPIV3Schema: `$ref`s inlined, `Optional`
+unions collapsed, titles and `additionalProperties: false` dropped (the API server prunes unknown fields
+instead), and the Kubernetes extensions added: CEL rules for immutable fields, list types, printer columns.
+`crds/codegensession.yaml` is this output checked in; a test fails when they drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from typing import Any
+
+import yaml
+
+from codegen_mcp.api import session as api
+
+_DROP_KEYS = {"title", "additionalProperties"}
+
+
+def _immutable_rule(field: str, path: str) -> dict[str, str]:
+    # `self.x == oldSelf.x` alone is skipped when the field is added or removed, hence the has() checks.
+    return {
+        "rule": f"has(self.{field}) == has(oldSelf.{field}) && (!has(self.{field}) || self.{field} == oldSelf.{field})",
+        "message": f"{path}.{field} is immutable: create a new session instead",
+    }
+
+
+def to_structural(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Rewrite one pydantic JSON schema node (and its children) into structural-schema form."""
+    defs = defs if defs is not None else schema.get("$defs", {})
+    node = {k: v for k, v in schema.items() if k != "$defs"}
+
+    if "$ref" in node:
+        target = copy.deepcopy(defs[node.pop("$ref").split("/")[-1]])
+        node = {**target, **node}
+    if "anyOf" in node and not node.get("x-kubernetes-int-or-string"):
+        variants = [v for v in node.pop("anyOf") if v.get("type") != "null"]
+        if len(variants) != 1:
+            raise ValueError(f"cannot express a union in a structural schema: {variants}")
+        inner = to_structural(variants[0], defs)
+        node = {**inner, **{k: v for k, v in node.items() if k not in inner or k == "description"}}
+        if node.get("default", "") is None:
+            del node["default"]
+        return to_structural(node, defs)
+
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROP_KEYS or (key == "default" and value is None):
+            continue
+        if key == "properties":
+            out[key] = {name: to_structural(sub, defs) for name, sub in value.items()}
+        elif key == "items":
+            out[key] = to_structural(value, defs)
+        else:
+            out[key] = value
+    if "properties" in out:
+        out.setdefault("type", "object")
+    if "enum" in out:
+        out.setdefault("type", "string")
+    return out
+
+
+def spec_schema() -> dict[str, Any]:
+    schema = to_structural(api.SessionSpec.model_json_schema(by_alias=True))
+    props = schema["properties"]
+    schema["x-kubernetes-validations"] = [_immutable_rule(f, "spec") for f in api.IMMUTABLE_SPEC_FIELDS] + [
+        {
+            "rule": "size(self.packages) == 0 || self.network.egress != 'none' || size(self.network.allowCIDRs) > 0",
+            "message": "spec.packages need network.egress 'packages' or 'open' to be installed",
+        }
+    ]
+    workspace = props["workspace"]
+    workspace["x-kubernetes-validations"] = [
+        _immutable_rule(f, "spec.workspace") for f in api.IMMUTABLE_WORKSPACE_FIELDS
+    ]
+    # Defaults must exist for the rules above to read them (the API server applies defaults first).
+    props["packages"]["default"] = []
+    props["network"]["properties"]["allowCIDRs"]["default"] = []
+    env = props["env"]
+    env["x-kubernetes-list-type"] = "map"
+    env["x-kubernetes-list-map-keys"] = ["name"]
+    env["x-kubernetes-validations"] = [
+        {
+            "rule": f"self.all(e, !e.name.startsWith('{api.RESERVED_ENV_PREFIX}'))",
+            "message": f"env names starting with {api.RESERVED_ENV_PREFIX} are reserved for the agent",
+        }
+    ]
+    return schema
+
+
+def status_schema() -> dict[str, Any]:
+    schema = to_structural(api.SessionStatus.model_json_schema(by_alias=True, mode="serialization"))
+    schema.pop("required", None)
+    conditions = schema["properties"]["conditions"]
+    conditions["x-kubernetes-list-type"] = "map"
+    conditions["x-kubernetes-list-map-keys"] = ["type"]
+    conditions["items"]["required"] = ["type", "status"]
+    schema["properties"]["phase"]["description"] = "Pending, Starting, Ready, Failed or Terminating."
+    return schema
+
+
+def build_crd() -> dict[str, Any]:
+    """The CustomResourceDefinition of CodegenSession, as a manifest dict."""
+    root: dict[str, Any] = {
+        "type": "object",
+        "description": "A sandboxed Python workspace for one LLM session: a locked-down Pod with a persistent volume.",
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": {**spec_schema(), "default": {}},
+            "status": status_schema(),
+        },
+        "x-kubernetes-validations": [
+            {
+                "rule": f"size(self.metadata.name) <= {api.MAX_SESSION_NAME_LENGTH}",
+                "message": f"metadata.name must be at most {api.MAX_SESSION_NAME_LENGTH} characters"
+                " (it is a label value)",
+            }
+        ],
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{api.PLURAL}.{api.GROUP}",
+            "labels": {"app.kubernetes.io/name": "codegen-mcp", "app.kubernetes.io/part-of": "codegen-mcp"},
+        },
+        "spec": {
+            "group": api.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": api.KIND,
+                "listKind": f"{api.KIND}List",
+                "plural": api.PLURAL,
+                "singular": api.SINGULAR,
+                "shortNames": list(api.SHORT_NAMES),
+                "categories": list(api.CATEGORIES),
+            },
+            "versions": [
+                {
+                    "name": api.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                        {"name": "Pod", "type": "string", "jsonPath": ".status.podName"},
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                        {"name": "Expires", "type": "date", "jsonPath": ".status.expiresAt"},
+                        {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 1},
+                        {"name": "Owner", "type": "string", "jsonPath": ".spec.owner", "priority": 1},
+                    ],
+                    "schema": {"openAPIV3Schema": root},
+                }
+            ],
+        },
+    }
+
+
+def build_peering_crds() -> list[dict[str, Any]]:
+    """kopf's peering CRDs (KopfPeering, ClusterKopfPeering): replicas elect the active operator through them."""
+    crds = []
+    for kind, scope in (("KopfPeering", "Namespaced"), ("ClusterKopfPeering", "Cluster")):
+        plural = kind.lower() + "s"
+        crds.append(
+            {
+                "apiVersion": "apiextensions.k8s.io/v1",
+                "kind": "CustomResourceDefinition",
+                "metadata": {"name": f"{plural}.kopf.dev"},
+                "spec": {
+                    "group": "kopf.dev",
+                    "scope": scope,
+                    "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+                    "versions": [
+                        {
+                            "name": "v1",
+                            "served": True,
+                            "storage": True,
+                            "schema": {
+                                "openAPIV3Schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        # kopf's own free-form peer records: the one place unknown fields are kept.
+                                        "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                                    },
+                                }
+                            },
+                        }
+                    ],
+                },
+            }
+        )
+    return crds
+
+
+def render_crd() -> str:
+    header = "# Generated by `codegen-mcp crd` from codegen_mcp.api.session; do not edit by hand.\n"
+    return header + yaml.safe_dump(build_crd(), sort_keys=False, width=120)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="codegen-mcp crd", description=__doc__.splitlines()[0])
+    parser.add_argument("-o", "--output", help="write to this file instead of standard output")
+    parser.add_argument("--peering", action="store_true", help="also print kopf's peering CRDs (for replicas)")
+    args = parser.parse_args(argv)
+    text = render_crd()
+    if args.peering:
+        text += "---\n" + yaml.safe_dump_all(build_peering_crds(), sort_keys=False, width=120)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Thin kopf handlers: translate kopf's arguments, call the reconciler, map errors to kopf's.
+
+Handlers are registered into a registry built per operator (`build_registry`), so tests can run several
+operators with different settings in one process and nothing lives in module globals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import kopf
+
+from codegen_mcp.api import session as api
+from codegen_mcp.operator.kube import KubeClient, KubeError, now
+from codegen_mcp.operator.reconcile import SessionReconciler
+from codegen_mcp.operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+MANAGED: dict[str, Any] = {api.LABEL_MANAGED_BY: api.MANAGED_BY, api.LABEL_SESSION: kopf.PRESENT}
+EVENT_RETRIES = 4
+
+
+def reconciler(memo: kopf.Memo) -> SessionReconciler:
+    found = memo.get("reconciler")
+    if not isinstance(found, SessionReconciler):
+        raise kopf.TemporaryError("the operator is still starting", delay=1)
+    return found
+
+
+def operator_settings(memo: kopf.Memo) -> OperatorSettings:
+    found = memo.get("config")
+    assert isinstance(found, OperatorSettings), "memo.config must hold the OperatorSettings"
+    return found
+
+
+# --- operator lifecycle ---------------------------------------------------------------------------------------
+
+
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
+    """Tune kopf once, open the API client, start the expiry sweeper (fed by the `sessions` index)."""
+    sessions: kopf.Index[Any, Any] = kwargs["sessions"]
+    config = operator_settings(memo)
+    # Progress and diff-base in our own annotations; never in status (the schema would prune it).
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=api.GROUP, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{api.GROUP}/finalizer"  # never added: no handler needs one
+    settings.posting.enabled = config.post_events
+    settings.posting.level = logging.WARNING  # kopf's own Events: only handler failures
+    settings.networking.request_timeout = config.request_timeout_seconds
+    # Exact namespace names (or cluster-wide) need no namespace scanning, hence no cluster-wide list RBAC.
+    settings.scanning.disabled = not any(set(ns) & set("*?[!") for ns in config.namespaces)
+    settings.execution.max_workers = 8
+    kube = await KubeClient.connect(config)
+    memo["reconciler"] = SessionReconciler(kube=kube, settings=config)
+    memo["sweeper"] = asyncio.create_task(sweep_forever(memo["reconciler"], sessions, config.expiry_check_seconds))
+
+
+async def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    """kopf uses the same credentials as the operator's own client."""
+    return await reconciler(memo).kube.connection_info()
+
+
+async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    sweeper = memo.get("sweeper")
+    if isinstance(sweeper, asyncio.Task):
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+    found = memo.get("reconciler")
+    if isinstance(found, SessionReconciler):
+        await found.kube.close()
+
+
+async def probe_sessions(**kwargs: Any) -> int:
+    """Reported by the liveness endpoint: how many sessions this operator knows."""
+    sessions: kopf.Index[Any, Any] = kwargs["sessions"]
+    return len(sessions)
+
+
+# --- CodegenSession ---------------------------------------------------------------------------------------------
+
+
+async def session_created(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await reconciler(memo).reconcile(_plain(body))
+
+
+async def spec_updated(body: kopf.Body, old: Any, new: Any, memo: kopf.Memo, **_: Any) -> None:
+    await reconciler(memo).spec_changed(_plain(body), _plain(old), _plain(new))
+
+
+def index_session(namespace: str | None, name: str | None, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """Index of sessions for the expiry sweeper: kept current by the watch stream, costs no API calls."""
+    return {(namespace, name): {"spec": _plain(body.get("spec")), "deleting": bool(body.meta.get("deletionTimestamp"))}}
+
+
+async def sweep_forever(rec: SessionReconciler, sessions: kopf.Index[Any, Any], interval: float) -> None:
+    """Expire sessions past their TTL or idle timeout; keep status.expiresAt current.
+
+    One loop for the operator rather than a kopf timer per session: kopf puts its finalizer on every
+    object that has a timer or daemon, and a finalizer wedges namespace deletion when the operator is gone.
+    The index only nominates sessions; each decision is made on a fresh read of the session.
+    """
+    while True:
+        at = now()
+        for key in list(sessions):
+            namespace, name = key
+            try:
+                await rec.check_expiry(str(namespace), str(name), at)
+            except (KubeError, kopf.TemporaryError) as exc:
+                log.warning("expiry check of %s/%s failed, will retry: %s", namespace, name, exc)
+        await asyncio.sleep(interval)
+
+
+# --- children -------------------------------------------------------------------------------------------------
+
+
+async def _retrying(what: str, call: Callable[[], Awaitable[None]]) -> None:
+    """Event handlers are not retried by kopf: retry transient API errors here, with a short backoff."""
+    for attempt in range(EVENT_RETRIES):
+        try:
+            await call()
+            return
+        except KubeError as exc:
+            if not exc.retryable or attempt == EVENT_RETRIES - 1:
+                log.error("%s failed: %s", what, exc)
+                return
+            await asyncio.sleep(0.5 * 2**attempt)
+
+
+async def pod_event(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    session = labels.get(api.LABEL_SESSION)
+    if namespace and session:
+        rec = reconciler(memo)
+        await _retrying(f"syncing the sandbox of {namespace}/{session}", lambda: rec.sync_sandbox(namespace, session))
+
+
+async def claim_event(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, **_: Any
+) -> None:
+    session = labels.get(api.LABEL_SESSION)
+    if namespace and session:
+        rec = reconciler(memo)
+        claim = None if event.get("type") == "DELETED" else _plain(body)
+        await _retrying(
+            f"syncing the workspace of {namespace}/{session}", lambda: rec.sync_claim(namespace, session, claim)
+        )
+
+
+def _plain(value: Any) -> Any:
+    """kopf's live views → plain dicts (the reconciler must not see them change underneath)."""
+    if value is None:
+        return None
+    if isinstance(value, str | int | float | bool):
+        return value
+    if hasattr(value, "items"):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def build_registry() -> kopf.OperatorRegistry:
+    """Every handler of the operator, in a registry of its own (kopf's default one is left alone)."""
+    registry = kopf.OperatorRegistry()
+    res = (api.GROUP, api.VERSION, api.PLURAL)
+    kopf.on.startup(registry=registry)(configure)
+    kopf.on.cleanup(registry=registry)(shutdown)
+    kopf.on.login(registry=registry)(login)
+    kopf.on.probe(id="session_count", registry=registry)(probe_sessions)
+    kopf.index(*res, id="sessions", registry=registry)(index_session)
+    kopf.on.create(*res, registry=registry, backoff=3)(session_created)
+    kopf.on.resume(*res, registry=registry, backoff=3)(session_created)
+    kopf.on.update(*res, field="spec", registry=registry, backoff=3)(spec_updated)
+    kopf.on.event("v1", "pods", labels=MANAGED, registry=registry)(pod_event)
+    kopf.on.event("v1", "persistentvolumeclaims", labels=MANAGED, registry=registry)(claim_event)
+    return registry
+
+
+def operator_kwargs(config: OperatorSettings) -> dict[str, Any]:
+    """Arguments of kopf.run()/kopf.operator() for these settings."""
+    return {
+        "registry": build_registry(),
+        "memo": kopf.Memo(config=config),
+        "namespaces": list(config.namespaces),
+        "clusterwide": not config.namespaces,
+        "standalone": config.standalone,
+        "peering_name": None if config.standalone else config.peering_name,
+        "priority": config.priority,
+        "liveness_endpoint": config.liveness_endpoint,
+    }

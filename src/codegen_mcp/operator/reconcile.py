@@ -1,0 +1,394 @@
+"""The work behind the kopf handlers: make children exist, keep status truthful, replace failed Pods, expire.
+
+Every step is level-triggered and idempotent: it reads the current state fresh, compares it with what the
+spec asks for, and changes only the difference. A retry after a partial failure therefore finds what the
+first attempt made and carries on. Status is written read-modify-write under `resourceVersion`.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import kopf
+from pydantic import ValidationError
+
+from codegen_mcp.api import session as api
+from codegen_mcp.api.session import Phase, Reason, SessionSpec, SessionStatus
+from codegen_mcp.operator import builders
+from codegen_mcp.operator import status as st
+from codegen_mcp.operator.kube import CLAIMS, KINDS_BY_NAME, PODS, SESSIONS, KubeClient, KubeError, now
+from codegen_mcp.operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+NORMAL, WARNING = "Normal", "Warning"
+Ownership = Literal["ours", "orphan", "stale", "foreign"]
+
+
+def ownership(obj: dict[str, Any], session: builders.SessionRef) -> Ownership:
+    """Whose a child is: ours, ours but unowned (e.g. a retained claim), a previous namesake's, or not ours."""
+    meta = obj.get("metadata", {})
+    labels = meta.get("labels") or {}
+    if labels.get(api.LABEL_SESSION) != session.name or labels.get(api.LABEL_MANAGED_BY) != api.MANAGED_BY:
+        return "foreign"
+    owners = [r.get("uid") for r in meta.get("ownerReferences") or [] if r.get("kind") == api.KIND]
+    if session.uid in owners:
+        return "ours"
+    return "stale" if owners else "orphan"
+
+
+def with_owner(obj: dict[str, Any], session: builders.SessionRef, *, owned: bool) -> list[dict[str, Any]] | None:
+    """The ownerReferences `obj` should have, or None when it already has them."""
+    refs = [r for r in obj.get("metadata", {}).get("ownerReferences") or [] if r.get("kind") != api.KIND]
+    if owned:
+        refs.append(builders.owner_reference(session))
+    current = obj.get("metadata", {}).get("ownerReferences") or []
+    return None if refs == current else refs
+
+
+def validate(body: dict[str, Any]) -> tuple[SessionSpec | None, str]:
+    """The validated spec, or None and one readable message."""
+    problem = api.check_session_name(str(body.get("metadata", {}).get("name", "")))
+    if problem:
+        return None, problem
+    try:
+        return SessionSpec.model_validate(body.get("spec") or {}), ""
+    except ValidationError as exc:
+        return None, api.describe_validation_error(exc)
+
+
+def temporary(exc: KubeError, what: str) -> kopf.TemporaryError:
+    return kopf.TemporaryError(f"{what}: {exc.message}", delay=2 if exc.retryable else 30)
+
+
+@dataclass
+class SessionReconciler:
+    kube: KubeClient
+    settings: OperatorSettings
+
+    # --- helpers -------------------------------------------------------------------------------------------
+
+    def _ref(self, body: dict[str, Any], spec: SessionSpec) -> builders.SessionRef:
+        return builders.SessionRef.from_body(body, spec)
+
+    async def _event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        if self.settings.post_events:
+            await self.kube.post_event(body, type_=type_, reason=reason, message=message)
+
+    async def _fail(self, body: dict[str, Any], reason: Reason, message: str) -> kopf.PermanentError:
+        """Status Failed plus a Warning Event; the caller raises the returned error to stop kopf's retries."""
+        meta = body["metadata"]
+        generation = meta.get("generation")
+        await self.kube.update_status(
+            meta["namespace"],
+            meta["name"],
+            lambda _b, s: st.mark_failed(s, reason, message, now=now(), generation=generation),
+        )
+        await self._event(body, WARNING, reason, message)
+        return kopf.PermanentError(message)
+
+    async def _ensure(
+        self, desired: dict[str, Any], session: builders.SessionRef, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Create one child, or accept the one already there when it is ours; adopt orphans."""
+        kind, name = desired["kind"], desired["metadata"]["name"]
+        obj, created = await self.kube.create(desired)
+        if created:
+            await self._event(body, NORMAL, f"{kind}Created", f"created {kind} {name}")
+            return obj
+        whose = ownership(obj, session)
+        if whose == "foreign":
+            message = f"a {kind} named {name} already exists and is not managed by this session; delete or rename it"
+            raise await self._fail(body, Reason.CONFLICT, message)
+        if whose == "stale":
+            raise kopf.TemporaryError(
+                f"{kind} {name} still belongs to a deleted namesake; waiting for its removal", delay=3
+            )
+        owned = bool(desired["metadata"].get("ownerReferences"))
+        refs = with_owner(obj, session, owned=owned)
+        if refs is not None:
+            patched = await self.kube.patch(
+                KINDS_BY_NAME[kind], session.namespace, name, {"metadata": {"ownerReferences": refs or None}}
+            )
+            obj = patched or obj
+            await self._event(body, NORMAL, f"{kind}Adopted", f"adopted the existing {kind} {name}")
+        return obj
+
+    # --- create / resume -----------------------------------------------------------------------------------
+
+    async def reconcile(self, body: dict[str, Any]) -> None:
+        """Make every child exist and the status say where the session stands (create and resume)."""
+        spec, problem = validate(body)
+        if spec is None:
+            raise await self._fail(body, Reason.INVALID_SPEC, problem)
+        session = self._ref(body, spec)
+        meta = body["metadata"]
+        generation = meta.get("generation")
+        try:
+            await self.kube.update_status(
+                session.namespace, session.name, lambda _b, s: self._accepted(s, spec, generation)
+            )
+            token = secrets.token_urlsafe(32)
+            secret, claim, policy, pod = builders.build_children(session, self.settings, token)
+            await self._ensure(secret, session, body)
+            claim_obj = await self._ensure(claim, session, body)
+            await self._ensure(policy, session, body)
+            pod_obj = await self._ensure(pod, session, body)
+            await self._observe(body, session, pod_obj, claim_obj)
+        except KubeError as exc:
+            raise temporary(exc, f"reconciling {session.namespace}/{session.name}") from exc
+
+    def _accepted(self, status: SessionStatus, spec: SessionSpec, generation: int | None) -> SessionStatus:
+        new = status.model_copy(deep=True)
+        if new.phase in (None, Phase.FAILED) and new.pod_uid is None:
+            new.phase = Phase.PENDING
+            new.message = "creating the workspace, token and sandbox Pod"
+        new.started_at = new.started_at or now()
+        new.observed_generation = generation
+        new.image = builders.effective_image(spec, self.settings)
+        return new
+
+    async def _observe(
+        self,
+        body: dict[str, Any],
+        session: builders.SessionRef,
+        pod: dict[str, Any] | None,
+        claim: dict[str, Any] | None,
+    ) -> None:
+        pod_obs = st.observe_pod(pod)
+        claim_obs = st.observe_claim(claim)
+        generation = body["metadata"].get("generation")
+
+        def mutate(_b: dict[str, Any], status: SessionStatus) -> SessionStatus:
+            new = st.apply_observations(
+                status,
+                pod=pod_obs,
+                claim=claim_obs,
+                agent_port=self.settings.agent_port,
+                now=now(),
+                generation=generation,
+            )
+            new.token_secret_name = api.token_secret_name(session.name)
+            new.workspace_claim_name = api.workspace_claim_name(session.name)
+            return new
+
+        written = await self.kube.update_status(session.namespace, session.name, mutate)
+        await self._announce(status_before=body.get("status") or {}, written=written)
+
+    async def _announce(self, *, status_before: dict[str, Any], written: dict[str, Any] | None) -> None:
+        """One Event when the session becomes Ready or Failed."""
+        if written is None:
+            return
+        before = status_before.get("phase")
+        after = SessionStatus.model_validate(written.get("status") or {})
+        if after.phase == before:
+            return
+        if after.phase == Phase.READY:
+            await self._event(written, NORMAL, Reason.SANDBOX_READY, f"the sandbox agent is ready at {after.endpoint}")
+        elif after.phase == Phase.FAILED:
+            await self._event(written, WARNING, Reason.POD_FAILED, after.message or "the sandbox failed")
+
+    # --- Pod and claim events ------------------------------------------------------------------------------
+
+    async def sync_sandbox(self, namespace: str, session_name: str) -> None:
+        """Level-triggered: look at the session's Pod now; replace it when it failed or vanished."""
+        body = await self.kube.get(SESSIONS, namespace, session_name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return  # the session is going: its children go with it
+        spec, _problem = validate(body)
+        status = SessionStatus.model_validate(body.get("status") or {})
+        if spec is None or status.phase == Phase.TERMINATING:
+            return
+        session = self._ref(body, spec)
+        pod = await self.kube.get(PODS, namespace, api.sandbox_pod_name(session_name))
+        obs = st.observe_pod(pod)
+        if obs.state == st.PodState.FAILED:
+            if status.restart_count >= self.settings.max_pod_restarts:
+                await self._give_up(body, session, obs)
+                return
+            await self._event(
+                body, WARNING, Reason.POD_FAILED, f"sandbox Pod failed ({obs.reason}: {obs.message}); recreating it"
+            )
+            await self.kube.delete(PODS, namespace, api.sandbox_pod_name(session_name))
+            pod = await self.kube.get(PODS, namespace, api.sandbox_pod_name(session_name))
+            obs = st.observe_pod(pod)
+        if obs.state == st.PodState.MISSING:
+            if status.pod_uid is None and status.phase in (None, Phase.PENDING):
+                return  # the create handler has not made the first Pod yet
+            desired = builders.build_sandbox_pod(session, self.settings)
+            pod, created = await self.kube.create(desired)
+            if created:
+                await self._count_restart(body, session, pod)
+                return
+        claim = await self.kube.get(CLAIMS, namespace, api.workspace_claim_name(session_name))
+        await self._observe(body, session, pod, claim)
+
+    async def _count_restart(self, body: dict[str, Any], session: builders.SessionRef, pod: dict[str, Any]) -> None:
+        obs = st.observe_pod(pod)
+        generation = body["metadata"].get("generation")
+
+        def mutate(_b: dict[str, Any], status: SessionStatus) -> SessionStatus:
+            new = st.apply_observations(
+                status, pod=obs, claim=None, agent_port=self.settings.agent_port, now=now(), generation=generation
+            )
+            new.message = f"recreated the sandbox Pod on the same workspace (restart {new.restart_count})"
+            return new
+
+        written = await self.kube.update_status(session.namespace, session.name, mutate)
+        restarts = SessionStatus.model_validate((written or {}).get("status") or {}).restart_count
+        await self._event(
+            body, NORMAL, Reason.POD_RECREATED, f"recreated sandbox Pod {pod['metadata']['name']} (restart {restarts})"
+        )
+
+    async def _give_up(self, body: dict[str, Any], session: builders.SessionRef, obs: st.PodObservation) -> None:
+        generation = body["metadata"].get("generation")
+        limit = self.settings.max_pod_restarts
+
+        def mutate(_b: dict[str, Any], status: SessionStatus) -> SessionStatus:
+            new = st.apply_observations(
+                status,
+                pod=obs,
+                claim=None,
+                agent_port=self.settings.agent_port,
+                now=now(),
+                generation=generation,
+                gave_up=True,
+            )
+            new.message = f"{obs.reason}: {obs.message} (gave up after {limit} restarts)"
+            return new
+
+        written = await self.kube.update_status(session.namespace, session.name, mutate)
+        if written is not None and (body.get("status") or {}).get("phase") != Phase.FAILED:
+            await self._event(
+                body, WARNING, Reason.RESTART_LIMIT, f"sandbox Pod failed {limit + 1} times ({obs.reason}); giving up"
+            )
+
+    async def sync_claim(self, namespace: str, session_name: str, claim: dict[str, Any] | None) -> None:
+        """Keep the WorkspaceBound condition in step with the claim."""
+        obs = st.observe_claim(claim)
+
+        def mutate(body: dict[str, Any], status: SessionStatus) -> SessionStatus:
+            if status.phase in (None, Phase.TERMINATING):
+                return status
+            new = status.model_copy(deep=True)
+            ready = status.phase == Phase.READY
+            if ready and obs.status != api.ConditionStatus.TRUE:
+                return status  # a Ready Pod has its volume; a lagging claim event must not say otherwise
+            new.conditions = st.set_condition(
+                new.conditions,
+                api.ConditionType.WORKSPACE_BOUND,
+                obs.status,
+                obs.reason,
+                obs.message,
+                now=now(),
+                generation=body["metadata"].get("generation"),
+            )
+            return new
+
+        await self.kube.update_status(namespace, session_name, mutate)
+
+    # --- spec updates ---------------------------------------------------------------------------------------
+
+    async def spec_changed(self, body: dict[str, Any], old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        spec, problem = validate(body)
+        if spec is None:
+            await self._event(body, WARNING, Reason.INVALID_SPEC, f"the change was not applied: {problem}")
+            raise kopf.PermanentError(problem)
+        session = self._ref(body, spec)
+        old, new = old or {}, new or {}
+        frozen = [f"spec.{f}" for f in api.IMMUTABLE_SPEC_FIELDS if old.get(f) != new.get(f)]
+        frozen += [
+            f"spec.workspace.{f}"
+            for f in api.IMMUTABLE_WORKSPACE_FIELDS
+            if (old.get("workspace") or {}).get(f) != (new.get("workspace") or {}).get(f)
+        ]
+        if frozen:
+            await self._event(
+                body,
+                WARNING,
+                Reason.IMMUTABLE_FIELD,
+                f"{', '.join(frozen)} cannot change on a running session; the sandbox keeps its original settings",
+            )
+        try:
+            claim = await self.kube.get(CLAIMS, session.namespace, api.workspace_claim_name(session.name))
+            if claim is not None and ownership(claim, session) in ("ours", "orphan"):
+                refs = with_owner(claim, session, owned=not spec.workspace.retain)
+                if refs is not None:
+                    await self.kube.patch(
+                        CLAIMS,
+                        session.namespace,
+                        claim["metadata"]["name"],
+                        {"metadata": {"ownerReferences": refs or None}},
+                    )
+            generation = body["metadata"].get("generation")
+
+            def mutate(b: dict[str, Any], status: SessionStatus) -> SessionStatus:
+                updated = status.model_copy(deep=True)
+                updated.observed_generation = generation
+                updated.expires_at = self.expiry(b, status).at
+                return updated
+
+            await self.kube.update_status(session.namespace, session.name, mutate)
+        except KubeError as exc:
+            raise temporary(exc, f"applying the change to {session.namespace}/{session.name}") from exc
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        await self._event(body, NORMAL, Reason.UPDATED, f"applied the change of spec.{', spec.'.join(changed)}")
+
+    # --- expiry ----------------------------------------------------------------------------------------------
+
+    def expiry(self, body: dict[str, Any], status: SessionStatus) -> st.Expiry:
+        spec = body.get("spec") or {}
+        created = st.parse_time(body["metadata"].get("creationTimestamp")) or now()
+        ttl = spec.get("ttlSeconds") or self.settings.default_ttl_seconds
+        idle = spec.get("idleTimeoutSeconds") or self.settings.default_idle_timeout_seconds
+        return st.compute_expiry(ttl, idle, status, created)
+
+    async def check_expiry(self, namespace: str, name: str, at: datetime) -> None:
+        """Keep status.expiresAt current, and delete the session once it is due (re-checked on fresh data)."""
+        body = await self.kube.get(SESSIONS, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return
+        status = SessionStatus.model_validate(body.get("status") or {})
+        expiry = self.expiry(body, status)
+        if expiry.due(at):
+            await self.expire(body, expiry)
+            return
+        if status.expires_at != expiry.at:
+
+            def mutate(b: dict[str, Any], s: SessionStatus) -> SessionStatus:
+                updated = s.model_copy(deep=True)
+                updated.expires_at = self.expiry(b, s).at
+                return updated
+
+            await self.kube.update_status(namespace, name, mutate)
+
+    async def expire(self, body: dict[str, Any], expiry: st.Expiry) -> None:
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        spec, _ = validate(body)
+        claim = await self.kube.get(CLAIMS, namespace, api.workspace_claim_name(name))
+        if spec is not None and claim is not None:
+            session = self._ref(body, spec)
+            if ownership(claim, session) in ("ours", "orphan"):
+                # Settled first, whatever the update handler has done so far: a retained claim loses its
+                # ownerReference (garbage collection cannot take it), any other gains one (it goes too).
+                refs = with_owner(claim, session, owned=not spec.workspace.retain)
+                if refs is not None:
+                    patch = {"metadata": {"ownerReferences": refs or None}}
+                    await self.kube.patch(CLAIMS, namespace, api.workspace_claim_name(name), patch)
+        message = f"deleting the session: {expiry.message}"
+
+        def mutate(_b: dict[str, Any], status: SessionStatus) -> SessionStatus:
+            new = status.model_copy(deep=True)
+            new.phase, new.message, new.expires_at = Phase.TERMINATING, message, expiry.at
+            return new
+
+        await self.kube.update_status(namespace, name, mutate)
+        await self._event(body, NORMAL, expiry.reason or Reason.EXPIRED, message)
+        # Foreground: the session stays (Terminating) until its children are gone.
+        await self.kube.delete(SESSIONS, namespace, name, propagation="Foreground")
+        log.info("expired %s/%s: %s", namespace, name, expiry.message)
