@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,27 @@ from pydantic import BaseModel, ValidationError
 from codegen_mcp.api.errors import CodegenError, ErrorCode, InvalidArgument
 from codegen_mcp.api.tools import FsReadArgs, RunPythonArgs, TaskKind, TaskState
 from codegen_mcp.sandbox_agent.app import validation_sentence
-from codegen_mcp.sandbox_agent.executor import Captured, parse_requirements, pip_error_sentence, split_requirements
-from codegen_mcp.sandbox_agent.isolation import Identity, Jail, Limits, Sandbox, child_env, choose_identity
+from codegen_mcp.sandbox_agent.executor import (
+    BasePython,
+    Captured,
+    parse_base_python,
+    parse_requirements,
+    pip_error_sentence,
+    pip_path_mounts,
+    split_requirements,
+    venv_distributions,
+)
+from codegen_mcp.sandbox_agent.isolation import (
+    Bind,
+    Identity,
+    Jail,
+    Limits,
+    Link,
+    Sandbox,
+    child_env,
+    choose_identity,
+    host_system_mounts,
+)
 from codegen_mcp.sandbox_agent.tasks import Outcome, Task, TaskManager
 
 
@@ -112,40 +132,175 @@ def test_identity_only_when_root() -> None:
     assert choose_identity(0, 1234, 99) == Identity(1234, 99)
 
 
-def test_jail_command() -> None:
-    jail = Jail(bwrap="/usr/bin/bwrap", network=False, hide_paths=(Path("/var"), Path("/no/such/dir")))
+SYSTEM = (
+    Bind(Path("/usr")),
+    Link("usr/bin", Path("/bin")),
+    Bind(Path("/run/resolve/resolv.conf"), Path("/etc/resolv.conf")),
+)
+
+
+def test_jail_command_shows_a_minimal_root_and_only_what_is_bound(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    (ws / "private").mkdir(parents=True)
+    (ws / "token").write_text("t")
+    hide = (Path("/var"), ws / "private", tmp_path / "no-such-dir")
+    jail = Jail(bwrap="/usr/bin/bwrap", network=False, hide_paths=hide, hide_files=(ws / "token",), system=SYSTEM)
     cmd = jail.wrap(
         ["/ws/.venv/bin/python", "x.py"],
-        workspace=Path("/ws"),
-        read_only=[Path("/ws/.venv")],
-        hidden_inside=[Path("/ws/.codegen")],
-        read_only_after=[Path("/ws/.codegen/runs/t.py")],
+        workspace=ws,
+        read_only=[ws / ".venv"],
+        hidden_inside=[ws / ".codegen"],
+        read_only_after=[ws / ".codegen/runs/t.py"],
     )
     joined = " ".join(cmd)
     assert cmd[:2] == ["/usr/bin/bwrap", "--unshare-all"] and "--share-net" not in cmd
+    assert "--ro-bind / /" not in joined  # no view of the host's root any more
     assert "--tmpfs /tmp" in joined and "--cap-drop ALL" in joined and "--die-with-parent" in joined
-    # Order matters: the workspace, then the venv read-only over it, then the state hidden, then the script.
-    assert "/no/such/dir" not in joined
+    # Hiding only matters inside what is bound: /var is not in the jail at all.
+    assert "/var" not in joined and "no-such-dir" not in joined
     order = [
-        joined.index("--tmpfs /var"),
-        joined.index("--bind /ws /ws"),
-        joined.index("--ro-bind /ws/.venv /ws/.venv"),
-        joined.index("--tmpfs /ws/.codegen"),
-        joined.index("--ro-bind /ws/.codegen/runs/t.py"),
+        joined.index("--ro-bind /usr /usr"),
+        joined.index("--symlink usr/bin /bin"),
+        joined.index("--proc /proc"),
+        joined.index(f"--bind {ws} {ws}"),
+        joined.index(f"--ro-bind {ws}/.venv {ws}/.venv"),
+        joined.index(f"--tmpfs {ws}/private"),
+        joined.index(f"--ro-bind /dev/null {ws}/token"),
+        joined.index(f"--tmpfs {ws}/.codegen"),
+        joined.index(f"--ro-bind {ws}/.codegen/runs/t.py"),
+        joined.index("--remount-ro /"),
     ]
     assert order == sorted(order)
     assert cmd[-3:] == ["--", "/ws/.venv/bin/python", "x.py"]
-    assert "--share-net" in Jail(bwrap="bwrap", network=True).wrap(["x"], workspace=Path("/ws"))
-    sandbox = Sandbox(identity=Identity(65534, 65534), jail=jail)
+    net = Jail(bwrap="bwrap", network=True, system=SYSTEM)
+    assert "--share-net" in net.wrap(["x"], workspace=Path("/ws"))
+    with_net = jail.command(["x"], binds=[], chdir=Path("/"), network=True).argv
+    assert "--share-net" in with_net
+    # Name resolution files only where the network is.
+    assert "/etc/resolv.conf" in with_net and "/etc/resolv.conf" not in cmd
+
+
+def test_a_staged_jail_names_its_sources_by_their_staging_place() -> None:
+    jail = Jail(bwrap="bwrap", system=SYSTEM)
+    binds = [Bind(Path("/srv/ws"), writable=True), Bind(Path("/srv/pip"), Path("/opt/codegen-pip/pip"))]
+    command = jail.command(
+        ["python"], binds=binds, chdir=Path("/srv/ws"), read_only_after=[Path("/srv/state/t.py")], stage=True
+    )
+    joined = " ".join(command.argv)
+    assert command.staged == (Path("/srv/ws"), Path("/srv/pip"), Path("/srv/state/t.py"))
+    assert "--bind /tmp/0 /srv/ws" in joined
+    assert "--ro-bind /tmp/1 /opt/codegen-pip/pip" in joined
+    assert "--ro-bind /tmp/2 /srv/state/t.py" in joined
+    assert "--ro-bind /usr /usr" in joined  # the system trees are reachable by anyone: never staged
+    identity = Identity(65534, 65534)
+    staged = Sandbox(identity=identity, jail=jail).popen_kwargs(Limits(1, 2, 3, 4, 5), command.staged)
+    # The child stages as root, then switches uid itself.
+    assert "user" not in staged and callable(staged["preexec_fn"]) and staged["start_new_session"] is True
+    sandbox = Sandbox(identity=identity, jail=jail)
     assert sandbox.describe() == "bwrap+rlimits+uid65534"
     assert Sandbox(identity=None, jail=None).describe() == "rlimits"
     kwargs = sandbox.popen_kwargs(Limits(1, 2, 3, 4, 5))
     assert kwargs["user"] == 65534 and kwargs["start_new_session"] is True
+    # Only a child that switches uid needs staging.
+    assert sandbox.jail_command(["x"], binds=binds, chdir=Path("/")).staged
+    assert not Sandbox(identity=None, jail=jail).jail_command(["x"], binds=binds, chdir=Path("/")).staged
+
+
+def test_host_system_mounts_follow_the_hosts_layout(tmp_path: Path) -> None:
+    (tmp_path / "usr/bin").mkdir(parents=True)
+    (tmp_path / "usr/share/zoneinfo").mkdir(parents=True)
+    (tmp_path / "usr/share/zoneinfo/UTC").write_text("tz")
+    (tmp_path / "bin").symlink_to("usr/bin")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run/resolv.conf").write_text("nameserver 10.0.0.1\n")
+    etc = tmp_path / "etc"
+    (etc / "python3.11").mkdir(parents=True)
+    (etc / "passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+    (etc / "shadow").write_text("root:secret\n")
+    (etc / "resolv.conf").symlink_to(tmp_path / "run/resolv.conf")
+    (etc / "localtime").symlink_to(tmp_path / "usr/share/zoneinfo/UTC")
+    trees = [str(tmp_path / "usr"), str(tmp_path / "bin"), str(tmp_path / "lib64")]
+    mounts = host_system_mounts(trees, etc=etc)
+    assert mounts == (
+        Bind(tmp_path / "usr"),
+        Link("usr/bin", tmp_path / "bin"),
+        Bind(tmp_path / "run/resolv.conf", etc / "resolv.conf"),  # outside the system trees: its content
+        Bind(etc / "passwd"),
+        Link(str(tmp_path / "usr/share/zoneinfo/UTC"), etc / "localtime"),  # the zone keeps its name
+        Bind(etc / "python3.11"),
+    )
+    jail = Jail(bwrap="bwrap", system=mounts)
+    assert jail.shows(tmp_path / "usr/lib/python3.11")
+    assert jail.shows(tmp_path / "bin/python3")  # through the /usr-merge link
+    assert not jail.shows(tmp_path / "opt/python")
+
+
+def test_the_base_interpreter_is_shown_only_when_it_lives_outside_the_system_trees(tmp_path: Path) -> None:
+    jail = Jail(bwrap="bwrap", system=(Bind(Path("/usr")), Link("usr/bin", Path("/bin"))))
+    system = BasePython(prefixes=(Path("/usr"), Path("/usr")), executable=Path("/usr/bin/python3"))
+    assert system.mounts(jail) == []
+    assert BasePython(prefixes=(Path("/usr"),), executable=Path("/bin/python3")).mounts(jail) == []
+    prefix = tmp_path / "pyenv/versions/3.12.1"
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "bin/python3.12").write_text("")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin/python").symlink_to(prefix / "bin/python3.12")
+    elsewhere = BasePython(prefixes=(prefix, prefix), executable=prefix / "bin/python3.12")
+    assert elsewhere.mounts(jail) == [Bind(prefix)]
+    linked = BasePython(prefixes=(prefix,), executable=tmp_path / "bin/python")
+    assert linked.mounts(jail) == [Bind(prefix), Link(str(prefix / "bin/python3.12"), tmp_path / "bin/python")]
+    assert parse_base_python("/opt/py\n/opt/py\n/opt/py/bin/python3\n", "/x") == BasePython(
+        prefixes=(Path("/opt/py"), Path("/opt/py")), executable=Path("/opt/py/bin/python3")
+    )
+
+
+def test_the_operators_pip_paths_are_shown_in_the_install_jail(tmp_path: Path) -> None:
+    (tmp_path / "wheels").mkdir()
+    (tmp_path / "ca.pem").write_text("x")
+    (tmp_path / "link.pem").symlink_to(tmp_path / "ca.pem")
+    jail = Jail(bwrap="bwrap", system=(Bind(tmp_path / "sys"),))
+    (tmp_path / "sys").mkdir()
+    (tmp_path / "sys/ca.crt").write_text("x")
+    env = {
+        "PIP_FIND_LINKS": f"{tmp_path / 'wheels'} https://example.org/wheels file://{tmp_path / 'wheels'}",
+        "REQUESTS_CA_BUNDLE": str(tmp_path / "link.pem"),
+        "SSL_CERT_FILE": str(tmp_path / "sys/ca.crt"),  # shown by the system trees already
+        "PIP_CERT": "relative.pem",
+        "PIP_CONFIG_FILE": str(tmp_path / "missing.conf"),
+        "PIP_INDEX_URL": "https://example.org/simple",
+    }
+    # In PIP_PATH_VARS order; URLs, relative and missing paths are left to pip, each path bound once.
+    assert pip_path_mounts(env, jail) == [Bind(tmp_path / "ca.pem", tmp_path / "link.pem"), Bind(tmp_path / "wheels")]
+
+
+def test_venv_distributions_never_follow_links_or_block_on_fifos(tmp_path: Path) -> None:
+    site = tmp_path / "venv/lib/python3.11/site-packages"
+    (site / "Foo_Bar-1.2.dist-info").mkdir(parents=True)
+    (site / "Foo_Bar-1.2.dist-info/METADATA").write_text("Metadata-Version: 2.1\nName: Foo-Bar\nVersion: 1.2\n\nx")
+    decoy = tmp_path / "decoy"
+    decoy.write_text("Name: evil\nVersion: 6.6.6\n")
+    (site / "six-1.0.dist-info").mkdir()
+    (site / "six-1.0.dist-info/METADATA").symlink_to(decoy)
+    (site / "fifo_pkg-2.0.dist-info").mkdir()
+    os.mkfifo(site / "fifo_pkg-2.0.dist-info/METADATA")
+    (site / "linked-3.0.dist-info").symlink_to(tmp_path)
+    assert sorted(venv_distributions(tmp_path / "venv")) == [("Foo-Bar", "1.2"), ("fifo_pkg", "2.0"), ("six", "1.0")]
 
 
 def test_child_env_is_minimal() -> None:
     env = child_env(venv=Path("/v"), home=Path("/h"))
-    assert set(env) == {"PATH", "HOME", "LANG", "LC_ALL", "PYTHONUNBUFFERED", "PYTHONNOUSERSITE", "VIRTUAL_ENV"}
+    assert set(env) == {
+        "PATH",
+        "HOME",
+        "LANG",
+        "LC_ALL",
+        "PYTHONUNBUFFERED",
+        "PYTHONNOUSERSITE",
+        "VIRTUAL_ENV",
+        "GIT_CONFIG_COUNT",
+        "GIT_CONFIG_KEY_0",
+        "GIT_CONFIG_VALUE_0",
+    }
     assert env["PATH"].startswith("/v/bin:")
 
 

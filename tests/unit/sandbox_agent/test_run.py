@@ -219,7 +219,7 @@ async def test_the_jail_hides_the_agent_state_and_keeps_the_venv_read_only(
 
 
 async def test_hidden_paths_and_the_token_file_are_invisible_in_the_jail(
-    make_client: MakeClient, base_dir: Path, tmp_path: Path
+    make_client: MakeClient, base_dir: Path, workspace: Path
 ) -> None:
     if not __import__("shutil").which("bwrap"):
         pytest.skip("bubblewrap (bwrap) is not installed on this machine")
@@ -227,14 +227,21 @@ async def test_hidden_paths_and_the_token_file_are_invisible_in_the_jail(
     other.mkdir(mode=0o755)
     (other / "secret.txt").write_text("other session's data")
     (other / "secret.txt").chmod(0o644)
+    inner = workspace / "hidden-inside"  # hide_paths still applies to what the jail shows
+    inner.mkdir(mode=0o755)
+    (inner / "secret.txt").write_text("hidden")
     token_file = base_dir / f"token-{uuid.uuid4().hex}"
     token_file.write_text("from-a-file")
     token_file.chmod(0o644)  # readable on purpose: the jail must hide it anyway
-    client = await make_client(sandbox="bwrap", hide_paths=[other], token=None, token_file=token_file)
+    client = await make_client(sandbox="bwrap", hide_paths=[other, inner], token=None, token_file=token_file)
     client.session.headers["Authorization"] = "Bearer from-a-file"
     code = (
         "import os\n"
-        f"print(os.listdir({str(other)!r}))\n"
+        f"for folder in ({str(other)!r}, {str(inner)!r}):\n"
+        "    try:\n"
+        "        print(os.listdir(folder))\n"
+        "    except FileNotFoundError:\n"
+        "        print('absent')\n"
         "try:\n"
         f"    print(repr(open({str(token_file)!r}).read()))\n"
         "except OSError:\n"
@@ -242,9 +249,10 @@ async def test_hidden_paths_and_the_token_file_are_invisible_in_the_jail(
     )
     view = await run(client, code=code)
     assert view.run is not None, view
-    listing, token = view.run.stdout.splitlines()
-    assert listing == "[]"
-    assert token in ("''", "unreadable")  # /dev/null bound over it (nodev makes it unreadable)
+    listing, inside, token = view.run.stdout.splitlines()
+    assert listing == "absent"  # outside the workspace: not in the jail's minimal root at all
+    assert inside == "[]"
+    assert token in ("''", "unreadable")  # absent, or /dev/null bound over it (nodev makes it unreadable)
 
 
 # --- tasks ----------------------------------------------------------------------------------------------

@@ -119,7 +119,6 @@ class LocalBackend(Backend):
         # 0700 and owned by that uid), but nobody may list the sessions.
         self._sessions_dir.mkdir(mode=0o711, exist_ok=True)
         os.chmod(self._sessions_dir, 0o711)  # noqa: S103 - traverse-only, see above
-        self._check_traversable(self._sessions_dir)
         probe_uid = self._local.sandbox_uid_base if os.geteuid() == 0 else None
         reason: str | None
         if self._local.sandbox == "none":
@@ -129,6 +128,10 @@ class LocalBackend(Backend):
             if reason is not None and self._local.sandbox == "bwrap":
                 raise RuntimeError(f"sandbox=bwrap was asked for but {reason}")
         self._sandbox_mode = "bwrap" if reason is None else "none"
+        if reason is not None:
+            # Without the jail, code runs directly as its uid and must walk to its workspace on the host (in
+            # the jail, the agent mounts the workspace for it).
+            self._check_traversable(self._sessions_dir)
         parts = ["bwrap namespaces (net, pid, mount, ipc, uts, user)"] if reason is None else []
         parts.append("rlimits (memory, cpu, processes, file size)")
         if os.geteuid() == 0:
@@ -208,13 +211,20 @@ class LocalBackend(Backend):
             await asyncio.to_thread(shutil.rmtree, session_dir, True)
 
     def _agent_env(self, sandbox_id: str, workspace: Path, token: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CODEGEN_", "MCP_"))}
+        # The coordinator's own settings stay private, but agent settings given to it pass through (e.g. the
+        # S3 artifact store: CODEGEN_AGENT_S3_BUCKET, AWS_*).
+        env = {k: v for k, v in os.environ.items() if k.startswith("CODEGEN_AGENT_") or not k.startswith("CODEGEN_")}
         env.update(
             CODEGEN_AGENT_TOKEN=token,
             CODEGEN_AGENT_WORKSPACE=str(workspace),
             CODEGEN_AGENT_SANDBOX=self._sandbox_mode,
             CODEGEN_AGENT_NETWORK="true" if self._local.network else "false",
             CODEGEN_AGENT_HIDE_PATHS=f'["{self._sessions_dir}"]',
+            # Shared by this coordinator's sandboxes: uploaded artifacts (outliving sessions) and the wheels of
+            # the test/lint tools, so a new session installs them without the network.
+            CODEGEN_AGENT_ARTIFACT_STORE_DIR=str(self._root / "artifacts"),
+            CODEGEN_AGENT_ARTIFACT_STORE_NAMESPACE=sandbox_id,
+            CODEGEN_AGENT_DEVTOOLS_WHEELHOUSE=str(self._root / "wheelhouse"),
         )
         if os.geteuid() == 0:
             uid = self._uids[sandbox_id]
