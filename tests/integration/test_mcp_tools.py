@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import socket
 import time
 from typing import Any
@@ -62,10 +63,14 @@ async def run(session: ClientSession, code: str, **extra: Any) -> dict[str, Any]
     return result.structured_content
 
 
-async def test_lists_the_nine_seed_tools_with_schemas(coordinator: CoordinatorProcess) -> None:
+PLANNED_TOOLS = {"test.run", "lint.check", "git.clone", "git.commit", "artifact.list", "artifact.upload"}
+
+
+async def test_lists_the_fifteen_tools_with_schemas(coordinator: CoordinatorProcess) -> None:
     async with mcp_session(coordinator) as s:
         listed = (await s.list_tools()).tools
-    assert {t.name for t in listed} == SEED_TOOLS == {t.name for t in TOOLS}
+    assert {t.name for t in listed} == SEED_TOOLS | PLANNED_TOOLS == {t.name for t in TOOLS}
+    assert len(listed) == 15
     for tool in listed:
         assert tool.description and len(tool.description) > 20, tool.name
         assert tool.input_schema["type"] == "object"
@@ -147,6 +152,19 @@ async def test_run_python_limits(coordinator: CoordinatorProcess) -> None:
         assert stopped_at < 300  # the process limit (256 by default) held
         # The sandbox is still healthy afterwards.
         assert text_of(await call(s, "echo", message="still here")) == "still here"
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+async def test_users_own_git_works_in_run_python(coordinator: CoordinatorProcess) -> None:
+    # The workspace root belongs to the agent, not to the uid running code: git must not call it "dubious".
+    code = (
+        "import subprocess as sp\n"
+        "def git(*a): return sp.run(['git', *a], capture_output=True, text=True)\n"
+        "print(git('init', '-q').returncode, git('status', '--short').returncode)\n"
+    )
+    async with mcp_session(coordinator) as s:
+        out = await run(s, code)
+        assert out["run"]["stdout"].split() == ["0", "0"], out["run"]
 
 
 async def test_artifacts_produced_by_a_run(coordinator: CoordinatorProcess) -> None:

@@ -28,6 +28,9 @@ class ErrorCode(StrEnum):
     INSTALL_FAILED = "install_failed"
     SANDBOX_UNAVAILABLE = "sandbox_unavailable"
     SESSION_REQUIRED = "session_required"
+    NETWORK_DISABLED = "network_disabled"
+    GIT_FAILED = "git_failed"
+    STORE_FAILED = "store_failed"
     INTERNAL = "internal"
 
     @property
@@ -51,6 +54,9 @@ _HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INSTALL_FAILED: 422,
     ErrorCode.SANDBOX_UNAVAILABLE: 503,
     ErrorCode.SESSION_REQUIRED: 400,
+    ErrorCode.NETWORK_DISABLED: 403,
+    ErrorCode.GIT_FAILED: 422,
+    ErrorCode.STORE_FAILED: 502,
     ErrorCode.INTERNAL: 500,
 }
 

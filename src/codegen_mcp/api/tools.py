@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Limits that apply on both sides. Per-session settings may lower (never raise) the runtime ones.
 MAX_PATH_LENGTH = 4096
@@ -24,6 +24,12 @@ DEFAULT_RUN_TIMEOUT_S = 60.0
 DEFAULT_WAIT_S = 30.0
 DEFAULT_INSTALL_TIMEOUT_S = 600.0
 MAX_LIST_ENTRIES = 10_000
+DEFAULT_TEST_TIMEOUT_S = 300.0
+DEFAULT_LINT_TIMEOUT_S = 300.0
+DEFAULT_CLONE_TIMEOUT_S = 300.0
+DEFAULT_GIT_TIMEOUT_S = 60.0
+MAX_URL_LENGTH = 2048
+MAX_COMMIT_MESSAGE = 20_000
 
 
 class _Args(BaseModel):
@@ -144,6 +150,9 @@ class TaskState(StrEnum):
 class TaskKind(StrEnum):
     RUN_PYTHON = "run.python"
     PKG_INSTALL = "pkg.install"
+    TEST_RUN = "test.run"
+    LINT_CHECK = "lint.check"
+    GIT_CLONE = "git.clone"
 
 
 class RunPythonArgs(_Args):
@@ -182,6 +191,7 @@ class ArtifactInfo(_Result):
     sha256: str
     created_at: datetime
     task_id: str | None = Field(None, description="The task that produced it, if any.")
+    uri: str | None = Field(None, description="Where artifact.upload last stored it (s3://… or file://…), if it did.")
 
 
 class RunResult(_Result):
@@ -238,11 +248,18 @@ class TaskView(_Result):
     progress: TaskProgress = Field(default_factory=TaskProgress)
     run: RunResult | None = None
     install: PkgInstallResult | None = None
+    test: PytestResult | None = Field(None, description="The result of a test.run task.")
+    lint: LintResult | None = Field(None, description="The result of a lint.check task.")
+    clone: GitCloneResult | None = Field(None, description="The result of a git.clone task.")
     error: str | None = Field(None, description="Why the task failed to run at all (not the program's own error).")
 
 
 class TaskIdArgs(_Args):
-    task_id: str = Field(min_length=1, max_length=64, description="The task_id returned by run.python or pkg.install.")
+    task_id: str = Field(
+        min_length=1,
+        max_length=64,
+        description="The task_id returned by run.python, pkg.install, test.run, lint.check or git.clone.",
+    )
 
 
 class TaskResultArgs(TaskIdArgs):
@@ -261,6 +278,283 @@ class ArtifactContent(_Result):
     content: str
     encoding: Encoding
     truncated: bool = False
+
+
+# --- test.run --------------------------------------------------------------------------------------
+
+
+def _one_or_many(value: Any) -> Any:
+    """Accept a single string where a list of strings is expected (`"tests"` means `["tests"]`)."""
+    return [value] if isinstance(value, str) else value
+
+
+class PytestArgs(_Args):
+    paths: list[Annotated[str, Field(min_length=1, max_length=MAX_PATH_LENGTH)]] = Field(
+        default_factory=list,
+        max_length=100,
+        validation_alias=AliasChoices("paths", "path"),
+        description=(
+            "Test files, folders or node ids relative to the workspace, e.g. ['tests/test_app.py::test_login']; "
+            "default: pytest's own discovery from the workspace root. `path` (one string) is accepted too."
+        ),
+    )
+    keyword: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1000,
+        validation_alias=AliasChoices("keyword", "k"),
+        description="Only run tests matching this pytest -k expression, e.g. 'login and not slow'. `k` works too.",
+    )
+    markers: str | None = Field(
+        None, min_length=1, max_length=1000, description="Only run tests matching this -m marker expression."
+    )
+    timeout_s: float = Field(
+        DEFAULT_TEST_TIMEOUT_S, gt=0, le=MAX_TIMEOUT_S, description="Wall-clock limit; pytest is killed after it."
+    )
+    wait_s: float = Field(
+        DEFAULT_WAIT_S,
+        ge=0,
+        le=MAX_WAIT_S,
+        description="How long to wait for the result; a longer run returns a task_id for task.get_result.",
+    )
+
+    _paths = field_validator("paths", mode="before")(_one_or_many)
+
+
+class PytestFailure(_Result):
+    node_id: str = Field(description="pytest node id, e.g. 'tests/test_app.py::TestLogin::test_bad_password'.")
+    outcome: Literal["failed", "error"] = Field(
+        description="failed: an assertion or exception in the test; error: in a fixture, setup/teardown or collection."
+    )
+    message: str = Field(description="The one-line reason pytest gave, e.g. 'AssertionError: assert 1 == 2'.")
+    traceback: str = Field(description="pytest's short traceback (--tb=short), capped.")
+    duration_s: float = 0.0
+
+
+class PytestResult(_Result):
+    exit_code: int | None = Field(
+        description="pytest's exit code: 0 all passed, 1 some failed, 2 interrupted, 3 internal error, "
+        "4 usage error, 5 no tests collected; None if it never ran."
+    )
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    skipped: int = 0
+    total: int = Field(0, description="passed + failed + errors + skipped.")
+    failures: list[PytestFailure] = Field(default_factory=list, description="Each failed or erroring test.")
+    failures_truncated: bool = Field(False, description="True when more failures happened than are listed.")
+    duration_s: float = 0.0
+    timed_out: bool = False
+    output_tail: str = Field("", description="The end of pytest's console output.")
+    output_truncated: bool = Field(False, description="True when output_tail is not the whole output.")
+    pytest_version: str | None = None
+
+
+# --- lint.check ------------------------------------------------------------------------------------
+
+
+class Severity(StrEnum):
+    ERROR = "error"
+    WARNING = "warning"
+    NOTE = "note"
+
+
+class LintArgs(_Args):
+    path: str = Field(
+        ".", min_length=1, max_length=MAX_PATH_LENGTH, description="File or folder to check (default: the workspace)."
+    )
+    fix: bool = Field(
+        False,
+        description="Apply ruff's safe fixes (and reformat, if `format` is true) and report what changed.",
+    )
+    format: bool = Field(False, description="Also check formatting with `ruff format --check`.")
+    mypy: bool = Field(False, description="Also type-check with mypy (installed into the session venv on first use).")
+    select: list[Annotated[str, Field(pattern=r"^[A-Z]{1,8}[0-9]{0,5}$")]] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Ruff rule codes or prefixes to check instead of the project's own selection, e.g. ['E', 'F', "
+        "'I', 'UP'].",
+    )
+    timeout_s: float = Field(
+        DEFAULT_LINT_TIMEOUT_S, gt=0, le=MAX_TIMEOUT_S, description="Wall-clock limit for all linters together."
+    )
+    wait_s: float = Field(
+        DEFAULT_WAIT_S,
+        ge=0,
+        le=MAX_WAIT_S,
+        description="How long to wait for the result; a longer check returns a task_id for task.get_result.",
+    )
+
+
+class LintDiagnostic(_Result):
+    tool: Literal["ruff", "ruff-format", "mypy"]
+    file: str = Field(description="Workspace-relative path.")
+    line: int
+    column: int
+    end_line: int | None = None
+    end_column: int | None = None
+    code: str = Field(description="Rule code, e.g. 'F401' (ruff) or 'arg-type' (mypy).")
+    message: str
+    severity: Severity = Field(
+        description="ruff findings are errors (as ruff reports them), unformatted files warnings, mypy gives errors "
+        "and notes."
+    )
+    fixable: bool = Field(False, description="True when `fix: true` would fix it (ruff's safe fixes).")
+    url: str | None = Field(None, description="Documentation of the rule, when known.")
+
+
+class LintFix(_Result):
+    file: str
+    code: str
+    message: str = Field(description="What was fixed.")
+
+
+class LintResult(_Result):
+    diagnostics: list[LintDiagnostic] = Field(default_factory=list, description="What is left to fix, by file/line.")
+    truncated: bool = Field(False, description="True when more diagnostics were found than are listed.")
+    errors: int = 0
+    warnings: int = 0
+    notes: int = 0
+    fixable: int = Field(0, description="How many of the diagnostics `fix: true` would fix.")
+    by_code: dict[str, int] = Field(default_factory=dict, description="Diagnostic count per rule code.")
+    fixed: list[LintFix] = Field(default_factory=list, description="What `fix: true` fixed.")
+    changed_files: list[str] = Field(default_factory=list, description="Files `fix: true` rewrote.")
+    tools: dict[str, str] = Field(default_factory=dict, description="The linters that ran and their versions.")
+    duration_s: float = 0.0
+    timed_out: bool = False
+    output_tail: str = Field("", description="Messages the linters printed besides diagnostics (config errors…).")
+
+
+# --- git.clone / git.commit ------------------------------------------------------------------------
+
+
+class GitCloneArgs(_Args):
+    url: str = Field(
+        min_length=1,
+        max_length=MAX_URL_LENGTH,
+        description="https:// URL of a public repository, e.g. 'https://github.com/pallets/click.git'. No "
+        "credentials, ssh, file:// or local paths.",
+    )
+    dest: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_PATH_LENGTH,
+        description="Workspace folder to clone into (must not exist, or be empty); default: the repository's name.",
+    )
+    branch: str | None = Field(
+        None, min_length=1, max_length=255, description="Branch or tag to check out; default: the remote's HEAD."
+    )
+    depth: int | None = Field(None, ge=1, le=1_000_000, description="Shallow clone with this many commits.")
+    timeout_s: float = Field(DEFAULT_CLONE_TIMEOUT_S, gt=0, le=MAX_TIMEOUT_S, description="Limit for the clone.")
+    wait_s: float = Field(
+        DEFAULT_WAIT_S, ge=0, le=MAX_WAIT_S, description="How long to wait before returning a task_id instead."
+    )
+
+
+class GitCloneResult(_Result):
+    url: str
+    dest: str = Field(description="Workspace-relative folder of the clone.")
+    commit: str | None = Field(None, description="The checked-out commit; None for an empty repository.")
+    branch: str | None = Field(None, description="The checked-out branch; None when detached (a tag).")
+    depth: int | None = None
+    duration_s: float = 0.0
+    timed_out: bool = False
+    log_tail: str = Field("", description="The end of git's own output.")
+
+
+class GitCommitArgs(_Args):
+    message: str = Field(min_length=1, max_length=MAX_COMMIT_MESSAGE, description="The commit message.")
+    paths: list[Annotated[str, Field(min_length=1, max_length=MAX_PATH_LENGTH)]] | None = Field(
+        None,
+        max_length=1000,
+        description="Files or folders to stage (relative to the workspace, inside the repository), deletions "
+        "included; default: every change in the repository.",
+    )
+    repo: str = Field(
+        ".",
+        min_length=1,
+        max_length=MAX_PATH_LENGTH,
+        description="The repository's top folder in the workspace (where .git is); default: the workspace root.",
+    )
+    init: bool = Field(False, description="Create the repository (git init) if `repo` is not one yet.")
+    author_name: str | None = Field(
+        None, min_length=1, max_length=200, description="Author name; default: the session's configured author."
+    )
+    author_email: str | None = Field(
+        None, min_length=3, max_length=320, description="Author e-mail; default: the session's configured author."
+    )
+    timeout_s: float = Field(DEFAULT_GIT_TIMEOUT_S, gt=0, le=MAX_TIMEOUT_S, description="Limit for the commit.")
+
+    _paths = field_validator("paths", mode="before")(_one_or_many)
+
+
+class GitFileChange(_Result):
+    path: str = Field(description="Path relative to the repository.")
+    status: Literal["added", "modified", "deleted", "renamed", "copied", "type_changed", "other"]
+    old_path: str | None = Field(None, description="The previous path of a renamed or copied file.")
+    insertions: int | None = Field(None, description="Lines added; None for binary files.")
+    deletions: int | None = Field(None, description="Lines removed; None for binary files.")
+
+
+class GitCommitResult(_Result):
+    commit: str = Field(description="The new commit id (full SHA).")
+    branch: str | None = Field(None, description="The branch it was committed on; None when HEAD is detached.")
+    repo: str = Field(description="Workspace-relative folder of the repository.")
+    initialized: bool = Field(False, description="True when this call created the repository.")
+    author: str = Field(description="'Name <email>'.")
+    files: list[GitFileChange]
+    files_changed: int
+    insertions: int
+    deletions: int
+    diffstat: str = Field(description="e.g. '2 files changed, 10 insertions(+), 1 deletion(-)'.")
+
+
+# --- artifact.list / artifact.upload ---------------------------------------------------------------
+
+
+class ArtifactListArgs(_Args):
+    task_id: str | None = Field(None, min_length=1, max_length=64, description="Only the artifacts this task produced.")
+    limit: int = Field(100, ge=1, le=1000, description="At most this many, newest first.")
+
+
+class ArtifactListResult(_Result):
+    artifacts: list[ArtifactInfo] = Field(description="Newest first.")
+    total: int = Field(0, description="How many artifacts match, listed or not.")
+    truncated: bool = False
+
+
+class ArtifactUploadArgs(_Args):
+    artifact_id: str | None = Field(
+        None, min_length=1, max_length=64, description="The artifact to upload. Give exactly one of this or `path`."
+    )
+    path: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_PATH_LENGTH,
+        description="A workspace file to upload instead (it becomes an artifact first).",
+    )
+    timeout_s: float = Field(300.0, gt=0, le=MAX_TIMEOUT_S, description="Limit for the upload.")
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> ArtifactUploadArgs:
+        if (self.artifact_id is None) == (self.path is None):
+            raise ValueError("give exactly one of `artifact_id` or `path`")
+        return self
+
+
+class ArtifactUploadResult(_Result):
+    artifact: ArtifactInfo
+    uri: str = Field(description="Stable reference to the stored copy, e.g. s3://bucket/key or file:///path.")
+    sha256: str = Field(description="SHA-256 of the uploaded bytes (hex).")
+    size: int
+    store: str = Field(description="The kind of store: local or s3.")
+    changed_since_recorded: bool = Field(
+        False, description="True when the file differed from the artifact's recorded checksum (it was re-recorded)."
+    )
+
+
+# TaskView names the result models above before they are defined.
+TaskView.model_rebuild()
 
 
 # --- health ----------------------------------------------------------------------------------------
@@ -287,6 +581,9 @@ class ToolSpec(BaseModel):
     path: str  # agent route; `{task_id}` / `{artifact_id}` are filled from the arguments
     read_only: bool = False
     long_running: bool = False
+    starts_task: bool = False  # the agent answers with a TaskView; the coordinator waits on it with progress
+    open_world: bool = False  # reaches outside the sandbox (package index, git hosts, artifact store)
+    destructive: bool = False  # may overwrite or delete the user's files
 
     def input_schema(self) -> dict[str, Any]:
         return self.args.model_json_schema()
@@ -326,6 +623,7 @@ TOOLS: tuple[ToolSpec, ...] = (
         args=FsWriteArgs,
         method="POST",
         path="/v1/fs/write",
+        destructive=True,
     ),
     ToolSpec(
         name="fs.list",
@@ -349,6 +647,7 @@ TOOLS: tuple[ToolSpec, ...] = (
         method="POST",
         path="/v1/run/python",
         long_running=True,
+        starts_task=True,
     ),
     ToolSpec(
         name="pkg.install",
@@ -361,11 +660,16 @@ TOOLS: tuple[ToolSpec, ...] = (
         method="POST",
         path="/v1/pkg/install",
         long_running=True,
+        starts_task=True,
+        open_world=True,
     ),
     ToolSpec(
         name="artifact.get",
         title="Get an artifact",
-        description="Fetch an artifact (a file a run produced) by its artifact_id: metadata and content.",
+        description=(
+            "Fetch an artifact (a file a run produced) by its artifact_id: metadata and content. artifact.list "
+            "shows the ids."
+        ),
         args=ArtifactGetArgs,
         method="GET",
         path="/v1/artifacts/{artifact_id}",
@@ -384,14 +688,97 @@ TOOLS: tuple[ToolSpec, ...] = (
         name="task.get_result",
         title="Task result",
         description=(
-            "Wait up to wait_s seconds for a task to finish and return its result (the same result run.python "
-            "or pkg.install gives); if still running, returns its status again."
+            "Wait up to wait_s seconds for a task to finish and return its result (the same result run.python, "
+            "pkg.install, test.run, lint.check or git.clone gives); if still running, returns its status again."
         ),
         args=TaskResultArgs,
         method="GET",
         path="/v1/tasks/{task_id}",
         read_only=True,
         long_running=True,
+    ),
+    ToolSpec(
+        name="test.run",
+        title="Run tests",
+        description=(
+            "Run pytest in your workspace (pytest is installed into the session venv on first use). Give test "
+            "files, folders or node ids in `paths`, a -k expression in `keyword`. Returns counts (passed, failed, "
+            "errors, skipped) and, for each failure, its node id, message and short traceback, plus the end of "
+            "pytest's output. Failing tests are a normal result, not an error. A run longer than wait_s returns "
+            "a task_id for task.get_result."
+        ),
+        args=PytestArgs,
+        method="POST",
+        path="/v1/test/run",
+        long_running=True,
+        starts_task=True,
+    ),
+    ToolSpec(
+        name="lint.check",
+        title="Lint and type-check",
+        description=(
+            "Check Python code in your workspace with ruff (and, on request, `ruff format --check` and mypy; "
+            "installed into the session venv on first use). Returns each diagnostic (file, line, column, code, "
+            "message, severity, fixable) and counts. fix=true applies ruff's safe fixes (and the formatter, with "
+            "format=true) and reports what changed."
+        ),
+        args=LintArgs,
+        method="POST",
+        path="/v1/lint/check",
+        long_running=True,
+        starts_task=True,
+        destructive=True,
+    ),
+    ToolSpec(
+        name="git.clone",
+        title="Clone a git repository",
+        description=(
+            "Clone a public git repository over https into a workspace folder (optionally one branch or tag, "
+            "optionally shallow with `depth`). Needs network egress: sandboxes without it refuse with an error. "
+            "ssh, file:// and local paths, and URLs with credentials, are refused. Returns the folder and commit."
+        ),
+        args=GitCloneArgs,
+        method="POST",
+        path="/v1/git/clone",
+        long_running=True,
+        starts_task=True,
+        open_world=True,
+    ),
+    ToolSpec(
+        name="git.commit",
+        title="Commit to a git repository",
+        description=(
+            "Stage changes (the given `paths`, default all) in a workspace repository and commit them with a "
+            "message; init=true creates the repository first. Returns the commit id, the changed files and a "
+            "diffstat. Never pushes. Nothing to commit is an error."
+        ),
+        args=GitCommitArgs,
+        method="POST",
+        path="/v1/git/commit",
+    ),
+    ToolSpec(
+        name="artifact.list",
+        title="List artifacts",
+        description=(
+            "List this session's artifacts (files runs produced, or you uploaded), newest first: id, name, path, "
+            "size, media type, checksum, creation time, producing task, and upload URI if uploaded."
+        ),
+        args=ArtifactListArgs,
+        method="GET",
+        path="/v1/artifacts",
+        read_only=True,
+    ),
+    ToolSpec(
+        name="artifact.upload",
+        title="Upload an artifact",
+        description=(
+            "Copy an artifact (by artifact_id) or a workspace file (by path) to durable storage outside the "
+            "sandbox, so it outlives the session. Returns a stable URI (s3://… or file://…) and its SHA-256."
+        ),
+        args=ArtifactUploadArgs,
+        method="POST",
+        path="/v1/artifacts/upload",
+        open_world=True,
     ),
 )
 

@@ -49,7 +49,9 @@ _SESSION_KEY = "codegen_mcp.session_key"
 INSTRUCTIONS = (
     "Each MCP session gets its own isolated Python workspace. Write files with fs.write, run code with "
     "run.python (it runs in the workspace folder, in the session's own virtualenv), install packages with "
-    "pkg.install. Long runs return a task_id: fetch the outcome with task.get_result."
+    "pkg.install. Run the workspace's tests with test.run and check code with lint.check; git.clone and "
+    "git.commit manage repositories; artifact.list/get/upload reach files runs produced. Long runs return a "
+    "task_id: fetch the outcome with task.get_result."
 )
 
 

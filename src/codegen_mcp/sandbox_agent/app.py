@@ -17,7 +17,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 from packaging.requirements import Requirement
@@ -29,21 +29,29 @@ from codegen_mcp.api.tools import (
     DEFAULT_INSTALL_TIMEOUT_S,
     MAX_WAIT_S,
     MAX_WRITE_BYTES,
-    ArtifactInfo,
+    ArtifactListArgs,
+    ArtifactListResult,
+    ArtifactUploadArgs,
     EchoArgs,
     EchoResult,
     FsListArgs,
     FsReadArgs,
     FsWriteArgs,
+    GitCloneArgs,
+    GitCommitArgs,
     HealthView,
+    LintArgs,
     PkgInstallArgs,
+    PytestArgs,
     RunPythonArgs,
     TaskIdArgs,
     TaskKind,
     WorkspacePath,
 )
 from codegen_mcp.sandbox_agent.artifacts import ArtifactStore
+from codegen_mcp.sandbox_agent.devtools import DevTools, default_wheelhouse, lint_target, pytest_targets
 from codegen_mcp.sandbox_agent.executor import Executor, parse_requirements
+from codegen_mcp.sandbox_agent.gitops import GitOps
 from codegen_mcp.sandbox_agent.isolation import (
     Jail,
     Sandbox,
@@ -53,6 +61,7 @@ from codegen_mcp.sandbox_agent.isolation import (
     unreachable_parent,
 )
 from codegen_mcp.sandbox_agent.settings import AgentSettings
+from codegen_mcp.sandbox_agent.store import Uploader, create_durable_store
 from codegen_mcp.sandbox_agent.tasks import Outcome, Task, TaskManager
 from codegen_mcp.sandbox_agent.workspace import Owner, Workspace, claim_workspace
 
@@ -87,12 +96,6 @@ class ArtifactRegisterArgs(BaseModel):
     path: WorkspacePath
 
 
-class ArtifactList(BaseModel):
-    """Body of `GET /v1/artifacts`."""
-
-    artifacts: list[ArtifactInfo]
-
-
 @dataclass
 class Agent:
     """Everything one agent shares between requests (lives in the app, never in a module global)."""
@@ -108,6 +111,18 @@ class Agent:
 
 
 AGENT = web.AppKey("codegen_agent", Agent)
+
+
+@dataclass
+class PlannedTools:
+    """test.run, lint.check, git.* and artifact.upload: their helpers, shared between requests."""
+
+    devtools: DevTools
+    git: GitOps
+    uploader: Uploader
+
+
+PLANNED = web.AppKey("codegen_planned_tools", PlannedTools)
 
 
 # --- errors ---------------------------------------------------------------------------------------------
@@ -251,7 +266,14 @@ async def fs_list(request: web.Request) -> web.Response:
     return model_response(await asyncio.to_thread(ws.list, args.path, args.recursive))
 
 
-def _timeout(agent: Agent, args: RunPythonArgs | PkgInstallArgs) -> float:
+class _TimedArgs(Protocol):
+    timeout_s: float
+
+    @property
+    def model_fields_set(self) -> set[str]: ...
+
+
+def _timeout(agent: Agent, args: _TimedArgs) -> float:
     """The call's timeout under this sandbox's ceiling (a default is lowered, an explicit value refused)."""
     ceiling = agent.settings.max_timeout_s
     if "timeout_s" not in args.model_fields_set:
@@ -328,7 +350,17 @@ async def cancel_task(request: web.Request) -> web.Response:
 
 
 async def list_artifacts(request: web.Request) -> web.Response:
-    return model_response(ArtifactList(artifacts=request.app[AGENT].artifacts.list()))
+    query = dict(request.query)
+    try:
+        args = ArtifactListArgs.model_validate(query)
+    except ValidationError as err:
+        raise InvalidArgument(validation_sentence(err, ArtifactListArgs)) from None
+    items = request.app[AGENT].artifacts.list()
+    if args.task_id is not None:
+        items = [a for a in items if a.task_id == args.task_id]
+    items.reverse()  # newest first
+    listed = items[: args.limit]
+    return model_response(ArtifactListResult(artifacts=listed, total=len(items), truncated=len(items) > len(listed)))
 
 
 async def get_artifact(request: web.Request) -> web.Response:
@@ -343,6 +375,57 @@ async def register_artifact(request: web.Request) -> web.Response:
     store = request.app[AGENT].artifacts
     args = await read_args(request, ArtifactRegisterArgs)
     return model_response(await asyncio.to_thread(store.register, args.path), status=201)
+
+
+async def upload_artifact(request: web.Request) -> web.Response:
+    args = await read_args(request, ArtifactUploadArgs)
+    timeout_s = _timeout(request.app[AGENT], args)
+    return model_response(await request.app[PLANNED].uploader.upload(args, timeout_s))
+
+
+async def run_tests(request: web.Request) -> web.Response:
+    agent, planned = request.app[AGENT], request.app[PLANNED]
+    args = await read_args(request, PytestArgs)
+    timeout_s = _timeout(agent, args)
+    targets = await asyncio.to_thread(pytest_targets, agent.workspace, args.paths)
+
+    async def work(task: Task) -> Outcome:
+        return await planned.devtools.run_tests(task, args, targets, timeout_s)
+
+    task = agent.tasks.submit(TaskKind.TEST_RUN, work)
+    return await _respond_after(agent, task, args.wait_s)
+
+
+async def lint_check(request: web.Request) -> web.Response:
+    agent, planned = request.app[AGENT], request.app[PLANNED]
+    args = await read_args(request, LintArgs)
+    timeout_s = _timeout(agent, args)
+    target = await asyncio.to_thread(lint_target, agent.workspace, args.path)
+
+    async def work(task: Task) -> Outcome:
+        return await planned.devtools.lint(task, args, target, timeout_s)
+
+    task = agent.tasks.submit(TaskKind.LINT_CHECK, work)
+    return await _respond_after(agent, task, args.wait_s)
+
+
+async def git_clone(request: web.Request) -> web.Response:
+    agent, planned = request.app[AGENT], request.app[PLANNED]
+    args = await read_args(request, GitCloneArgs)
+    timeout_s = _timeout(agent, args)
+    url, dest = await asyncio.to_thread(planned.git.prepare_clone, args)
+
+    async def work(task: Task) -> Outcome:
+        return await planned.git.clone(task, args, url, dest, timeout_s)
+
+    task = agent.tasks.submit(TaskKind.GIT_CLONE, work)
+    return await _respond_after(agent, task, args.wait_s)
+
+
+async def git_commit(request: web.Request) -> web.Response:
+    agent, planned = request.app[AGENT], request.app[PLANNED]
+    args = await read_args(request, GitCommitArgs)
+    return model_response(await planned.git.commit(args, _timeout(agent, args)))
 
 
 # --- lifecycle ------------------------------------------------------------------------------------------
@@ -415,7 +498,10 @@ async def agent_lifecycle(app: web.Application) -> AsyncIterator[None]:
     agent.sandbox = await decide_sandbox(settings, agent)
     executor.sandbox = agent.sandbox
     agent.python_version = await _python_version(executor.base_python)
-    blocked = unreachable_parent(agent.workspace.root, agent.sandbox.identity)
+    # In the jail a root agent stages the workspace itself, so only unjailed runs need a walkable path.
+    blocked = (
+        None if agent.sandbox.jail is not None else unreachable_parent(agent.workspace.root, agent.sandbox.identity)
+    )
     if blocked is not None:
         log.warning(
             "code runs as uid %s but cannot traverse %s to reach the workspace; runs will fail",
@@ -450,8 +536,38 @@ async def _prepare_venv(agent: Agent, initial: list[Requirement]) -> None:
         log.info("installing start-up packages %s as %s", " ".join(map(str, initial)), task.task_id)
 
 
+async def planned_tools_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[PLANNED].devtools.aclose()
+
+
+def create_planned_tools(
+    settings: AgentSettings, agent: Agent, environ: Mapping[str, str], state_dir: Path
+) -> PlannedTools:
+    wheelhouse = settings.devtools_wheelhouse or default_wheelhouse(environ, state_dir)
+    store = create_durable_store(settings, environ, state_dir)
+    return PlannedTools(
+        devtools=DevTools(
+            settings,
+            executor=agent.executor,
+            workspace=agent.workspace,
+            tasks=agent.tasks,
+            wheelhouse=Path(os.path.abspath(wheelhouse)),
+        ),
+        git=GitOps(settings, executor=agent.executor, workspace=agent.workspace, environ=environ),
+        uploader=Uploader(
+            settings,
+            workspace=agent.workspace,
+            artifacts=agent.artifacts,
+            store=store,
+            staging_dir=state_dir / "uploads",
+        ),
+    )
+
+
 def create_app(settings: AgentSettings, *, environ: Mapping[str, str] | None = None) -> web.Application:
-    """The agent's aiohttp application; `environ` (default os.environ) only feeds pip's configuration."""
+    """The agent's aiohttp application; `environ` (default os.environ) feeds pip's, git's and the stores'
+    configuration (proxies, CA bundles, AWS credentials, cache folders), never code the agent runs."""
     token = settings.token_value()
     check_listen_safety(settings, token)
     settings.workspace.mkdir(parents=True, exist_ok=True)
@@ -498,4 +614,12 @@ def create_app(settings: AgentSettings, *, environ: Mapping[str, str] | None = N
     app.router.add_get("/v1/artifacts", list_artifacts)
     app.router.add_post("/v1/artifacts", register_artifact)
     app.router.add_get("/v1/artifacts/{artifact_id}", get_artifact)
+    # The planned tools (issue 6).
+    app[PLANNED] = create_planned_tools(settings, agent, env, state_dir)
+    app.cleanup_ctx.append(planned_tools_lifecycle)
+    app.router.add_post("/v1/test/run", run_tests)
+    app.router.add_post("/v1/lint/check", lint_check)
+    app.router.add_post("/v1/git/clone", git_clone)
+    app.router.add_post("/v1/git/commit", git_commit)
+    app.router.add_post("/v1/artifacts/upload", upload_artifact)
     return app

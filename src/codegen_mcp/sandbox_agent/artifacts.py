@@ -189,6 +189,17 @@ class ArtifactStore:
             raise CodegenError(f"there is no artifact `{artifact_id}`", code=ErrorCode.ARTIFACT_NOT_FOUND)
         return info
 
+    def record_upload(self, artifact_id: str, uri: str, sha256: str, size: int) -> ArtifactInfo:
+        """Remember where artifact.upload put an artifact (and the checksum of what it uploaded)."""
+        with self._lock:
+            info = self._items.get(artifact_id)
+            if info is None:
+                raise CodegenError(f"there is no artifact `{artifact_id}`", code=ErrorCode.ARTIFACT_NOT_FOUND)
+            info = info.model_copy(update={"uri": uri, "sha256": sha256, "size": size})
+            self._items[artifact_id] = info
+            self._save()
+        return info
+
     def content(self, artifact_id: str, cap: int = MAX_ARTIFACT_CONTENT) -> ArtifactContent:
         info = self.get(artifact_id)
         try:

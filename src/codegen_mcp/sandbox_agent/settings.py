@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GiB = 1024**3
@@ -51,6 +51,12 @@ class AgentSettings(BaseSettings):
 
     # Defaults of DESIGN.md §2; the per-call timeout can only be lower than max_timeout_s.
     memory_bytes: int = Field(1 * GiB, ge=16 * MiB)
+    install_memory_bytes: int = Field(
+        2 * GiB,
+        ge=64 * MiB,
+        description="Address-space limit of pkg.install (pip and sdist builds, jailed like run code); "
+        "never below memory_bytes.",
+    )
     max_processes: int = Field(256, ge=1)
     max_file_bytes: int = Field(1 * GiB, ge=1)
     max_open_files: int = Field(1024, ge=16)
@@ -65,6 +71,59 @@ class AgentSettings(BaseSettings):
         default_factory=dict,
         description="Extra environment variables for run code, as JSON (spec.env); the agent's own never leak.",
     )
+
+    # test.run / lint.check: pytest, ruff and mypy are installed into the session venv on first use, from
+    # wheels (never by running pip inside the venv): read-only folders first, then a shared writable cache
+    # filled from the agent's own installed copies or, if allowed, the package index.
+    devtools_wheelhouse: Path | None = Field(
+        None,
+        description="Writable wheel cache shared by this machine's agents; default "
+        "$XDG_CACHE_HOME/codegen-mcp/wheelhouse (or ~/.cache/…, else <state_dir>/wheelhouse).",
+    )
+    devtools_find_links: list[Path] = Field(
+        default_factory=list, description="Read-only folders of wheels searched first (e.g. baked into an image)."
+    )
+    devtools_download: bool = Field(True, description="Fetch missing tool wheels from the package index.")
+    devtools_seed_from_agent: bool = Field(
+        True, description="Reuse the agent's own installed pytest/ruff/mypy (repacked as wheels) when compatible."
+    )
+    pytest_requirement: str = "pytest>=7"
+    ruff_requirement: str = "ruff>=0.5"
+    mypy_requirement: str = "mypy>=1.11"
+
+    # git.clone / git.commit
+    git_author_name: str = Field("CodeGen-MCP", min_length=1, description="git.commit author when none is given.")
+    git_author_email: str = Field("codegen-mcp@localhost", min_length=3)
+    git_extra_ca_bundle: Path | None = Field(
+        None,
+        description="PEM CA certificates git.clone trusts in addition to the system's (a private git host, tests); "
+        "TLS is always verified.",
+    )
+
+    # artifact.upload: where artifacts are copied to outlive the session.
+    artifact_store: Literal["local", "s3"] = Field("local", description="local: a folder; s3: an S3-compatible bucket.")
+    artifact_store_dir: Path | None = Field(
+        None,
+        description="The local store's folder (outside the workspace); default "
+        "$XDG_DATA_HOME/codegen-mcp/artifacts (or ~/.local/share/…).",
+    )
+    artifact_store_namespace: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+        description="Folder for this sandbox's uploads in the store (e.g. the session name).",
+    )
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = Field(None, description="For S3-compatible stores (MinIO, Ceph…); default AWS.")
+    s3_region: str | None = Field(None, description="Default: AWS_REGION / AWS_DEFAULT_REGION, else us-east-1.")
+    s3_prefix: str = Field("codegen-mcp/", description="Key prefix of every upload.")
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    upload_max_bytes: int = Field(5 * GiB, ge=1, description="Largest file artifact.upload copies.")
+
+    @model_validator(mode="after")
+    def _store_is_complete(self) -> AgentSettings:
+        if self.artifact_store == "s3" and not self.s3_bucket:
+            raise ValueError("artifact_store=s3 needs s3_bucket (CODEGEN_AGENT_S3_BUCKET)")
+        return self
 
     def token_value(self) -> str | None:
         if self.token is not None:

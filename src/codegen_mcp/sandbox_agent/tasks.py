@@ -1,4 +1,5 @@
-"""Tasks: every run.python and pkg.install is a task with an id, a state, progress and a result.
+"""Tasks: every run.python, pkg.install, test.run, lint.check and git.clone is a task with an id, a state,
+progress and a result.
 
 Callers wait on an `asyncio.Event` that is set when the task finishes (never a sleep loop). Finished tasks
 are kept up to a retention count, oldest forgotten first.
@@ -16,7 +17,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from codegen_mcp.api.errors import CodegenError, ErrorCode
-from codegen_mcp.api.tools import PkgInstallResult, RunResult, TaskKind, TaskProgress, TaskState, TaskView
+from codegen_mcp.api.tools import (
+    GitCloneResult,
+    LintResult,
+    PkgInstallResult,
+    PytestResult,
+    RunResult,
+    TaskKind,
+    TaskProgress,
+    TaskState,
+    TaskView,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +41,9 @@ class Outcome:
     run: RunResult | None = None
     install: PkgInstallResult | None = None
     error: str | None = None
+    test: PytestResult | None = None
+    lint: LintResult | None = None
+    clone: GitCloneResult | None = None
 
 
 @dataclass
@@ -47,6 +61,9 @@ class Task:
     message: str = ""
     run: RunResult | None = None
     install: PkgInstallResult | None = None
+    test: PytestResult | None = None
+    lint: LintResult | None = None
+    clone: GitCloneResult | None = None
     error: str | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_requested: asyncio.Event = field(default_factory=asyncio.Event)
@@ -72,6 +89,9 @@ class Task:
             ),
             run=self.run,
             install=self.install,
+            test=self.test,
+            lint=self.lint,
+            clone=self.clone,
             error=self.error,
         )
 
@@ -90,6 +110,11 @@ class TaskManager:
         self._install_gate = asyncio.Semaphore(1)
         self._closed = False
 
+    @property
+    def install_gate(self) -> asyncio.Semaphore:
+        """Held while anything writes the session venv (pkg.install tasks, first-use tool installs)."""
+        return self._install_gate
+
     def submit(self, kind: TaskKind, work: Work) -> Task:
         if self._closed:
             raise CodegenError("the agent is shutting down", code=ErrorCode.SANDBOX_UNAVAILABLE)
@@ -107,6 +132,7 @@ class TaskManager:
                 task.started_mono = time.monotonic()
                 outcome = await work(task)
             task.state, task.run, task.install, task.error = outcome.state, outcome.run, outcome.install, outcome.error
+            task.test, task.lint, task.clone = outcome.test, outcome.lint, outcome.clone
         except asyncio.CancelledError:
             task.state = TaskState.CANCELLED
             task.error = task.error or "the task was cancelled"
