@@ -62,6 +62,13 @@ from codegen_mcp.sandbox_agent.workspace import Owner
 
 log = logging.getLogger(__name__)
 
+
+def start_failure(what: str, err: OSError | subprocess.SubprocessError) -> CodegenError:
+    """The one sentence for a process that could not even be started in the sandbox."""
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    return CodegenError(f"could not start {what}: {reason}", code=ErrorCode.SANDBOX_UNAVAILABLE)
+
+
 LOG_TAIL_BYTES = 4096
 # After the main process exits, how long leftover readers may take to drain the pipes.
 DRAIN_GRACE_S = 2.0
@@ -813,10 +820,7 @@ class Executor:
                 on_stderr=count_err,
             )
         except (OSError, subprocess.SubprocessError) as err:
-            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-            raise CodegenError(
-                f"could not start Python in the sandbox: {reason}", code=ErrorCode.SANDBOX_UNAVAILABLE
-            ) from None
+            raise start_failure("Python in the sandbox", err) from None
         finally:
             if script is not None:
                 with contextlib.suppress(OSError):
@@ -926,8 +930,7 @@ class Executor:
                 on_stdout=count,
             )
         except (OSError, subprocess.SubprocessError) as err:
-            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-            raise CodegenError(f"could not start pip: {reason}", code=ErrorCode.SANDBOX_UNAVAILABLE) from None
+            raise start_failure("pip", err) from None
         installed = await asyncio.to_thread(self.installed_versions, [r.name for r in requirements])
         install = PkgInstallResult(
             exit_code=result.exit_code,

@@ -14,8 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from codegen_mcp.api.errors import CodegenError, ErrorCode
-from codegen_mcp.sandbox_agent.executor import Captured, Executor, ProcessOutcome, supervise
+from codegen_mcp.sandbox_agent.executor import Captured, Executor, ProcessOutcome, start_failure, supervise
 from codegen_mcp.sandbox_agent.isolation import CPU_SLACK_S, Limits, child_env
 from codegen_mcp.sandbox_agent.tasks import Task
 
@@ -88,10 +87,7 @@ async def run_sandboxed(
             on_stderr=count_err,
         )
     except (OSError, subprocess.SubprocessError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise CodegenError(
-            f"could not start {what} in the sandbox: {reason}", code=ErrorCode.SANDBOX_UNAVAILABLE
-        ) from None
+        raise start_failure(f"{what} in the sandbox", err) from None
 
 
 def sandbox_home(executor: Executor) -> Path:
