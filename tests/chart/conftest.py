@@ -58,6 +58,21 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "coordinator": {"replicas": 2, "pdb": {"minAvailable": 1}},
         "sessions": {"namespace": "sandboxes"},
     },
+    "artifacts-s3": {
+        "sessions": {
+            "artifacts": {
+                "store": "s3",
+                "s3": {
+                    "bucket": "codegen-artifacts",
+                    "endpointUrl": "http://minio.storage.svc:9000",
+                    "region": "eu-west-1",
+                    "prefix": "uploads/",
+                    "addressingStyle": "path",
+                    "credentialsSecret": "codegen-s3",
+                },
+            }
+        }
+    },
     "cluster-wide": {"operator": {"clusterWide": True, "peering": {"enabled": True}}},
     "renamed": {"fullnameOverride": "mcp", "commonLabels": {"team": "ml-platform"}},
 }

@@ -406,6 +406,36 @@ def test_sandbox_defaults_reach_both_components(render: Renderer) -> None:
     assert "CODEGEN_OPERATOR_PACKAGE_INDEX_CIDRS" not in plain_env(operator(defaults))
 
 
+def test_artifact_store_reaches_the_operator_and_each_sandbox(
+    render: Renderer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deployment = operator(render(VALUE_SETS["artifacts-s3"]))
+    env = plain_env(deployment)
+    assert {k: v for k, v in env.items() if "ARTIFACT" in k or "_S3_" in k} == {
+        "CODEGEN_OPERATOR_ARTIFACT_STORE": "s3",
+        "CODEGEN_OPERATOR_S3_BUCKET": "codegen-artifacts",
+        "CODEGEN_OPERATOR_S3_ENDPOINT_URL": "http://minio.storage.svc:9000",
+        "CODEGEN_OPERATOR_S3_REGION": "eu-west-1",
+        "CODEGEN_OPERATOR_S3_PREFIX": "uploads/",
+        "CODEGEN_OPERATOR_S3_ADDRESSING_STYLE": "path",
+        "CODEGEN_OPERATOR_S3_CREDENTIALS_SECRET": "codegen-s3",
+    }
+    for key in [k for k in os.environ if k.startswith("CODEGEN_OPERATOR_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    example = yaml.safe_load(repo_path("examples", "codegensession.yaml").read_text())
+    pod = render_documents([example], OperatorSettings())[-1]
+    sandbox_env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+    assert sandbox_env["CODEGEN_AGENT_ARTIFACT_STORE"]["value"] == "s3"
+    assert sandbox_env["CODEGEN_AGENT_S3_BUCKET"]["value"] == "codegen-artifacts"
+    assert sandbox_env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "codegen-s3"
+    # The default: the local store, and no S3 setting at all (empty strings are not "unset" to the settings).
+    default_env = plain_env(operator(render()))
+    assert default_env["CODEGEN_OPERATOR_ARTIFACT_STORE"] == "local"
+    assert not [k for k in default_env if k.startswith("CODEGEN_OPERATOR_S3_")]
+
+
 # --- transport security and auth ---------------------------------------------------------------------------
 
 

@@ -36,6 +36,11 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     "bad CIDR": {"sessions": {"network": {"packageIndexCIDRs": ["pypi.org"]}}},
     "port out of range": {"coordinator": {"port": 70000}},
     "string where a number belongs": {"coordinator": {"replicas": "two"}},
+    "s3 artifact store without a bucket": {"sessions": {"artifacts": {"store": "s3"}}},
+    "unknown artifact store": {"sessions": {"artifacts": {"store": "gcs", "s3": {"bucket": "b"}}}},
+    "bad S3 addressing style": {
+        "sessions": {"artifacts": {"store": "s3", "s3": {"bucket": "b", "addressingStyle": "dns"}}}
+    },
 }
 
 

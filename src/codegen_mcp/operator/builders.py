@@ -21,6 +21,16 @@ MiB = 1024 * 1024
 # limit, so a runaway run.python is killed by its own rlimit/cgroup rather than the whole Pod being OOM-killed.
 AGENT_MEMORY_HEADROOM = 256 * MiB
 MIN_RUN_MEMORY = 64 * MiB
+# The local artifact store of a sandbox Pod. Its root filesystem is read-only and /tmp (the agent's default
+# through HOME) is an emptyDir lost whenever the operator replaces the Pod (restartPolicy Never), so the
+# only place that survives a restart is the workspace PVC. Inside it, the agent's state folder `.codegen`
+# is refused to fs tools and skipped by listings and the artifact scan; its `uploads` subfolder is the
+# agent's staging area, so the store gets a sibling (the agent's own fallback name). Still gone with the
+# PVC, and code the agent runs shares its uid in a Pod (no nested jail) so it could alter the copies:
+# clusters that need uploads to outlive a session, untouched, use the s3 store.
+LOCAL_ARTIFACT_STORE_DIR = f"{api.WORKSPACE_MOUNT_PATH}/.codegen/artifact-store"
+# The AWS variables boto3 reads in the agent, and whether the credentials Secret must hold each key.
+S3_CREDENTIAL_KEYS = {"AWS_ACCESS_KEY_ID": True, "AWS_SECRET_ACCESS_KEY": True, "AWS_SESSION_TOKEN": False}
 
 
 @dataclass(frozen=True)
@@ -244,6 +254,7 @@ def agent_env(session: SessionRef, settings: OperatorSettings, memory_limit: str
         agent["CODEGEN_AGENT_PACKAGES"] = " ".join(spec.packages)
     if settings.pip_index_url:
         agent["CODEGEN_AGENT_PIP_INDEX_URL"] = settings.pip_index_url
+    agent.update(artifact_store_env(session, settings))
     env += [{"name": k, "value": v} for k, v in agent.items()]
     env.append(
         {
@@ -251,7 +262,56 @@ def agent_env(session: SessionRef, settings: OperatorSettings, memory_limit: str
             "valueFrom": {"secretKeyRef": {"name": api.token_secret_name(session.name), "key": api.TOKEN_SECRET_KEY}},
         }
     )
+    env += s3_credentials_env(settings)
     return env
+
+
+def artifact_store_namespace(session: SessionRef) -> str:
+    """`<namespace>.<session>`: uploads of different sessions never share keys and say whose they are.
+
+    Both parts are DNS labels (no dots), so the dot separates them unambiguously; the agent allows no `/`
+    in a store namespace (one key component), and 63 + 1 + 63 characters fit its limit of 128.
+    """
+    return f"{session.namespace}.{session.name}"
+
+
+def artifact_store_env(session: SessionRef, settings: OperatorSettings) -> dict[str, str]:
+    """The agent's artifact.upload store; unset optional values are left to the agent's defaults."""
+    env = {"CODEGEN_AGENT_ARTIFACT_STORE_NAMESPACE": artifact_store_namespace(session)}
+    if settings.artifact_store == "local":
+        return {
+            "CODEGEN_AGENT_ARTIFACT_STORE": "local",
+            "CODEGEN_AGENT_ARTIFACT_STORE_DIR": LOCAL_ARTIFACT_STORE_DIR,
+            **env,
+        }
+    optional = {
+        "CODEGEN_AGENT_S3_ENDPOINT_URL": settings.s3_endpoint_url,
+        "CODEGEN_AGENT_S3_REGION": settings.s3_region,
+        "CODEGEN_AGENT_S3_PREFIX": settings.s3_prefix,
+    }
+    return {
+        "CODEGEN_AGENT_ARTIFACT_STORE": "s3",
+        "CODEGEN_AGENT_S3_BUCKET": str(settings.s3_bucket),
+        **{k: v for k, v in optional.items() if v is not None},
+        "CODEGEN_AGENT_S3_ADDRESSING_STYLE": settings.s3_addressing_style,
+        **env,
+    }
+
+
+def s3_credentials_env(settings: OperatorSettings) -> list[dict[str, Any]]:
+    """AWS credentials from the named Secret; none without one (boto3 then uses the Pod's web identity)."""
+    if settings.artifact_store != "s3" or not settings.s3_credentials_secret:
+        return []
+    return [
+        {
+            "name": key,
+            "valueFrom": {
+                "secretKeyRef": {"name": settings.s3_credentials_secret, "key": key}
+                | ({} if required else {"optional": True})
+            },
+        }
+        for key, required in S3_CREDENTIAL_KEYS.items()
+    ]
 
 
 def container_security_context(settings: OperatorSettings) -> dict[str, Any]:

@@ -6,13 +6,13 @@ Lists are comma-separated (`a,b`), maps are `key=value` pairs separated by comma
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from codegen_mcp import __version__
-from codegen_mcp.api.session import LABEL_COMPONENT, LABEL_NAME, PullPolicy, Quantity
+from codegen_mcp.api.session import DNS_SUBDOMAIN_PATTERN, LABEL_COMPONENT, LABEL_NAME, PullPolicy, Quantity
 
 DEFAULT_IMAGE = f"ghcr.io/codegen-mcp/sandbox:{__version__}"
 # pypi.org and files.pythonhosted.org are served from Fastly's anycast ranges. Fastly serves other
@@ -114,6 +114,25 @@ class OperatorSettings(BaseSettings):
         description="Never reachable, even with `egress: open` (cloud metadata endpoints).",
     )
 
+    # --- artifact.upload's durable store (passed to each agent as CODEGEN_AGENT_*) ---
+    artifact_store: Literal["local", "s3"] = Field(
+        "local",
+        description="local: a folder on the session's workspace volume (gone with the volume); "
+        "s3: an S3-compatible bucket (what clusters need for uploads to outlive the session).",
+    )
+    s3_bucket: str | None = Field(None, description="Bucket of the s3 store; required with artifact_store=s3.")
+    s3_endpoint_url: str | None = Field(None, description="For S3-compatible stores (MinIO, Ceph…); default AWS.")
+    s3_region: str | None = Field(None, description="Region of the bucket; default: the agent's (us-east-1).")
+    s3_prefix: str | None = Field(None, description="Key prefix of every upload; default: the agent's (codegen-mcp/).")
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    s3_credentials_secret: str | None = Field(
+        None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="Secret in each session's namespace with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and "
+        "optionally AWS_SESSION_TOKEN; empty: the sandbox ServiceAccount's workload identity (IRSA…).",
+    )
+
     # --- lifetime ---
     default_ttl_seconds: int | None = Field(None, ge=1, description="TTL when spec.ttlSeconds is unset.")
     default_idle_timeout_seconds: int | None = Field(
@@ -135,7 +154,24 @@ class OperatorSettings(BaseSettings):
         _split_map
     )
 
-    @field_validator("liveness_endpoint", "runtime_class_name", "storage_class", "coordinator_namespace", mode="before")
+    @field_validator(
+        "liveness_endpoint",
+        "runtime_class_name",
+        "storage_class",
+        "coordinator_namespace",
+        "s3_bucket",
+        "s3_endpoint_url",
+        "s3_region",
+        "s3_credentials_secret",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _artifact_store_is_complete(self) -> OperatorSettings:
+        # Checked here, once at start, rather than by every sandbox agent (each Pod would fail to start).
+        if self.artifact_store == "s3" and not self.s3_bucket:
+            raise ValueError("artifact_store=s3 needs s3_bucket (CODEGEN_OPERATOR_S3_BUCKET)")
+        return self

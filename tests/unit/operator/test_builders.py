@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -12,6 +13,7 @@ import pytest
 from codegen_mcp.api import session as api
 from codegen_mcp.operator import builders
 from codegen_mcp.operator.settings import OperatorSettings
+from codegen_mcp.sandbox_agent.settings import AgentSettings
 
 K8S_VERSION = "1.33"
 
@@ -258,3 +260,91 @@ def test_spec_and_settings_precedence(settings: OperatorSettings) -> None:
     assert pod["spec"]["runtimeClassName"] == "gvisor"
     assert pod["spec"]["containers"][0]["image"] == "img:default"
     assert pod["spec"]["containers"][0]["imagePullPolicy"] == "IfNotPresent"
+
+
+# --- artifact.upload's store -----------------------------------------------------------------------------------
+
+S3_VARS = ("CODEGEN_AGENT_S3_", "AWS_")
+
+
+@pytest.mark.parametrize(
+    ("update", "expected", "secret_keys"),
+    [
+        (
+            {},
+            {
+                "CODEGEN_AGENT_ARTIFACT_STORE": "local",
+                "CODEGEN_AGENT_ARTIFACT_STORE_DIR": "/workspace/.codegen/artifact-store",
+                "CODEGEN_AGENT_ARTIFACT_STORE_NAMESPACE": "team-a.demo",
+            },
+            {},
+        ),
+        (
+            # Only a bucket: region, endpoint and prefix stay the agent's defaults, credentials the Pod's identity.
+            {"artifact_store": "s3", "s3_bucket": "artifacts"},
+            {
+                "CODEGEN_AGENT_ARTIFACT_STORE": "s3",
+                "CODEGEN_AGENT_S3_BUCKET": "artifacts",
+                "CODEGEN_AGENT_S3_ADDRESSING_STYLE": "auto",
+                "CODEGEN_AGENT_ARTIFACT_STORE_NAMESPACE": "team-a.demo",
+            },
+            {},
+        ),
+        (
+            {
+                "artifact_store": "s3",
+                "s3_bucket": "artifacts",
+                "s3_endpoint_url": "http://minio.storage:9000",
+                "s3_region": "eu-west-1",
+                "s3_prefix": "",
+                "s3_addressing_style": "path",
+                "s3_credentials_secret": "s3-creds",
+            },
+            {
+                "CODEGEN_AGENT_ARTIFACT_STORE": "s3",
+                "CODEGEN_AGENT_S3_BUCKET": "artifacts",
+                "CODEGEN_AGENT_S3_ENDPOINT_URL": "http://minio.storage:9000",
+                "CODEGEN_AGENT_S3_REGION": "eu-west-1",
+                "CODEGEN_AGENT_S3_PREFIX": "",  # set, even empty: keys at the bucket's root
+                "CODEGEN_AGENT_S3_ADDRESSING_STYLE": "path",
+                "CODEGEN_AGENT_ARTIFACT_STORE_NAMESPACE": "team-a.demo",
+            },
+            {"AWS_ACCESS_KEY_ID": False, "AWS_SECRET_ACCESS_KEY": False, "AWS_SESSION_TOKEN": True},
+        ),
+    ],
+    ids=["local", "s3-workload-identity", "s3-secret"],
+)
+def test_artifact_store_env(
+    update: dict[str, Any], expected: dict[str, str], secret_keys: dict[str, bool], settings: OperatorSettings
+) -> None:
+    custom = OperatorSettings.model_validate({**settings.model_dump(), **update})
+    pod = builders.build_sandbox_pod(ref(), custom)
+    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+    env = env_of(pod)
+    store = {k: v for k, v in env.items() if k.startswith(("CODEGEN_AGENT_ARTIFACT_", *S3_VARS))}
+    literal = {k: v for k, v in store.items() if isinstance(v, str)}
+    assert literal == expected
+    refs = {k: v["secretKeyRef"] for k, v in store.items() if not isinstance(v, str)}
+    assert refs == {
+        key: {"name": "s3-creds", "key": key, **({"optional": True} if optional else {})}
+        for key, optional in secret_keys.items()
+    }
+    # The agent accepts what it is given (its namespace allows no '/').
+    agent = AgentSettings.model_validate(
+        {k.removeprefix("CODEGEN_AGENT_").lower(): v for k, v in literal.items()} | {"workspace": "/workspace"}
+    )
+    assert agent.artifact_store == expected["CODEGEN_AGENT_ARTIFACT_STORE"]
+    assert agent.artifact_store_namespace == "team-a.demo"
+
+
+def test_artifact_store_namespace_fits_the_agent_for_the_longest_names(settings: OperatorSettings) -> None:
+    longest = builders.SessionRef(name="s" * 63, namespace="n" * 63, uid="u", spec=api.SessionSpec())
+    namespace = builders.artifact_store_namespace(longest)
+    assert namespace == f"{'n' * 63}.{'s' * 63}"
+    assert AgentSettings(workspace=Path("/workspace"), artifact_store_namespace=namespace).artifact_store_namespace
+
+
+def test_credentials_secret_is_ignored_by_the_local_store(settings: OperatorSettings) -> None:
+    custom = settings.model_copy(update={"s3_credentials_secret": "s3-creds", "s3_bucket": "unused"})
+    env = env_of(builders.build_sandbox_pod(ref(), custom))
+    assert not [k for k in env if k.startswith(S3_VARS)]
