@@ -60,3 +60,16 @@ async def test_host_header_is_validated(secured: CoordinatorProcess) -> None:
         assert allowed.status_code == 200
         bad_origin = await http.post("/mcp", json=INIT, headers={**auth, "Origin": "http://evil.example"})
         assert bad_origin.status_code == 403
+
+
+async def test_metrics_are_open_and_count_calls(secured: CoordinatorProcess) -> None:
+    async with mcp_session(secured, headers={"Authorization": "Bearer tok-one"}) as s:
+        await call(s, "echo", message="counted")
+        await s.call_tool("fs.read", {"path": "../outside"})
+    async with httpx.AsyncClient(base_url=secured.url, timeout=10) as http:
+        resp = await http.get("/metrics")  # no token: scrapes carry no session data
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
+    samples = dict(line.rsplit(" ", 1) for line in resp.text.splitlines() if line and not line.startswith("#"))
+    assert int(samples['codegen_mcp_tool_calls_total{tool="echo",outcome="ok"}']) >= 1
+    assert int(samples['codegen_mcp_tool_calls_total{tool="fs.read",outcome="error"}']) >= 1
+    assert int(samples['codegen_mcp_tool_call_duration_seconds_count{tool="echo"}']) >= 1

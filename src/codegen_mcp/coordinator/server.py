@@ -27,7 +27,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -39,6 +39,7 @@ from codegen_mcp.coordinator.agent_client import AgentUnreachable
 from codegen_mcp.coordinator.audit import AuditLog
 from codegen_mcp.coordinator.backends import Backend, create_backend
 from codegen_mcp.coordinator.backends.base import NAMED_WORKSPACE_PREFIX
+from codegen_mcp.coordinator.metrics import Metrics
 from codegen_mcp.coordinator.sessions import SessionManager
 from codegen_mcp.coordinator.settings import CoordinatorSettings
 
@@ -89,6 +90,7 @@ class Coordinator:
             self.backend, idle_timeout_s=settings.session_idle_timeout_s, max_sessions=settings.max_sessions
         )
         self.audit = AuditLog(settings.audit_path)
+        self.metrics = Metrics(sessions=lambda: len(self.sessions))
         self._closing: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -206,6 +208,7 @@ class Coordinator:
             log.exception("tool %s failed unexpectedly", params.name)
             return tools.error_result("the server hit an internal error running this tool; it was logged")
         finally:
+            self.metrics.observe_call(params.name, outcome, time.monotonic() - started)
             self.audit.record(
                 session=key,
                 sandbox=sandbox_id,
@@ -268,15 +271,18 @@ def transport_security(settings: CoordinatorSettings) -> TransportSecuritySettin
     return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
 
 
+OPEN_PATHS = frozenset({"/healthz", "/metrics"})  # probes and scrapes: no session data behind them
+
+
 class BearerTokenMiddleware:
-    """Optional static bearer tokens on the MCP endpoints (not on /healthz)."""
+    """Optional static bearer tokens on the MCP endpoints (not on /healthz and /metrics)."""
 
     def __init__(self, app: ASGIApp, tokens: list[str]) -> None:
         self.app = app
         self._tokens = [t.encode() for t in tokens]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self._tokens or scope.get("path") == "/healthz":
+        if scope["type"] != "http" or not self._tokens or scope.get("path") in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         header = dict(scope.get("headers") or []).get(b"authorization", b"")
@@ -317,6 +323,9 @@ def create_app(settings: CoordinatorSettings, backend: Backend | None = None) ->
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok", "version": __version__, "sessions": len(coordinator.sessions)})
 
+    async def metrics(request: Request) -> Response:
+        return PlainTextResponse(coordinator.metrics.render(), media_type="text/plain; version=0.0.4")
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with coordinator.running(), server.session_manager.run():
@@ -327,6 +336,7 @@ def create_app(settings: CoordinatorSettings, backend: Backend | None = None) ->
         Route("/sse", endpoint=handle_sse, methods=["GET"]),
         Mount("/messages/", app=sse.handle_post_message),
         Route("/healthz", endpoint=healthz, methods=["GET"]),
+        Route("/metrics", endpoint=metrics, methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     tokens = [t.get_secret_value() for t in settings.auth_tokens]
