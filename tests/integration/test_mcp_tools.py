@@ -205,7 +205,12 @@ async def test_progress_notifications_during_a_long_run(coordinator: Coordinator
 
 
 async def test_cancelling_a_call_stops_the_run(coordinator: CoordinatorProcess) -> None:
-    code = "import time, pathlib\nfor i in range(600):\n    pathlib.Path('beat').write_text(str(i)); time.sleep(0.05)\n"
+    # The heartbeat is replaced atomically, so a read never sees a half-written file.
+    code = (
+        "import os, time, pathlib\n"
+        "for i in range(600):\n"
+        "    pathlib.Path('beat.tmp').write_text(str(i)); os.replace('beat.tmp', 'beat'); time.sleep(0.05)\n"
+    )
 
     async def beat(s: ClientSession) -> str | None:
         result = await s.call_tool("fs.read", {"path": "beat"})
