@@ -304,9 +304,7 @@ def _field(name: str, prefix: str, model: type[Any]) -> bool:
 def test_coordinator_env_is_understood_by_its_settings(
     render: Renderer, value_set: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    k8s_model = getattr(coordinator_settings, "KubernetesBackendSettings", None)
-    if k8s_model is None:
-        pytest.skip("codegen_mcp.coordinator.settings has no KubernetesBackendSettings yet (kubernetes backend issue)")
+    k8s_model = coordinator_settings.KubernetesBackendSettings
     env = _env_with_secrets(coordinator(render(values_of(value_set))))
     for name in env:
         known = _field(name, "CODEGEN_K8S_", k8s_model) or (

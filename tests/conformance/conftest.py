@@ -122,9 +122,9 @@ class ConformanceSuite:
 def conformance_suite() -> ConformanceSuite:
     node = shutil.which("node")
     if node is None:
-        pytest.skip("conformance: `node` is not on PATH (install Node.js >= 20 and npm)")
+        pytest.skip(reason="conformance: `node` is not on PATH (install Node.js >= 20 and npm)")
     if not SUITE_BUNDLE.is_file():
-        pytest.skip(f"conformance: {SUITE_PACKAGE} is not installed in {HERE / 'node_modules'}; {INSTALL_HINT}")
+        pytest.skip(reason=f"conformance: {SUITE_PACKAGE} is not installed in {HERE / 'node_modules'}; {INSTALL_HINT}")
     pinned = json.loads(PACKAGE_JSON.read_text(encoding="utf-8"))["dependencies"][SUITE_PACKAGE]
     installed = json.loads((SUITE_DIR / "package.json").read_text(encoding="utf-8"))["version"]
     if installed != pinned:

@@ -207,8 +207,8 @@ def test_ttl_expiry_deletes_the_session(cluster: Cluster, sessions: list[tuple[s
 def test_network_policy_keeps_sandboxes_apart(cluster: Cluster, sessions: list[tuple[str, str]]) -> None:
     if not cluster.calico_enforces_network_policy():
         pytest.skip(
-            "no Calico in kube-system: kind's default CNI (kindnet) does not enforce NetworkPolicy, so isolation "
-            "cannot be observed; recreate the cluster with `make kind-down kind-up` (installs Calico)"
+            reason="no Calico in kube-system: kind's default CNI (kindnet) does not enforce NetworkPolicy, so "
+            "isolation cannot be observed; recreate the cluster with `make kind-down kind-up` (installs Calico)"
         )
     # The prober may send anything anywhere: only the target's own policy can stop it.
     prober = create_session(cluster, sessions, "e2e-np-a", network={"egress": "open"})
@@ -343,7 +343,7 @@ async def test_sse_transport_and_bearer_auth(cluster: Cluster, coordinator_url: 
             await call(s, "fs.write", path="sse.txt", content="sse")
             assert (await call(s, "fs.read", path="sse.txt")).structured_content["content"] == "sse"
     if token is None:
-        pytest.skip("auth.enabled is false in this release: nothing more to check")
+        pytest.skip(reason="auth.enabled is false in this release: nothing more to check")
     request = urllib.request.Request(
         f"{coordinator_url}/mcp",
         data=json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}).encode(),

@@ -61,7 +61,7 @@ def bwrap_works() -> bool:
 def sandbox_mode(request: pytest.FixtureRequest) -> str:
     mode = str(request.param)
     if mode == "bwrap" and not bwrap_works():
-        pytest.skip("bubblewrap (bwrap) is not installed on this machine")
+        pytest.skip(reason="bubblewrap (bwrap) is not installed on this machine")
     return mode
 
 

@@ -66,7 +66,7 @@ def outside() -> Iterator[Path]:
     (the jail has its own /tmp, so a folder there would be out of sight even with the host's root shown)."""
     parent = Path("/var/tmp")  # noqa: S108 - on purpose: a shared, world-traversable place outside /tmp
     if not os.access(parent, os.W_OK):
-        pytest.skip("no writable /var/tmp for a folder outside the workspace and outside /tmp")
+        pytest.skip(reason="no writable /var/tmp for a folder outside the workspace and outside /tmp")
     folder = Path(tempfile.mkdtemp(prefix="cg-outside-", dir=parent))
     folder.chmod(0o755)
     (folder / "data.txt").write_text("world-readable, but not the session's")
@@ -173,9 +173,9 @@ async def test_a_base_interpreter_outside_usr_is_bound_read_only(aiohttp_client:
     prefix = Path(sys.base_prefix)
     jail = Jail(bwrap="bwrap")
     if jail.shows(Path(os.path.realpath(prefix))):
-        pytest.skip(f"this machine's only known interpreter lives in the system trees ({prefix})")
+        pytest.skip(reason=f"this machine's only known interpreter lives in the system trees ({prefix})")
     if os.geteuid() != 0 and unreachable_parent(prefix, Identity(os.geteuid(), os.getegid())) is not None:
-        pytest.skip(f"{prefix} is not reachable by this user")
+        pytest.skip(reason=f"{prefix} is not reachable by this user")
     settings = make_settings(workspace, None, sandbox="bwrap", python=str(base))
     client: AgentClient = await aiohttp_client(create_app(settings), headers=AUTH)
     code = (

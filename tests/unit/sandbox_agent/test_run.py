@@ -187,7 +187,7 @@ async def test_fork_bomb_is_stopped_and_the_agent_stays_healthy(make_client: Mak
 
 async def test_network_is_blocked_in_the_jail(make_client: MakeClient) -> None:
     if not __import__("shutil").which("bwrap"):
-        pytest.skip("bubblewrap (bwrap) is not installed on this machine")
+        pytest.skip(reason="bubblewrap (bwrap) is not installed on this machine")
     client = await make_client(sandbox="bwrap")
     code = (
         "import socket\n"
@@ -203,7 +203,7 @@ async def test_the_jail_hides_the_agent_state_and_keeps_the_venv_read_only(
     make_client: MakeClient, workspace: Path
 ) -> None:
     if not __import__("shutil").which("bwrap"):
-        pytest.skip("bubblewrap (bwrap) is not installed on this machine")
+        pytest.skip(reason="bubblewrap (bwrap) is not installed on this machine")
     client = await make_client(sandbox="bwrap", venv_dir=None)  # venv inside the workspace
     code = (
         "import os, sys\n"
@@ -222,7 +222,7 @@ async def test_hidden_paths_and_the_token_file_are_invisible_in_the_jail(
     make_client: MakeClient, base_dir: Path, workspace: Path
 ) -> None:
     if not __import__("shutil").which("bwrap"):
-        pytest.skip("bubblewrap (bwrap) is not installed on this machine")
+        pytest.skip(reason="bubblewrap (bwrap) is not installed on this machine")
     other = base_dir / f"other-session-{uuid.uuid4().hex}"
     other.mkdir(mode=0o755)
     (other / "secret.txt").write_text("other session's data")
@@ -440,7 +440,7 @@ async def test_symlinks_made_by_run_code_are_refused_by_fs_ops(runner: AgentClie
 async def test_run_code_cannot_swap_the_agents_folders(make_client: MakeClient, sandbox_mode: str) -> None:
     """`.codegen` replaced by a symlink to /etc would make the agent write there: the root is sticky."""
     if sandbox_mode == "none" and os.geteuid() != 0:
-        pytest.skip("without the jail, code runs as the agent's own uid unless the agent is root")
+        pytest.skip(reason="without the jail, code runs as the agent's own uid unless the agent is root")
     client = await make_client(sandbox=sandbox_mode, venv_dir=None)
     code = (
         "import os\n"
@@ -472,7 +472,7 @@ async def test_pkg_install_refuses_option_injection(client: AgentClient, package
 @pytest.mark.network
 async def test_pkg_install_from_the_index(make_client: MakeClient, base_dir: Path, sandbox_mode: str) -> None:
     if not pypi_reachable():
-        pytest.skip("no route to the package index (PyPI)")
+        pytest.skip(reason="no route to the package index (PyPI)")
     venv = base_dir / f"install-venv-{sandbox_mode}"
     client = await make_client(sandbox=sandbox_mode, venv_dir=venv)
     resp = await client.post("/v1/pkg/install", json={"packages": "iniconfig, six>=1.0 ,<2", "wait_s": 300})
@@ -494,7 +494,7 @@ async def test_pip_refuses_a_venv_that_sandboxed_code_could_have_changed(
     make_client: MakeClient, workspace: Path
 ) -> None:
     if os.geteuid() != 0:
-        pytest.skip("only a root agent runs pip with more rights than the sandboxed code")
+        pytest.skip(reason="only a root agent runs pip with more rights than the sandboxed code")
     client = await make_client(venv_dir=None)
     assert (await run(client, code="pass")).state == "succeeded"  # the venv exists now
     os.lchown(workspace / ".venv" / "pyvenv.cfg", 65534, 65534)
@@ -516,7 +516,7 @@ async def test_invalid_start_up_packages_refuse_to_start(workspace: Path, shared
 @pytest.mark.network
 async def test_start_up_packages_are_installed_as_a_task(make_client: MakeClient, base_dir: Path) -> None:
     if not pypi_reachable():
-        pytest.skip("no route to the package index (PyPI)")
+        pytest.skip(reason="no route to the package index (PyPI)")
     venv = base_dir / f"startup-venv-{uuid.uuid4().hex}"
     client = await make_client(venv_dir=venv, packages="iniconfig")
     tasks = client.app[AGENT].tasks
