@@ -206,10 +206,11 @@ def test_ttl_expiry_deletes_the_session(cluster: Cluster, sessions: list[tuple[s
 
 def test_network_policy_keeps_sandboxes_apart(cluster: Cluster, sessions: list[tuple[str, str]]) -> None:
     if not cluster.calico_enforces_network_policy():
-        pytest.skip(
-            reason="no Calico in kube-system: kind's default CNI (kindnet) does not enforce NetworkPolicy, so "
+        reason = (
+            "no Calico in kube-system: kind's default CNI (kindnet) does not enforce NetworkPolicy, so "
             "isolation cannot be observed; recreate the cluster with `make kind-down kind-up` (installs Calico)"
         )
+        pytest.skip(reason=reason)
     # The prober may send anything anywhere: only the target's own policy can stop it.
     prober = create_session(cluster, sessions, "e2e-np-a", network={"egress": "open"})
     target = create_session(cluster, sessions, "e2e-np-b", network={"egress": "none"})
