@@ -71,11 +71,9 @@ class SessionManager:
         async with entry.lock:
             if entry.sandbox is None:
                 log.info("opening a sandbox for session %s", key)
-                try:
-                    entry.sandbox = await self._backend.open(key)
-                except BaseException:
-                    self._entries.pop(key, None)
-                    raise
+                # A failed open keeps the entry: the backend may have made something for the session (on
+                # kubernetes its CodegenSession) that closing the session must delete. The next call retries.
+                entry.sandbox = await self._backend.open(key)
                 log.info("session %s → sandbox %s (%s)", key, entry.sandbox.sandbox_id, entry.sandbox.where)
             elif not entry.sandbox.alive:
                 entry.sandbox = await self._backend.revive(entry.sandbox)
@@ -110,13 +108,16 @@ class SessionManager:
 
     async def close(self, key: str) -> None:
         entry = self._entries.pop(key, None)
-        if entry is None or entry.sandbox is None:
+        if entry is None:
             return
-        async with entry.lock:
+        async with entry.lock:  # an open in progress ends first, so whatever it made is closed too
             sandbox, entry.sandbox = entry.sandbox, None
             if sandbox is not None:
                 log.info("closing sandbox %s of session %s", sandbox.sandbox_id, key)
                 await self._backend.close(sandbox)
+            else:
+                log.info("session %s ends without a working sandbox; removing what its open left", key)
+                await self._backend.close_unopened(key)
 
     async def _reap_idle(self) -> None:
         interval = max(1.0, min(60.0, self._idle_timeout_s / 4))

@@ -50,6 +50,12 @@ class Backend(ABC):
     async def close(self, sandbox: Sandbox) -> None:
         """End a session's sandbox (its workspace is kept or removed as configured)."""
 
+    async def close_unopened(self, session_key: str) -> None:  # noqa: B027 - optional hook
+        """End a session whose `open` failed: delete whatever that open made for it (idempotent).
+
+        By default nothing: a backend whose `open` cleans up after its own failure (local) has nothing left.
+        """
+
     async def detach(self, sandbox: Sandbox) -> None:
         """This coordinator stops serving the sandbox (shutdown); by default that ends it like `close`.
 

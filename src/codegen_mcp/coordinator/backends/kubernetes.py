@@ -229,16 +229,12 @@ class KubernetesBackend(Backend):
         sandbox.alive = False
         await sandbox.client.aclose()
         self._throttle.forget(sandbox.sandbox_id)
-        if self._k8s.retain_sessions:
-            return
-        try:
-            await self._custom.delete_namespaced_custom_object(
-                GROUP, VERSION, self._namespace, PLURAL, sandbox.sandbox_id
-            )
-            log.info("deleted CodegenSession %s/%s", self._namespace, sandbox.sandbox_id)
-        except ApiException as exc:
-            if exc.status != 404:
-                log.warning("could not delete CodegenSession %s: %s", sandbox.sandbox_id, exc.reason)
+        await self._delete_session(sandbox.sandbox_id)
+
+    async def close_unopened(self, session_key: str) -> None:
+        # `open` creates the resource before waiting for it to become Ready: a session that never got Ready
+        # (image not pullable, timeout) still has one, which would otherwise wait for the operator's idle expiry.
+        await self._delete_session(session_resource_name(session_key))
 
     async def detach(self, sandbox: Sandbox) -> None:
         # The resource stays: its workspace is found again by name; if no session comes back for it, the
@@ -264,6 +260,16 @@ class KubernetesBackend(Backend):
             log.warning("could not record activity on %s: %s", sandbox.sandbox_id, exc.reason)
 
     # -- internals -----------------------------------------------------------------------------
+
+    async def _delete_session(self, name: str) -> None:
+        if self._k8s.retain_sessions:
+            return
+        try:
+            await self._custom.delete_namespaced_custom_object(GROUP, VERSION, self._namespace, PLURAL, name)
+            log.info("deleted CodegenSession %s/%s", self._namespace, name)
+        except ApiException as exc:
+            if exc.status != 404:
+                log.warning("could not delete CodegenSession %s: %s", name, exc.reason)
 
     async def _connect(self, name: str, stale_endpoint: str | None = None) -> Sandbox:
         endpoint, secret_name = await self._wait_ready(name, stale_endpoint)
