@@ -1,7 +1,43 @@
 """Settings shared by every test suite."""
 
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
 # Import hypothesis here, in the main thread, before any test starts a thread: otherwise its pytest plugin
 # imports it lazily at the end of the session, and pytest's assertion rewriter then parses it while other
 # threads may still be importing too — CPython 3.11.7's ast module is not safe for that ("AST constructor
 # recursion depth mismatch", seen once here with the kopf operator thread).
 import hypothesis  # noqa: F401
+import pytest
+
+from tests.support.control_plane import ASSETS_ENV, ControlPlane, assets_problem
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `cluster` need a real control plane: skip them, saying why, where none can start."""
+    problem = assets_problem()
+    if problem is None:
+        return
+    skip = pytest.mark.skip(reason=f"needs a real Kubernetes control plane: {problem}")
+    for item in items:
+        if item.get_closest_marker("cluster") is not None:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[ControlPlane]:
+    """A real etcd + kube-apiserver + controller-manager + scheduler from KUBEBUILDER_ASSETS, once per test run."""
+    problem = assets_problem()
+    if problem is not None:
+        pytest.skip(f"needs a real Kubernetes control plane: {problem}")
+    root = Path(tempfile.mkdtemp(prefix="codegen-mcp-k8s-"))
+    plane = ControlPlane(Path(os.environ[ASSETS_ENV]), root)
+    try:
+        plane.start()
+        yield plane
+    finally:
+        plane.stop()
+        shutil.rmtree(root, ignore_errors=True)

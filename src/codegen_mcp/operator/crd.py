@@ -68,7 +68,13 @@ def spec_schema() -> dict[str, Any]:
     props = schema["properties"]
     schema["x-kubernetes-validations"] = [_immutable_rule(f, "spec") for f in api.IMMUTABLE_SPEC_FIELDS] + [
         {
-            "rule": "size(self.packages) == 0 || self.network.egress != 'none' || size(self.network.allowCIDRs) > 0",
+            # Every field read under has(): the API server also evaluates this rule against the schema's
+            # defaults (`spec: {}`) when the CRD is created, where nested defaults are not applied yet.
+            "rule": (
+                "!has(self.packages) || size(self.packages) == 0"
+                " || !has(self.network) || !has(self.network.egress) || self.network.egress != 'none'"
+                " || (has(self.network.allowCIDRs) && size(self.network.allowCIDRs) > 0)"
+            ),
             "message": "spec.packages need network.egress 'packages' or 'open' to be installed",
         }
     ]

@@ -1,0 +1,177 @@
+"""The shipped CRD on the real kube-apiserver: accepted, Established, and every CEL rule judged by the server.
+
+The offline checks (tests/unit/operator/test_crd.py) evaluate the rules with cel-python; only the real server
+also evaluates them against the schema's defaults when the CRD is created, which is how a rule reading an
+optional field without has() once made the whole CRD invalid.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from codegen_mcp.api import session as api
+from tests.support.control_plane import ControlPlane
+from tests.support.real_cluster import RealCluster, api_path
+
+pytestmark = pytest.mark.cluster
+
+CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / "codegensession.yaml"
+
+
+@pytest.fixture(scope="module")
+def real(control_plane: ControlPlane) -> Iterator[RealCluster]:
+    cluster = RealCluster(control_plane)
+    install_crd(cluster)
+    namespace = f"crd-{uuid.uuid4().hex[:8]}"
+    cluster.request("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
+    cluster.namespace = namespace  # type: ignore[attr-defined]
+    yield cluster
+    cluster.request("DELETE", f"/api/v1/namespaces/{namespace}")
+
+
+def install_crd(cluster: RealCluster) -> dict[str, Any]:
+    """Apply crds/codegensession.yaml (create or replace) and wait until the server says Established."""
+    return apply_crd_file(cluster, CRD_FILE)
+
+
+def apply_crd_file(cluster: RealCluster, path: Path) -> dict[str, Any]:
+    import time
+
+    crd = yaml.safe_load(path.read_text())
+    name = crd["metadata"]["name"]
+    crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    existing = cluster.request("GET", f"{crds}/{name}")
+    if existing is None:
+        cluster.request("POST", crds, crd)
+    else:
+        crd["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
+        cluster.request("PUT", f"{crds}/{name}", crd)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        got = cluster.request("GET", f"{crds}/{name}")
+        conditions = {c["type"]: c["status"] for c in (got.get("status") or {}).get("conditions") or []}
+        if conditions.get("Established") == "True" and conditions.get("NamesAccepted") == "True":
+            return dict(got)
+        time.sleep(0.1)
+    raise AssertionError(f"the CRD {name} was not Established within 30 s: {got.get('status')}")
+
+
+def create(cluster: RealCluster, name: str, spec: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
+    """POST a session; (status code, body) — the body is the Status object when refused."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    body: dict[str, Any] = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name}}
+    if spec is not None:
+        body["spec"] = spec
+    path = api_path(api.GROUP, api.VERSION, api.PLURAL, cluster.namespace)  # type: ignore[attr-defined]
+    request = urllib.request.Request(
+        cluster.plane.url + path, data=json.dumps(body).encode(), method="POST",
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, context=cluster.ssl, timeout=10) as resp:  # noqa: S310
+            return int(resp.status), json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), json.loads(exc.read())
+
+
+def test_the_shipped_crd_is_established(real: RealCluster) -> None:
+    crd = real.request("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/codegensessions.codegen-mcp.io")
+    assert crd["spec"]["names"]["shortNames"] == ["cgs"]
+
+
+def test_a_specless_session_is_accepted_and_defaulted(real: RealCluster) -> None:
+    code, body = create(real, "bare", None)
+    assert code == 201, body
+    spec = body["spec"]
+    assert spec["packages"] == [] and spec["network"]["egress"] == "packages"
+    assert spec["workspace"]["size"] == "1Gi"
+    code, body = create(real, "empty", {})
+    assert code == 201, body
+
+
+# Each case: a spec and None when the server must accept it, or a fragment of the refusal it must give.
+PACKAGES_MESSAGE = "spec.packages need network.egress 'packages' or 'open' to be installed"
+CASES: list[tuple[str, dict[str, Any], str | None]] = [
+    ("pkgs-default-network", {"packages": ["rich"]}, None),
+    ("pkgs-packages", {"packages": ["rich"], "network": {"egress": "packages"}}, None),
+    ("pkgs-open", {"packages": ["rich"], "network": {"egress": "open"}}, None),
+    ("pkgs-none-cidr", {"packages": ["rich"], "network": {"egress": "none", "allowCIDRs": ["10.0.0.0/8"]}}, None),
+    ("nopkgs-none", {"network": {"egress": "none"}}, None),
+    ("empty-pkgs-none", {"packages": [], "network": {"egress": "none"}}, None),
+    ("pkgs-none", {"packages": ["rich"], "network": {"egress": "none"}}, PACKAGES_MESSAGE),
+    ("pkgs-none-nocidr", {"packages": ["rich"], "network": {"egress": "none", "allowCIDRs": []}}, PACKAGES_MESSAGE),
+    ("env-ok", {"env": [{"name": "MODE", "value": "x"}]}, None),
+    ("env-reserved", {"env": [{"name": "CODEGEN_AGENT_TOKEN", "value": "x"}]}, "reserved for the agent"),
+    ("env-duplicate", {"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}, "Duplicate value"),
+    ("x" * 64, {}, "metadata.name must be at most 63 characters"),
+    ("egress-bogus", {"network": {"egress": "sometimes"}}, "Unsupported value"),
+]
+
+
+@pytest.mark.parametrize(("name", "spec", "refusal"), CASES, ids=[c[0][:20] for c in CASES])
+def test_every_rule_on_create(real: RealCluster, name: str, spec: dict[str, Any], refusal: str | None) -> None:
+    code, body = create(real, name, spec)
+    if refusal is None:
+        assert code == 201, body.get("message")
+    else:
+        assert code == 422, body
+        assert refusal in body["message"]
+
+
+IMMUTABLE_CHANGES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+    ("image", {"image": "a:1"}, {"image": "b:2"}),
+    ("image-added", {}, {"image": "b:2"}),
+    ("pull-policy", {"imagePullPolicy": "Never"}, {"imagePullPolicy": "Always"}),
+    ("runtime-class", {"runtimeClassName": "gvisor"}, {"runtimeClassName": "kata"}),
+    ("resources", {}, {"resources": {"limits": {"memory": "2Gi"}}}),
+    ("network", {}, {"network": {"egress": "open"}}),
+    ("env", {}, {"env": [{"name": "A", "value": "1"}]}),
+    ("packages", {}, {"packages": ["rich"]}),
+    ("workspace-size", {"workspace": {"size": "1Gi"}}, {"workspace": {"size": "2Gi"}}),
+    ("workspace-class", {"workspace": {"storageClassName": "a"}}, {"workspace": {"storageClassName": "b"}}),
+]
+
+
+@pytest.mark.parametrize(("field", "before", "change"), IMMUTABLE_CHANGES, ids=[c[0] for c in IMMUTABLE_CHANGES])
+def test_immutable_fields_refuse_changes(
+    real: RealCluster, field: str, before: dict[str, Any], change: dict[str, Any]
+) -> None:
+    name = f"imm-{field}"
+    code, body = create(real, name, before)
+    assert code == 201, body.get("message")
+    path = api_path(api.GROUP, api.VERSION, api.PLURAL, real.namespace, name)  # type: ignore[attr-defined]
+    with pytest.raises(AssertionError, match="immutable"):
+        patch(real, path, {"spec": change})
+
+
+def test_mutable_fields_change(real: RealCluster) -> None:
+    code, body = create(real, "mutable", {"ttlSeconds": 60})
+    assert code == 201, body.get("message")
+    path = api_path(api.GROUP, api.VERSION, api.PLURAL, real.namespace, "mutable")  # type: ignore[attr-defined]
+    changed = patch(real, path, {"spec": {"ttlSeconds": 120, "idleTimeoutSeconds": 30, "owner": "bob"}})
+    assert changed["spec"]["ttlSeconds"] == 120 and changed["metadata"]["generation"] == 2
+
+
+def patch(cluster: RealCluster, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        cluster.plane.url + path, data=json.dumps(body).encode(), method="PATCH",
+        headers={"Content-Type": "application/merge-patch+json"},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, context=cluster.ssl, timeout=10) as resp:  # noqa: S310
+            return dict(json.loads(resp.read()))
+    except urllib.error.HTTPError as exc:
+        raise AssertionError(f"{exc.code}: {json.loads(exc.read())['message']}") from exc
