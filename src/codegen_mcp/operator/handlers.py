@@ -58,8 +58,33 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     settings.scanning.disabled = not any(set(ns) & set("*?[!") for ns in config.namespaces)
     settings.execution.max_workers = 8
     kube = await KubeClient.connect(config)
+    if not config.standalone:
+        await choose_peering(settings, kube, config)
     memo["reconciler"] = SessionReconciler(kube=kube, settings=config)
     memo["sweeper"] = asyncio.create_task(sweep_forever(memo["reconciler"], sessions, config.expiry_check_seconds))
+
+
+PEERING_INSTALL_HINT = "install them with `codegen-mcp crd --peering | kubectl apply -f -` (the chart ships them)"
+
+
+async def choose_peering(settings: kopf.OperatorSettings, kube: KubeClient, config: OperatorSettings) -> None:
+    """Peer only where kopf's peering CRD exists: without it kopf would pause every watch, silently, for ever."""
+    clustered = not config.namespaces
+    plural = "clusterkopfpeerings" if clustered else "kopfpeerings"
+    if await kube.serves("kopf.dev/v1", plural):
+        return
+    if config.standalone is False:
+        raise kopf.PermanentError(
+            f"peering is required (standalone=false) but the {plural}.kopf.dev CRD is not installed: "
+            + PEERING_INSTALL_HINT
+        )
+    log.warning(
+        "kopf's peering CRD %s.kopf.dev is not installed: running standalone, as the only operator replica; "
+        "to run several replicas, %s",
+        plural,
+        PEERING_INSTALL_HINT,
+    )
+    settings.peering.standalone = True
 
 
 async def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
@@ -97,7 +122,13 @@ async def spec_updated(body: kopf.Body, old: Any, new: Any, memo: kopf.Memo, **_
 
 def index_session(namespace: str | None, name: str | None, body: kopf.Body, **_: Any) -> dict[Any, Any]:
     """Index of sessions for the expiry sweeper: kept current by the watch stream, costs no API calls."""
-    return {(namespace, name): {"spec": _plain(body.get("spec")), "deleting": bool(body.meta.get("deletionTimestamp"))}}
+    return {
+        (namespace, name): {
+            "spec": _plain(body.get("spec")),
+            "deleting": bool(body.meta.get("deletionTimestamp")),
+            "phase": (body.get("status") or {}).get("phase"),
+        }
+    }
 
 
 async def sweep_forever(rec: SessionReconciler, sessions: kopf.Index[Any, Any], interval: float) -> None:
@@ -106,13 +137,17 @@ async def sweep_forever(rec: SessionReconciler, sessions: kopf.Index[Any, Any], 
     One loop for the operator rather than a kopf timer per session: kopf puts its finalizer on every
     object that has a timer or daemon, and a finalizer wedges namespace deletion when the operator is gone.
     The index only nominates sessions; each decision is made on a fresh read of the session.
+    The same loop looks again at Starting sessions: waits that no event ends (an Unschedulable Pod's deadline,
+    the backoff before a failed Pod is recreated) are decided here.
     """
     while True:
         at = now()
-        for key in list(sessions):
+        for key, entries in list(sessions.items()):
             namespace, name = key
             try:
                 await rec.check_expiry(str(namespace), str(name), at)
+                if any(entry.get("phase") == api.Phase.STARTING for entry in entries):
+                    await rec.sync_sandbox(str(namespace), str(name))
             except (KubeError, kopf.TemporaryError) as exc:
                 log.warning("expiry check of %s/%s failed, will retry: %s", namespace, name, exc)
         await asyncio.sleep(interval)
@@ -191,7 +226,7 @@ def operator_kwargs(config: OperatorSettings) -> dict[str, Any]:
         "namespaces": list(config.namespaces),
         "clusterwide": not config.namespaces,
         "standalone": config.standalone,
-        "peering_name": None if config.standalone else config.peering_name,
+        "peering_name": None if config.standalone else config.peering_name,  # standalone None: decided at startup
         "priority": config.priority,
         "liveness_endpoint": config.liveness_endpoint,
     }

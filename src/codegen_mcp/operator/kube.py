@@ -144,6 +144,16 @@ class KubeClient:
             raise _error(exc) from exc
         return dict(result or {})
 
+    async def serves(self, api_version: str, plural: str) -> bool:
+        """Whether the API server serves this resource (discovery, which every authenticated user may read)."""
+        try:
+            found = await self._call("GET", f"/apis/{api_version}")
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise _error(exc) from exc
+        return any(r.get("name") == plural for r in found.get("resources", []))
+
     async def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             return await self._call("GET", kind.path(namespace, name))

@@ -171,6 +171,7 @@ class SessionReconciler:
                 agent_port=self.settings.agent_port,
                 now=now(),
                 generation=generation,
+                schedule_timeout=self.settings.schedule_timeout_seconds,
             )
             new.token_secret_name = api.token_secret_name(session.name)
             new.workspace_claim_name = api.workspace_claim_name(session.name)
@@ -210,6 +211,11 @@ class SessionReconciler:
             if status.restart_count >= self.settings.max_pod_restarts:
                 await self._give_up(body, session, obs)
                 return
+            wait = self._backoff_left(status.restart_count, obs)
+            if wait > 0:
+                # Not yet: the expiry sweep looks at Starting sessions again and recreates the Pod when due.
+                await self._waiting_to_restart(body, session, obs, wait)
+                return
             await self._event(
                 body, WARNING, Reason.POD_FAILED, f"sandbox Pod failed ({obs.reason}: {obs.message}); recreating it"
             )
@@ -226,6 +232,27 @@ class SessionReconciler:
                 return
         claim = await self.kube.get(CLAIMS, namespace, api.workspace_claim_name(session_name))
         await self._observe(body, session, pod, claim)
+
+    def _backoff_left(self, restarts: int, obs: st.PodObservation) -> float:
+        """Seconds until a failed Pod may be replaced: a crash loop must not hammer the node or the storage."""
+        if obs.since is None:
+            return 0.0
+        delay = min(self.settings.restart_backoff_seconds * 2.0**restarts, self.settings.restart_backoff_max_seconds)
+        return max(0.0, float((obs.since - now()).total_seconds()) + delay)
+
+    async def _waiting_to_restart(
+        self, body: dict[str, Any], session: builders.SessionRef, obs: st.PodObservation, wait: float
+    ) -> None:
+        generation = body["metadata"].get("generation")
+
+        def mutate(_b: dict[str, Any], status: SessionStatus) -> SessionStatus:
+            new = st.apply_observations(
+                status, pod=obs, claim=None, agent_port=self.settings.agent_port, now=now(), generation=generation
+            )
+            new.message = f"the sandbox Pod failed ({obs.reason}: {obs.message}); recreating it in {wait:.0f} s"
+            return new
+
+        await self.kube.update_status(session.namespace, session.name, mutate)
 
     async def _count_restart(self, body: dict[str, Any], session: builders.SessionRef, pod: dict[str, Any]) -> None:
         obs = st.observe_pod(pod)

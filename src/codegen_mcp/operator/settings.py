@@ -59,7 +59,13 @@ class OperatorSettings(BaseSettings):
     peering_name: str = Field(
         "codegen-mcp", description="kopf peering object: replicas sharing it elect one active operator."
     )
-    standalone: bool = Field(False, description="Run without peering (a single replica, or tests).")
+    standalone: bool | None = Field(
+        None,
+        description=(
+            "Run without peering (one replica). Unset: peer when kopf's peering CRDs are installed, else run "
+            "standalone and say so. false: peering is required, and the operator stops if its CRDs are missing."
+        ),
+    )
     priority: int = Field(0, description="Peering priority; the highest-priority replica is the active one.")
     liveness_endpoint: str | None = Field(
         "http://0.0.0.0:8081/healthz", description="Where kopf serves its liveness probe; empty: no endpoint."
@@ -90,6 +96,18 @@ class OperatorSettings(BaseSettings):
     pip_index_url: str | None = Field(None, description="Package index the agent's pip uses (e.g. a mirror).")
     max_pod_restarts: int = Field(
         5, ge=0, description="Times a failed sandbox Pod is recreated before the session is marked Failed."
+    )
+    restart_backoff_seconds: float = Field(
+        2.0, ge=0, description="Wait before recreating a failed sandbox Pod; doubles with each restart."
+    )
+    restart_backoff_max_seconds: float = Field(60.0, ge=0, description="The longest wait between two restarts.")
+    schedule_timeout_seconds: float = Field(
+        300.0,
+        gt=0,
+        description=(
+            "How long a sandbox Pod may stay Unschedulable (a claim still binding, resources that may free up, "
+            "a node being added) before the session is Failed."
+        ),
     )
 
     # --- the workspace ---

@@ -39,7 +39,8 @@ class PodState(StrEnum):
     PENDING = "Pending"  # accepted, not scheduled or not started yet
     STARTING = "Starting"  # running, not ready yet
     READY = "Ready"
-    STUCK = "Stuck"  # cannot start as it is (unschedulable, image cannot be pulled...)
+    UNSCHEDULED = "Unscheduled"  # the scheduler found no node yet: often transient, so waited for (bounded)
+    STUCK = "Stuck"  # cannot start as it is (image cannot be pulled, bad config...)
     FAILED = "Failed"  # terminated: must be replaced
 
 
@@ -51,6 +52,7 @@ class PodObservation:
     name: str | None = None
     uid: str | None = None
     ip: str | None = None
+    since: datetime | None = None  # UNSCHEDULED: when the Pod was created; FAILED: when its container ended
 
     @property
     def replaceable(self) -> bool:
@@ -81,11 +83,26 @@ def observe_pod(pod: dict[str, Any] | None) -> PodObservation:
                 detail = f"exit code {term.get('exitCode')}"
                 message = message or (f"{term.get('message')} ({detail})" if term.get("message") else detail)
         reason = reason or ("Completed" if phase == "Succeeded" else "Failed")
-        return PodObservation(PodState.FAILED, reason, message or f"the sandbox Pod {phase.lower()}", **common)
+        ended = [
+            parse_time(((cs.get("state") or {}).get("terminated") or {}).get("finishedAt")) for cs in containers
+        ]
+        return PodObservation(
+            PodState.FAILED,
+            reason,
+            message or f"the sandbox Pod {phase.lower()}",
+            since=max((t for t in ended if t), default=None),
+            **common,
+        )
     conditions = _conditions(pod)
     scheduled = conditions.get("PodScheduled", {})
     if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
-        return PodObservation(PodState.STUCK, "Unschedulable", scheduled.get("message", ""), **common)
+        return PodObservation(
+            PodState.UNSCHEDULED,
+            "Unschedulable",
+            scheduled.get("message", ""),
+            since=parse_time(meta.get("creationTimestamp")),
+            **common,
+        )
     for cs in containers:
         waiting = (cs.get("state", {}) or {}).get("waiting") or {}
         if waiting.get("reason") in STUCK_WAITING_REASONS:
@@ -164,8 +181,13 @@ def apply_observations(
     now: datetime,
     generation: int | None,
     gave_up: bool = False,
+    schedule_timeout: float | None = None,
 ) -> SessionStatus:
-    """The status that follows from what the Pod (and the claim) look like now."""
+    """The status that follows from what the Pod (and the claim) look like now.
+
+    An Unschedulable Pod is waited for up to `schedule_timeout` seconds from its creation (None: for ever):
+    the scheduler retries by itself, and most causes pass (a claim still binding, a node being added).
+    """
     new = status.model_copy(deep=True)
     conditions = new.conditions
     if claim is not None:
@@ -223,6 +245,16 @@ def apply_observations(
         new.phase, new.message = Phase.READY, "the sandbox agent is ready"
     elif pod.state == PodState.STUCK or (pod.state == PodState.FAILED and gave_up):
         new.phase, new.message = Phase.FAILED, f"{pod.reason}: {pod.message}" if pod.message else pod.reason
+    elif pod.state == PodState.UNSCHEDULED:
+        waited = (now - pod.since).total_seconds() if pod.since else 0.0
+        if schedule_timeout is not None and waited >= schedule_timeout:
+            new.phase = Phase.FAILED
+            new.message = (
+                f"Unschedulable: no node could run the sandbox Pod within {schedule_timeout:g} s: {pod.message}"
+            )
+        else:
+            limit = f" (waiting up to {schedule_timeout:g} s)" if schedule_timeout is not None else ""
+            new.phase, new.message = Phase.STARTING, f"Unschedulable: {pod.message}{limit}"
     else:
         new.phase, new.message = Phase.STARTING, pod.message
     return new

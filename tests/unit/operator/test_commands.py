@@ -46,7 +46,7 @@ def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch, settings: O
     assert parsed.namespaces == ["a", "b"] and parsed.standalone is True
     assert parsed.liveness_endpoint == "http://0.0.0.0:9000/healthz"
     everywhere, _ = parse_args(["-A"])
-    assert everywhere.namespaces == [] and everywhere.standalone is False
+    assert everywhere.namespaces == [] and everywhere.standalone is None  # decided at startup
 
 
 def test_operator_kwargs(settings: OperatorSettings) -> None:

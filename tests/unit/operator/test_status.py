@@ -33,7 +33,7 @@ def pod(
         (pod(container={"waiting": {"reason": "ContainerCreating"}}), st.PodState.PENDING, "ContainerCreating"),
         (
             pod(conditions={"PodScheduled": {"status": "False", "reason": "Unschedulable", "message": "no node"}}),
-            st.PodState.STUCK,
+            st.PodState.UNSCHEDULED,
             "Unschedulable",
         ),
         (
@@ -200,3 +200,47 @@ def test_compute_expiry(
 def test_parse_time() -> None:
     assert st.parse_time("2026-01-01T12:00:00Z") == NOW
     assert st.parse_time(None) is None and st.parse_time(NOW) is NOW
+
+
+UNSCHEDULABLE_MESSAGE = "0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims"
+
+
+def unschedulable(created: datetime) -> st.PodObservation:
+    body = pod(
+        conditions={"PodScheduled": {"status": "False", "reason": "Unschedulable", "message": UNSCHEDULABLE_MESSAGE}}
+    )
+    body["metadata"]["creationTimestamp"] = created.isoformat().replace("+00:00", "Z")
+    return st.observe_pod(body)
+
+
+def test_unschedulable_is_a_bounded_wait_with_its_reason() -> None:
+    waiting = st.apply_observations(
+        api.SessionStatus(),
+        pod=unschedulable(NOW - timedelta(seconds=5)),
+        claim=None,
+        agent_port=8080,
+        now=NOW,
+        generation=1,
+        schedule_timeout=60,
+    )
+    assert waiting.phase == api.Phase.STARTING
+    assert waiting.message == f"Unschedulable: {UNSCHEDULABLE_MESSAGE} (waiting up to 60 s)"
+    sandbox = waiting.condition(api.ConditionType.SANDBOX_READY)
+    assert sandbox is not None and sandbox.reason == "Unschedulable"
+
+    gave_up = st.apply_observations(
+        waiting,
+        pod=unschedulable(NOW - timedelta(seconds=61)),
+        claim=None,
+        agent_port=8080,
+        now=NOW,
+        generation=1,
+        schedule_timeout=60,
+    )
+    assert gave_up.phase == api.Phase.FAILED
+    assert gave_up.message == (f"Unschedulable: no node could run the sandbox Pod within 60 s: {UNSCHEDULABLE_MESSAGE}")
+
+
+def test_failed_pod_records_when_its_container_ended() -> None:
+    body = pod("Failed", container={"terminated": {"exitCode": 3, "finishedAt": "2026-01-01T11:59:58Z"}})
+    assert st.observe_pod(body).since == NOW - timedelta(seconds=2)
