@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 
 from codegen_mcp.api.errors import CodegenError, ErrorCode, SandboxUnavailable
+from codegen_mcp.coordinator.settings import DEFAULT_AGENT_CONNECT_TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -29,10 +30,16 @@ class AgentClient:
     """Talks to one agent, over a shared pooled `session` (TCP) or a session of its own (Unix socket)."""
 
     def __init__(
-        self, endpoint: AgentEndpoint, *, request_timeout_s: float = 30.0, session: aiohttp.ClientSession | None = None
+        self,
+        endpoint: AgentEndpoint,
+        *,
+        request_timeout_s: float = 30.0,
+        connect_timeout_s: float = DEFAULT_AGENT_CONNECT_TIMEOUT_S,
+        session: aiohttp.ClientSession | None = None,
     ) -> None:
         self.endpoint = endpoint
         self._request_timeout_s = request_timeout_s
+        self._connect_timeout_s = connect_timeout_s
         self._base = endpoint.base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {endpoint.token}"}
         self._owns_session = session is None
@@ -59,7 +66,10 @@ class AgentClient:
         extra_wait_s: float = 0.0,
     ) -> dict[str, Any]:
         """One JSON request. Agent errors come back as `CodegenError` with the agent's code and message."""
-        timeout = aiohttp.ClientTimeout(total=self._request_timeout_s + extra_wait_s)
+        # sock_connect, not connect: waiting for a free connection of the shared pool is not a dead endpoint.
+        timeout = aiohttp.ClientTimeout(
+            total=self._request_timeout_s + extra_wait_s, sock_connect=self._connect_timeout_s
+        )
         try:
             async with self._session.request(
                 method, self._base + path, json=body, params=params, timeout=timeout, headers=self._headers
@@ -78,6 +88,11 @@ class AgentClient:
                 return data
         except aiohttp.ClientConnectorError as exc:
             raise AgentUnreachable(f"the sandbox is not reachable ({type(exc).__name__})") from exc
+        except aiohttp.ConnectionTimeoutError as exc:
+            # No connection within the connect timeout: nothing was sent, so this is unreachable, not a timeout.
+            raise AgentUnreachable(
+                f"the sandbox is not reachable (no connection within {self._connect_timeout_s:g} s)"
+            ) from exc
         except (aiohttp.ClientConnectionError, ConnectionError) as exc:
             raise SandboxUnavailable(f"the sandbox is not reachable ({type(exc).__name__})") from exc
         except TimeoutError as exc:

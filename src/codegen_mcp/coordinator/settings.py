@@ -8,6 +8,12 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# An agent is on this host or in this cluster: a connect normally takes well under a millisecond. A peer that
+# has gone (a replaced Pod's IP) may drop the SYN instead of refusing it, and then only this deadline ends the
+# wait before the reconnect. 2 s still allows one SYN resend (Linux resends after 1 s), so one lost packet on
+# a busy node is not taken for a dead endpoint (which would cost a needless reconnect, not an error).
+DEFAULT_AGENT_CONNECT_TIMEOUT_S = 2.0
+
 
 class LocalBackendSettings(BaseSettings):
     """How the local backend starts sandbox agents as processes on this machine."""
@@ -92,6 +98,11 @@ class CoordinatorSettings(BaseSettings):
     )
     max_sessions: int = Field(100, ge=1)
     request_timeout_s: float = Field(30.0, gt=0, description="Deadline of one request to an agent (beyond wait_s).")
+    agent_connect_timeout_s: float = Field(
+        DEFAULT_AGENT_CONNECT_TIMEOUT_S,
+        gt=0,
+        description="Deadline to connect to an agent: a gone sandbox (replaced Pod) is reconnected after this.",
+    )
     progress_interval_s: float = Field(1.0, gt=0, description="How often long calls report MCP progress.")
 
     # HTTP transport security: Host/Origin validation against DNS rebinding (both transports).

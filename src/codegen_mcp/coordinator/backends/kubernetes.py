@@ -276,7 +276,10 @@ class KubernetesBackend(Backend):
         token = await self._read_token(secret_name)
         assert self._http is not None
         client = AgentClient(
-            AgentEndpoint(endpoint, token), request_timeout_s=self._settings.request_timeout_s, session=self._http
+            AgentEndpoint(endpoint, token),
+            request_timeout_s=self._settings.request_timeout_s,
+            connect_timeout_s=self._settings.agent_connect_timeout_s,
+            session=self._http,
         )
         return Sandbox(sandbox_id=name, client=client, where=f"{self._namespace}/{name}", meta={"endpoint": endpoint})
 

@@ -289,7 +289,11 @@ class LocalBackend(Backend):
             endpoint = AgentEndpoint("http://sandbox", token, unix_socket=address[len("unix:") :])
         else:
             endpoint = AgentEndpoint(f"http://{address}", token)
-        client = AgentClient(endpoint, request_timeout_s=self._settings.request_timeout_s)
+        client = AgentClient(
+            endpoint,
+            request_timeout_s=self._settings.request_timeout_s,
+            connect_timeout_s=self._settings.agent_connect_timeout_s,
+        )
         sandbox = Sandbox(sandbox_id=sandbox_id, client=client, where=str(workspace))
         drain = asyncio.create_task(self._drain(proc.stdout), name=f"drain-{sandbox_id}")
         watcher = asyncio.create_task(self._watch(sandbox, proc), name=f"watch-{sandbox_id}")
