@@ -83,9 +83,7 @@ def observe_pod(pod: dict[str, Any] | None) -> PodObservation:
                 detail = f"exit code {term.get('exitCode')}"
                 message = message or (f"{term.get('message')} ({detail})" if term.get("message") else detail)
         reason = reason or ("Completed" if phase == "Succeeded" else "Failed")
-        ended = [
-            parse_time(((cs.get("state") or {}).get("terminated") or {}).get("finishedAt")) for cs in containers
-        ]
+        ended = [parse_time(((cs.get("state") or {}).get("terminated") or {}).get("finishedAt")) for cs in containers]
         return PodObservation(
             PodState.FAILED,
             reason,
