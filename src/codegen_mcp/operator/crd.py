@@ -156,7 +156,9 @@ def build_crd() -> dict[str, Any]:
                         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
                         {"name": "Pod", "type": "string", "jsonPath": ".status.podName"},
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                        {"name": "Expires", "type": "date", "jsonPath": ".status.expiresAt"},
+                        # Not `date`: kubectl shows a date as the time since it, and `<invalid>` for a future one
+                        # (it has no time-until); the timestamp itself is what is true.
+                        {"name": "Expires", "type": "string", "format": "date-time", "jsonPath": ".status.expiresAt"},
                         {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 1},
                         {"name": "Owner", "type": "string", "jsonPath": ".spec.owner", "priority": 1},
                     ],

@@ -51,6 +51,20 @@ def test_crd_identity_and_columns() -> None:
     assert [c["name"] for c in version["additionalPrinterColumns"]][:4] == ["Phase", "Pod", "Age", "Expires"]
 
 
+def test_expires_column_shows_the_timestamp_not_an_age() -> None:
+    # kubectl renders a `date` column as the time since it: a future expiry would read `<invalid>`.
+    (version,) = crd.build_crd()["spec"]["versions"]
+    columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
+    assert columns["Expires"] == {
+        "name": "Expires",
+        "type": "string",
+        "format": "date-time",
+        "jsonPath": ".status.expiresAt",
+    }
+    past_only = {".metadata.creationTimestamp", ".status.startedAt", ".status.readyAt", ".status.lastActivityAt"}
+    assert {c["jsonPath"] for c in columns.values() if c["type"] == "date"} <= past_only
+
+
 def _walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
     found: list[tuple[str, dict[str, Any]]] = []
     if isinstance(node, dict):
