@@ -311,6 +311,7 @@ async def pkg_install(request: web.Request) -> web.Response:
     args = await read_args(request, PkgInstallArgs)
     timeout_s = _timeout(agent, args)
     requirements = parse_requirements(args.packages)
+    agent.executor.offline_install_folders()  # no egress and no local wheels: refuse now, not after pip's retries
 
     async def work(task: Task) -> Outcome:
         return await agent.executor.pkg_install(task, requirements=requirements, timeout_s=timeout_s)

@@ -313,9 +313,30 @@ def parse_requirements(text: str) -> list[Requirement]:
 _NO_MATCH = re.compile(r"No matching distribution found for (\S+)")
 _ERROR_LINE = re.compile(r"^ERROR: (.+)$", re.MULTILINE)
 
+# What to do about a sandbox without egress, per tool (pip always has the network on the local backend).
+GIT_NETWORK_REMEDY = (
+    "start the session with egress enabled (local backend: CODEGEN_LOCAL_NETWORK=true; Kubernetes: spec.network.egress)"
+)
+PIP_NETWORK_REMEDY = (
+    "start the session with egress 'packages' or 'open' (Kubernetes: spec.network.egress), or have the "
+    "agent's PIP_FIND_LINKS name a local wheel folder that holds the packages"
+)
 
-def pip_error_sentence(log_text: str, specs: Sequence[str]) -> str:
+
+def network_disabled(what: str, remedy: str, *, detail: str = "") -> CodegenError:
+    """The one sentence for work that needs the network in a sandbox without egress (NETWORK_DISABLED)."""
+    return CodegenError(
+        f"{what} needs network access but this sandbox has no network egress{detail}; {remedy}",
+        code=ErrorCode.NETWORK_DISABLED,
+    )
+
+
+def pip_error_sentence(log_text: str, specs: Sequence[str], offline_folders: Sequence[Path] = ()) -> str:
     match = _NO_MATCH.search(log_text)
+    if match and offline_folders:
+        folders = ", ".join(str(f) for f in offline_folders)
+        detail = f", and '{match.group(1)}' is not in its local wheel folders ({folders})"
+        return network_disabled("pkg.install", PIP_NETWORK_REMEDY, detail=detail).message
     if match:
         return f"pip could not install '{match.group(1)}': No matching distribution found"
     errors = _ERROR_LINE.findall(log_text)
@@ -470,6 +491,17 @@ def venv_distributions(venv: Path) -> list[tuple[str, str]]:
     except OSError:
         return found
     return found
+
+
+def local_find_links(pip_env: Mapping[str, str]) -> list[Path]:
+    """The local wheel folders among PIP_FIND_LINKS (paths or file:// URLs): what pip can use offline."""
+    folders: list[Path] = []
+    for item in pip_env.get("PIP_FIND_LINKS", "").replace(os.pathsep, " ").split():
+        local = item.removeprefix("file://")
+        path = Path(local)
+        if "://" not in local and path.is_absolute() and path.is_dir() and path not in folders:
+            folders.append(path)
+    return folders
 
 
 def pip_path_mounts(pip_env: Mapping[str, str], jail: Jail) -> list[Mount]:
@@ -870,7 +902,21 @@ class Executor:
                 shutil.rmtree(staging, ignore_errors=True)  # another install made it first
         return copy / "pip"
 
+    def offline_install_folders(self) -> list[Path] | None:
+        """None when pip may use the package index; else the local wheel folders it must make do with.
+
+        Raises NETWORK_DISABLED at once when pip has neither: without egress pip would otherwise spend its
+        retries on the index and then blame the package ("No matching distribution found").
+        """
+        if self.settings.pip_network:
+            return None
+        folders = local_find_links(self.pip_env)
+        if not folders:
+            raise network_disabled("pkg.install", PIP_NETWORK_REMEDY)
+        return folders
+
     async def pkg_install(self, task: Task, *, requirements: Sequence[Requirement], timeout_s: float) -> Outcome:
+        offline = self.offline_install_folders()
         python = await self.ensure_venv()
         self._check_venv_untouched()
         pip_dir = agent_pip_dir()
@@ -890,14 +936,20 @@ class Executor:
             "--progress-bar",
             "off",
         ]
-        if self.settings.pip_index_url:
+        pip_env = dict(self.pip_env)
+        if offline is not None:
+            # Only the local folders: an index or a remote find-links URL would cost pip its retries.
+            pip_env.pop("PIP_FIND_LINKS", None)
+            argv += ["--no-index", *(f"--find-links={folder}" for folder in offline)]
+        elif self.settings.pip_index_url:
             argv += ["--index-url", self.settings.pip_index_url]
         argv += specs
-        env = child_env(venv=self.venv_dir, home=self.install_home, extra=self.pip_env)
+        env = child_env(venv=self.venv_dir, home=self.install_home, extra=pip_env)
         env["PIP_CACHE_DIR"] = str(self.install_home / "cache")  # the session's own: never shared, never the agent's
         limits = self._install_limits(timeout_s)
         if jail is not None:
-            # The network (the index), the venv read-write, pip read-only; not the workspace, not the state.
+            # The network (the index, unless offline), the venv read-write, pip read-only; not the workspace,
+            # not the state.
             binds: list[Mount] = [
                 *self.python_mounts(),
                 Bind(pip_dir, PIP_IN_JAIL),
@@ -905,7 +957,7 @@ class Executor:
                 Bind(self.venv_dir, writable=True),
                 Bind(self.install_home, writable=True),
             ]
-            command = self.sandbox.jail_command(argv, binds=binds, chdir=self.install_home, network=True)
+            command = self.sandbox.jail_command(argv, binds=binds, chdir=self.install_home, network=offline is None)
             argv = command.argv
             popen_kwargs = self.sandbox.popen_kwargs(limits, command.staged)
         else:
@@ -943,7 +995,8 @@ class Executor:
         if result.timed_out:
             return Outcome(TaskState.TIMED_OUT, install=install, error=f"pip was killed after {timeout_s:g} s")
         if result.exit_code != 0:
-            return Outcome(TaskState.FAILED, install=install, error=pip_error_sentence(log_capture.text(), specs))
+            error = pip_error_sentence(log_capture.text(), specs, offline or ())
+            return Outcome(TaskState.FAILED, install=install, error=error)
         return Outcome(TaskState.SUCCEEDED, install=install)
 
     def site_packages(self) -> list[Path]:

@@ -39,7 +39,13 @@ from codegen_mcp.api.tools import (
     GitFileChange,
     TaskState,
 )
-from codegen_mcp.sandbox_agent.executor import Captured, Executor, ProcessOutcome
+from codegen_mcp.sandbox_agent.executor import (
+    GIT_NETWORK_REMEDY,
+    Captured,
+    Executor,
+    ProcessOutcome,
+    network_disabled,
+)
 from codegen_mcp.sandbox_agent.sandboxed import ProgressCaptured, run_sandboxed
 from codegen_mcp.sandbox_agent.settings import AgentSettings
 from codegen_mcp.sandbox_agent.tasks import Outcome, Task
@@ -381,11 +387,7 @@ class GitOps:
         if args.branch is not None:
             check_ref(args.branch)
         if not self.settings.network:
-            raise CodegenError(
-                "git.clone needs network access but this sandbox has no network egress; start the session with "
-                "egress enabled (local backend: CODEGEN_LOCAL_NETWORK=true; Kubernetes: spec.network.egress)",
-                code=ErrorCode.NETWORK_DISABLED,
-            )
+            raise network_disabled("git.clone", GIT_NETWORK_REMEDY)
         self._require_git()
         dest_name = args.dest if args.dest is not None else default_clone_dest(url)
         dest = self.workspace.resolve(dest_name)

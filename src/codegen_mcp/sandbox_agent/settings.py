@@ -64,6 +64,11 @@ class AgentSettings(BaseSettings):
     max_timeout_s: float = Field(3600.0, gt=0)
     task_retention: int = Field(256, ge=1, description="How many finished tasks are remembered.")
     pip_index_url: str | None = None
+    pip_network: bool = Field(
+        True,
+        description="pkg.install's pip can reach the package index (false where the sandbox has no egress at all); "
+        "without it pkg.install uses only local wheel folders (PIP_FIND_LINKS), or refuses at once.",
+    )
     packages: str | None = Field(
         None, description="Requirements installed into the session venv when the agent starts (spec.packages)."
     )
