@@ -67,3 +67,4 @@ bench: install ## Print round-trip figures (coordinator vs a bare MCP server)
 .PHONY: help install install-dev run test lint fmt bench conformance-install conformance crd test-operator
 
 include mk/cluster.mk
+include mk/node.mk
