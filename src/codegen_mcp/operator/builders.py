@@ -247,6 +247,10 @@ def agent_env(session: SessionRef, settings: OperatorSettings, memory_limit: str
         "CODEGEN_AGENT_MEMORY_BYTES": str(run_memory_bytes(memory_limit)),
         "CODEGEN_AGENT_MAX_PROCESSES": str(settings.max_processes),
     }
+    if spec.network.egress == EgressMode.NONE and not spec.network.allow_cidrs:
+        # Nothing leaves the Pod, so pip cannot reach an index either: pkg.install refuses at once (or uses local
+        # wheel folders) rather than retrying. allowCIDRs may hold a private index: then pip still tries.
+        agent["CODEGEN_AGENT_PIP_NETWORK"] = "false"
     if spec.env:
         # spec.env is for the code the agent runs (which gets a clean environment), not for the agent itself.
         agent["CODEGEN_AGENT_RUN_ENV"] = json.dumps({e.name: e.value for e in spec.env}, sort_keys=True)

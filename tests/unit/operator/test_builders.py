@@ -170,6 +170,27 @@ def test_agent_environment(settings: OperatorSettings) -> None:
 
 
 @pytest.mark.parametrize(
+    ("network", "pip_network"),
+    [
+        ({"egress": "none"}, "false"),
+        ({"egress": "none", "allowCIDRs": ["10.1.0.0/16"]}, None),  # a private index may be there
+        ({"egress": "packages"}, None),
+        ({"egress": "open"}, None),
+    ],
+)
+def test_the_agent_knows_when_pip_has_no_egress(
+    network: dict[str, Any], pip_network: str | None, settings: OperatorSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = env_of(builders.build_sandbox_pod(ref({"network": network}), settings))
+    assert env.get("CODEGEN_AGENT_PIP_NETWORK") == pip_network
+    # ...under the name the agent reads.
+    for name, value in env.items():
+        if name.startswith("CODEGEN_AGENT_") and isinstance(value, str):
+            monkeypatch.setenv(name, value)
+    assert AgentSettings().pip_network is (pip_network != "false")
+
+
+@pytest.mark.parametrize(
     ("limit", "expected"),
     [("2Gi", 2 * 1024**3 - 256 * 1024**2), ("512Mi", 384 * 1024**2), ("100Mi", 75 * 1024**2), ("64Mi", 64 * 1024**2)],
 )
