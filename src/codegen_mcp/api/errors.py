@@ -8,7 +8,7 @@ condition.
 
 from __future__ import annotations
 
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import Any
 
 
@@ -59,6 +59,17 @@ _HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.STORE_FAILED: 502,
     ErrorCode.INTERNAL: 500,
 }
+
+
+class AgentExitCode(IntEnum):
+    """How the sandbox agent process ends when it cannot start (the operator reads it from the Pod's status).
+
+    The sentence explaining it goes to stderr and, in a Pod, to the termination message.
+    """
+
+    FAILED = 1  # any other start-up failure (a refused setting, cannot listen, ...)
+    USAGE = 2  # bad flags or settings (argparse)
+    WORKSPACE_NOT_WRITABLE = 73  # sysexits.h EX_CANTCREAT: the workspace volume does not let the agent write
 
 
 class CodegenError(Exception):

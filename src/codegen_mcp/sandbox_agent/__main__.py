@@ -14,14 +14,15 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from aiohttp import web
 from pydantic import ValidationError
 
-from codegen_mcp.api.errors import CodegenError
+from codegen_mcp.api.errors import AgentExitCode, CodegenError
 from codegen_mcp.sandbox_agent.app import create_app
 from codegen_mcp.sandbox_agent.settings import AgentSettings
+from codegen_mcp.sandbox_agent.storage import error_reason, workspace_storage_problem, write_termination_message
 
 log = logging.getLogger("codegen_mcp.sandbox_agent")
 
@@ -73,6 +74,17 @@ def parse_settings(argv: list[str] | None) -> tuple[AgentSettings, str]:
         parser.error(f"{where}: {first['msg']} (set it with a flag or CODEGEN_AGENT_{where.upper()})")
 
 
+class CannotListen(Exception):
+    """Opening the listening socket failed (address in use, not allowed, ...)."""
+
+
+async def _listen(site: web.BaseSite, address: str) -> None:
+    try:
+        await site.start()
+    except OSError as err:
+        raise CannotListen(f"cannot listen on {address}: {error_reason(err)}") from None
+
+
 async def serve(settings: AgentSettings) -> None:
     app = create_app(settings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -81,36 +93,47 @@ async def serve(settings: AgentSettings) -> None:
         site: web.BaseSite
         if settings.unix_socket is not None:
             site = web.UnixSite(runner, str(settings.unix_socket))
-            await site.start()
+            await _listen(site, f"unix:{settings.unix_socket}")
             os.chmod(settings.unix_socket, 0o600)
             line = f"LISTENING unix:{settings.unix_socket}"
         else:
             site = web.TCPSite(runner, settings.host, settings.port)
-            await site.start()
+            await _listen(site, f"{settings.host}:{settings.port}")
             host, port = runner.addresses[0][:2]
             line = f"LISTENING [{host}]:{port}" if ":" in str(host) else f"LISTENING {host}:{port}"
-        print(line, flush=True)
+        # Handlers first: a parent may send SIGTERM as soon as it reads the line, and must get a clean stop.
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        print(line, flush=True)
         await stop.wait()
         log.info("stopping")
     finally:
         await runner.cleanup()
 
 
+def fail(settings: AgentSettings, message: str, code: AgentExitCode) -> NoReturn:
+    """End the agent with one sentence, on stderr and (in a Pod) as its termination message."""
+    print(f"codegen-mcp agent: {message}", file=sys.stderr)
+    write_termination_message(settings.termination_log, message)
+    raise SystemExit(int(code))
+
+
 def main(argv: list[str] | None = None) -> None:
     settings, level = parse_settings(argv)
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    problem = workspace_storage_problem(settings.workspace)
+    if problem is not None:
+        fail(settings, problem, AgentExitCode.WORKSPACE_NOT_WRITABLE)
     try:
         asyncio.run(serve(settings))
+    except CannotListen as err:
+        fail(settings, str(err), AgentExitCode.FAILED)
     except CodegenError as err:
-        print(f"codegen-mcp agent: {err.message}", file=sys.stderr)
-        raise SystemExit(1) from None
+        fail(settings, err.message, AgentExitCode.FAILED)
     except OSError as err:
-        print(f"codegen-mcp agent: cannot listen: {err.strerror or err}", file=sys.stderr)
-        raise SystemExit(1) from None
+        fail(settings, f"cannot start: {err}", AgentExitCode.FAILED)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,11 @@ class AgentSettings(BaseSettings):
     )
 
     python: str | None = Field(None, description="Base interpreter for the session venv; default: a system python3.")
+    termination_log: Path | None = Field(
+        Path("/dev/termination-log"),
+        description="A fatal start-up error is also written here when the file exists (Kubernetes' default "
+        "terminationMessagePath, which the Pod's status shows).",
+    )
 
     # Defaults of DESIGN.md §2; the per-call timeout can only be lower than max_timeout_s.
     memory_bytes: int = Field(1 * GiB, ge=16 * MiB)
