@@ -24,4 +24,7 @@ node-image:
 
 test: node-image
 
-.PHONY: sandbox-image-offline node-image
+bench-node: install-dev node-image ## Real-node figures: node start; session create → Ready → first tool call
+	$(BIN)/python bench/real_node.py
+
+.PHONY: sandbox-image-offline node-image bench-node
