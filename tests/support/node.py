@@ -105,8 +105,18 @@ def node_problem(assets: str | None = None) -> str | None:
             f"no sandbox image at {sandbox_image_tar()}: `make sandbox-image-offline` builds it "
             f"(root + mmdebstrap), or set {SANDBOX_IMAGE_ENV}"
         )
-    if not Path("/sys/fs/cgroup").is_dir():
-        return "no /sys/fs/cgroup"
+    if not cgroup_mounts():
+        return "no cgroup hierarchy is mounted under /sys/fs/cgroup"
+    return bridge_problem()
+
+
+def bridge_problem() -> str | None:
+    """Whether this machine lets us make a Linux bridge (containers without CAP_NET_ADMIN do not)."""
+    probe = f"cgmcpprobe{os.urandom(2).hex()}"
+    made = run("ip", "link", "add", probe, "type", "bridge", check=False)
+    if made.returncode != 0:
+        return f"cannot create a Linux bridge here: {made.stderr.strip()}"
+    run("ip", "link", "del", probe, check=False)
     return None
 
 
@@ -148,7 +158,7 @@ def used_networks() -> list[ipaddress.IPv4Network]:
         dst = route.get("dst", "")
         if dst and dst != "default":
             with contextlib.suppress(ValueError):
-                nets.append(ipaddress.ip_network(dst if "/" in dst else f"{dst}/32", strict=False))  # type: ignore[arg-type]
+                nets.append(ipaddress.IPv4Network(dst if "/" in dst else f"{dst}/32", strict=False))
     return nets
 
 
@@ -266,8 +276,11 @@ class Node:
             self.timings["images_import_s"] = time.monotonic() - step
             self._start_kubelet()
             self._wait(self.is_ready, READY_TIMEOUT, f"Node {self.name} Ready")
-        except BaseException:
-            self.stop()
+        except BaseException as exc:
+            try:
+                self.stop()
+            except NodeError as leftover:
+                exc.add_note(str(leftover))
             raise
         self.timings["start_s"] = time.monotonic() - began
         return self
@@ -654,15 +667,16 @@ disabled_plugins = [
 
 
 @pytest.fixture(scope="session")
-def real_node(control_plane: ControlPlane) -> Iterator[Node]:
-    """A kubelet + containerd node of the session's control plane with the pause and sandbox images imported.
+def real_node(request: pytest.FixtureRequest) -> Iterator[Node]:
+    """A kubelet + containerd node of the session's `control_plane` with the pause and sandbox images imported.
 
     Import it into a conftest.py: `from tests.support.node import real_node`. Skips, saying why, where a node
-    cannot start (see `node_problem`).
+    cannot start (see `node_problem`) — checked before the control plane is started for it.
     """
     problem = node_problem()
     if problem is not None:
         pytest.skip(f"needs a real node: {problem}")
+    control_plane: ControlPlane = request.getfixturevalue("control_plane")
     pause = pause_image_tar(os.environ.get(ASSETS_ENV))
     assert pause is not None
     root = Path(tempfile.mkdtemp(prefix="codegen-mcp-realnode-"))
