@@ -15,6 +15,8 @@ import pytest
 
 from tests.support.control_plane import ASSETS_ENV, ControlPlane, assets_problem
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked `cluster` need a real control plane: skip them, saying why, where none can start."""
@@ -34,7 +36,7 @@ def control_plane() -> Iterator[ControlPlane]:
     if problem is not None:
         pytest.skip(f"needs a real Kubernetes control plane: {problem}")
     root = Path(tempfile.mkdtemp(prefix="codegen-mcp-k8s-"))
-    plane = ControlPlane(Path(os.environ[ASSETS_ENV]), root)
+    plane = ControlPlane(Path(os.environ[ASSETS_ENV]), root, crds=(REPO / "crds" / "codegensession.yaml",))
     try:
         plane.start()
         yield plane

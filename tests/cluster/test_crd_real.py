@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from codegen_mcp.api import session as api
 from tests.support.control_plane import ControlPlane
-from tests.support.real_cluster import RealCluster, api_path
+from tests.support.real_cluster import CRD_FILE, RealCluster, api_path, apply_crd_file
 
 pytestmark = pytest.mark.cluster
-
-CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / "codegensession.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -40,47 +36,12 @@ def install_crd(cluster: RealCluster) -> dict[str, Any]:
     return apply_crd_file(cluster, CRD_FILE)
 
 
-def apply_crd_file(cluster: RealCluster, path: Path) -> dict[str, Any]:
-    import time
-
-    crd = yaml.safe_load(path.read_text())
-    name = crd["metadata"]["name"]
-    crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-    existing = cluster.request("GET", f"{crds}/{name}")
-    if existing is None:
-        cluster.request("POST", crds, crd)
-    else:
-        crd["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
-        cluster.request("PUT", f"{crds}/{name}", crd)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        got = cluster.request("GET", f"{crds}/{name}")
-        conditions = {c["type"]: c["status"] for c in (got.get("status") or {}).get("conditions") or []}
-        if conditions.get("Established") == "True" and conditions.get("NamesAccepted") == "True":
-            return dict(got)
-        time.sleep(0.1)
-    raise AssertionError(f"the CRD {name} was not Established within 30 s: {got.get('status')}")
-
-
 def create(cluster: RealCluster, name: str, spec: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
     """POST a session; (status code, body) — the body is the Status object when refused."""
-    import json
-    import urllib.error
-    import urllib.request
-
     body: dict[str, Any] = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name}}
     if spec is not None:
         body["spec"] = spec
-    path = api_path(api.GROUP, api.VERSION, api.PLURAL, cluster.namespace)  # type: ignore[attr-defined]
-    request = urllib.request.Request(
-        cluster.plane.url + path, data=json.dumps(body).encode(), method="POST",
-        headers={"Content-Type": "application/json"},
-    )  # fmt: skip
-    try:
-        with urllib.request.urlopen(request, context=cluster.ssl, timeout=10) as resp:  # noqa: S310
-            return int(resp.status), json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), json.loads(exc.read())
+    return cluster.call("POST", api_path(api.GROUP, api.VERSION, api.PLURAL, cluster.namespace), body)  # type: ignore[attr-defined]
 
 
 def test_the_shipped_crd_is_established(real: RealCluster) -> None:
@@ -162,16 +123,7 @@ def test_mutable_fields_change(real: RealCluster) -> None:
 
 
 def patch(cluster: RealCluster, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    import json
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(
-        cluster.plane.url + path, data=json.dumps(body).encode(), method="PATCH",
-        headers={"Content-Type": "application/merge-patch+json"},
-    )  # fmt: skip
-    try:
-        with urllib.request.urlopen(request, context=cluster.ssl, timeout=10) as resp:  # noqa: S310
-            return dict(json.loads(resp.read()))
-    except urllib.error.HTTPError as exc:
-        raise AssertionError(f"{exc.code}: {json.loads(exc.read())['message']}") from exc
+    code, answer = cluster.call("PATCH", path, body, content_type="application/merge-patch+json")
+    if code != 200:
+        raise AssertionError(f"{code}: {answer['message']}")
+    return answer

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import ipaddress
+import json
 import os
 import shutil
 import signal
@@ -168,16 +169,21 @@ class ControlPlane:
         bind_address: str = "127.0.0.1",
         extra_sans: tuple[str, ...] = (),
         hostpath_provisioner: bool = True,
+        crds: tuple[Path, ...] = (),
     ) -> None:
         self.assets = Path(assets)
         self.root = Path(root)
         self.bind_address = bind_address
         self.extra_sans = extra_sans
         self.hostpath_provisioner = hostpath_provisioner
+        # Installed before the controller-manager starts: its garbage collector discovers resource types only
+        # every 30 s, so owner references to a CRD installed later are honoured up to 30 s late.
+        self.crds = crds
         self.ca = CertificateAuthority()
         self.port = free_port()
         self.host = "127.0.0.1"
         self._processes: list[_Process] = []
+        self._admin_ssl: ssl.SSLContext | None = None
         self.started_seconds: float | None = None
 
     # --- paths and addresses ---
@@ -311,6 +317,8 @@ class ControlPlane:
                 "--shutdown-watch-termination-grace-period=0s",
             ])  # fmt: skip
             self._wait_ready()
+            for crd in self.crds:
+                self._install_crd(crd)
             if self.has("kube-controller-manager"):
                 kubeconfig = self.user_kubeconfig("system:kube-controller-manager")
                 args = [
@@ -367,12 +375,31 @@ class ControlPlane:
             if process.popen.poll() is not None:
                 raise ControlPlaneError(f"{process.name} exited with {process.popen.returncode}:\n{tail(process.log)}")
 
-    def _get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        content_type: str = "application/json",
+        timeout: float = 10.0,
+    ) -> tuple[int, bytes]:
+        """One blocking request as the admin: (HTTP status, body). Every response is closed, errors included."""
+        if self._admin_ssl is None:
+            self._admin_ssl = self.ssl_context()
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(  # noqa: S310
+            f"{self.url}{path}", data=data, method=method, headers={"Content-Type": content_type}
+        )
         try:
-            with urllib.request.urlopen(f"{self.url}{path}", context=self.ssl_context(), timeout=timeout) as resp:  # noqa: S310
+            with urllib.request.urlopen(request, context=self._admin_ssl, timeout=timeout) as resp:  # noqa: S310
                 return int(resp.status), resp.read()
         except urllib.error.HTTPError as exc:
-            return int(exc.code), exc.read()
+            with exc:
+                return int(exc.code), exc.read()
+
+    def _get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+        return self.call("GET", path, timeout=timeout)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
@@ -388,6 +415,12 @@ class ControlPlane:
                 last = str(exc)
             time.sleep(0.1)
         raise ControlPlaneError(f"kube-apiserver was not ready within {READY_TIMEOUT:g} s: {last}")
+
+    def _install_crd(self, path: Path) -> None:
+        crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+        status, body = self.call("POST", crds, yaml.safe_load(path.read_text()))
+        if status != 201:
+            raise ControlPlaneError(f"the API server refused {path}: {body.decode(errors='replace')}")
 
     def _wait_for_default_service_account(self) -> None:
         """The controller-manager is working once it has made `default/default` (pytest-kubernetes' check too)."""

@@ -12,6 +12,11 @@ It watches Pods and PersistentVolumeClaims over HTTP, like a node would:
   Ready, podIP, containerStatuses); when the process exits the Pod becomes Failed with the exit code;
 - a deleted Pod has its process terminated.
 
+Against a real API server (`node_name` given) it is a node as the scheduler sees one: it registers a Node and
+renews its Lease, runs only the Pods bound to it, confirms their deletion (the server waits for the node to do
+that), and leaves claims to the real PV controller, mounting the hostPath of the PersistentVolume a claim is
+bound to.
+
 Tests can inject the failures a real node produces: `crash()` a Pod (optionally as OOMKilled), make an
 image unpullable (`image_errors`), or make scheduling impossible (`unschedulable`).
 """
@@ -26,6 +31,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -37,6 +43,7 @@ import aiohttp
 log = logging.getLogger(__name__)
 
 AGENT_COMMAND = ["codegen-mcp", "agent"]
+MERGE_PATCH = "application/merge-patch+json"
 START_TIMEOUT = 30.0
 
 
@@ -61,10 +68,20 @@ class PodRuntime:
 
 
 class FakeKubelet:
-    def __init__(self, server: str, root: Path, *, namespaces: tuple[str, ...] | None = None) -> None:
+    def __init__(
+        self,
+        server: str,
+        root: Path,
+        *,
+        namespaces: tuple[str, ...] | None = None,
+        node_name: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.server = server.rstrip("/")
         self.root = root
         self.namespaces = namespaces
+        self.node_name = node_name  # set: a node of a real API server; unset: the emulator's stand-in
+        self._ssl = ssl_context
         self.pods: dict[str, PodRuntime] = {}  # by uid
         self.image_errors: dict[str, str] = {}  # image -> waiting reason, e.g. ImagePullBackOff
         self.unschedulable = False
@@ -74,18 +91,40 @@ class FakeKubelet:
         self._tasks: list[asyncio.Task[None]] = []
         self._pod_tasks: set[asyncio.Task[None]] = set()  # every Pod's task, also of Pods already deleted
         self._claims_changed = asyncio.Event()
+        self._mounted: dict[tuple[str, str], Path] = {}  # (namespace, claim) -> the volume's folder
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
+    @property
+    def real(self) -> bool:
+        return self.node_name is not None
+
     async def __aenter__(self) -> FakeKubelet:
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
-        self._tasks = [
-            asyncio.create_task(self._watch("/api/v1/persistentvolumeclaims", self._on_claim), name="kubelet-claims"),
-            asyncio.create_task(self._watch("/api/v1/pods", self._on_pod), name="kubelet-pods"),
-        ]
+        self._http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+            connector=aiohttp.TCPConnector(ssl=self._ssl) if self._ssl else None,
+        )
+        if self.node_name is not None:
+            await self._register_node()
+            self._tasks = [
+                asyncio.create_task(self._heartbeat(), name="kubelet-lease"),
+                asyncio.create_task(
+                    self._watch("/api/v1/pods", self._on_pod, {"fieldSelector": f"spec.nodeName={self.node_name}"}),
+                    name="kubelet-pods",
+                ),
+            ]
+        else:
+            self._tasks = [
+                asyncio.create_task(
+                    self._watch("/api/v1/persistentvolumeclaims", self._on_claim), name="kubelet-claims"
+                ),
+                asyncio.create_task(self._watch("/api/v1/pods", self._on_pod), name="kubelet-pods"),
+            ]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self.node_name is not None:
+            await self._request("DELETE", f"/api/v1/nodes/{self.node_name}")
         for task in self._tasks:
             task.cancel()
         await asyncio.wait(self._tasks)
@@ -98,6 +137,8 @@ class FakeKubelet:
             await asyncio.wait(self._pod_tasks)
         if self._http is not None:
             await self._http.close()
+            if self._ssl is not None:  # TLS transports close after the session (aio-libs/aiohttp#1925)
+                await asyncio.sleep(0.25)
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -112,7 +153,16 @@ class FakeKubelet:
         return found[-1] if found else None
 
     def claim_dir(self, namespace: str, claim: str) -> Path:
-        return self.root / "volumes" / namespace / claim
+        """The folder behind a claim: the harness's own, or (real server) the bound volume's hostPath once mounted."""
+        return self._mounted.get((namespace, claim), self.root / "volumes" / namespace / claim)
+
+    async def set_unschedulable(self, value: bool) -> None:
+        """No Pod fits this node: the real scheduler says why (a cordoned node); the emulator's stand-in, memory."""
+        self.unschedulable = value
+        if self.node_name is not None:
+            await self._request(
+                "PATCH", f"/api/v1/nodes/{self.node_name}", {"spec": {"unschedulable": value}}, MERGE_PATCH
+            )
 
     async def crash(self, namespace: str, name: str, *, reason: str = "Error") -> None:
         """Kill the Pod's agent the way the node would (reason OOMKilled for the memory limit)."""
@@ -124,15 +174,19 @@ class FakeKubelet:
     # --- API plumbing ---------------------------------------------------------------------------------------
 
     async def _request(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
+        """One API request; None for 404 (and for a 409 on delete: a precondition already moot)."""
         async with self.http.request(
             method,
             self.server + path,
             data=None if body is None else json.dumps(body),
             headers={"Content-Type": content_type},
         ) as resp:
-            if resp.status == 404:
+            if resp.status == 404 or (resp.status == 409 and method == "DELETE"):
                 return None
-            resp.raise_for_status()
+            if resp.status >= 400:
+                raise aiohttp.ClientResponseError(
+                    resp.request_info, resp.history, status=resp.status, message=await resp.text()
+                )
             return await resp.json()
 
     async def _patch_status(self, namespace: str, plural: str, name: str, status: dict[str, Any]) -> None:
@@ -140,14 +194,16 @@ class FakeKubelet:
             "PATCH",
             f"/api/v1/namespaces/{namespace}/{plural}/{name}/status",
             {"status": status},
-            "application/merge-patch+json",
+            MERGE_PATCH,
         )
 
-    async def _watch(self, path: str, handler: Callable[[str, dict[str, Any]], Any]) -> None:
+    async def _watch(
+        self, path: str, handler: Callable[[str, dict[str, Any]], Any], params: dict[str, str] | None = None
+    ) -> None:
         """Watch forever (reconnecting), feeding every event to `handler`."""
         while True:
             try:
-                async for kind, obj in self._stream(path):
+                async for kind, obj in self._stream(path, params or {}):
                     ns = obj.get("metadata", {}).get("namespace")
                     if self.namespaces is None or ns in self.namespaces:
                         try:
@@ -158,13 +214,56 @@ class FakeKubelet:
                 log.debug("kubelet watch of %s interrupted: %s", path, exc)
             await asyncio.sleep(0.05)
 
-    async def _stream(self, path: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        async with self.http.get(self.server + path, params={"watch": "true"}) as resp:
+    async def _stream(self, path: str, params: dict[str, str]) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        async with self.http.get(self.server + path, params={"watch": "true", **params}) as resp:
             resp.raise_for_status()
             async for line in resp.content:
                 if line.strip():
                     event = json.loads(line)
                     yield event.get("type", ""), event.get("object", {})
+
+    # --- the Node (real API server) ------------------------------------------------------------------------
+
+    async def _register_node(self) -> None:
+        name = self.node_name
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}},
+        }
+        await self._request("POST", "/api/v1/nodes", node)
+        resources = {"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "100Gi"}
+        await self._patch_node_status({
+            "capacity": resources,
+            "allocatable": resources,
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": name}],
+            "conditions": [{
+                "type": "Ready", "status": "True", "reason": "KubeletReady", "message": "the kubelet harness is ready",
+                "lastHeartbeatTime": _now(), "lastTransitionTime": _now(),
+            }],
+            "nodeInfo": {
+                "architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": "harness",
+                "kubeProxyVersion": "", "containerRuntimeVersion": "harness://1", "kernelVersion": "", "osImage": "",
+                "machineID": "", "systemUUID": "", "bootID": "",
+            },
+        })  # fmt: skip
+
+    async def _patch_node_status(self, status: dict[str, Any]) -> None:
+        await self._request("PATCH", f"/api/v1/nodes/{self.node_name}/status", {"status": status}, MERGE_PATCH)
+
+    async def _heartbeat(self) -> None:
+        """Renew the node's Lease, as a kubelet does, so the node lifecycle controller keeps the node Ready."""
+        path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{self.node_name}"
+        while True:
+            renew = datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            spec = {"holderIdentity": self.node_name, "leaseDurationSeconds": 40, "renewTime": renew}
+            try:
+                if await self._request("PATCH", path, {"spec": spec}, MERGE_PATCH) is None:
+                    lease = {"metadata": {"name": self.node_name}, "spec": spec}
+                    await self._request("POST", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", lease)
+            except aiohttp.ClientError as exc:
+                log.warning("the harness node's lease was not renewed: %s", exc)
+            await asyncio.sleep(5)
 
     # --- volumes ---------------------------------------------------------------------------------------------
 
@@ -178,18 +277,39 @@ class FakeKubelet:
             )
         self._claims_changed.set()
 
+    async def _volume_dir(self, namespace: str, claim: dict[str, Any]) -> Path:
+        """Where the bound claim's data lives: the harness's own folder, or the real PersistentVolume's hostPath."""
+        if self.node_name is None:
+            return self.claim_dir(namespace, claim["metadata"]["name"])
+        volume = await self._request("GET", f"/api/v1/persistentvolumes/{claim['spec']['volumeName']}")
+        source = (volume or {}).get("spec", {})
+        path = (source.get("hostPath") or source.get("local") or {}).get("path")
+        if not path:
+            raise RuntimeError(f"this node mounts only hostPath and local volumes, not {source}")
+        # The provisioner makes the folder root:root 0750. This node's agents run as root and drop run code to
+        # per-session uids (not the Pod's uid and fsGroup), so the folder is opened up as the harness's own
+        # volume folders are; a volume that really ignores fsGroup is tested on the real node.
+        folder = Path(path)
+        folder.chmod(0o755)
+        for parent in folder.parents:  # the provisioner's own folders (/tmp/kube/hostpath_pv) are 0750 too
+            if parent == Path("/tmp") or parent == parent.parent:
+                break
+            parent.chmod(parent.stat().st_mode | 0o111)
+        return folder
+
     async def _wait_for_claim(self, namespace: str, claim: str) -> Path:
         deadline = asyncio.get_running_loop().time() + START_TIMEOUT
         while True:
             self._claims_changed.clear()
             obj = await self._request("GET", f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claim}")
             if obj is not None and (obj.get("status") or {}).get("phase") == "Bound":
-                return self.claim_dir(namespace, claim)
+                self._mounted[(namespace, claim)] = await self._volume_dir(namespace, obj)
+                return self._mounted[(namespace, claim)]
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 raise TimeoutError(f"claim {namespace}/{claim} never became Bound")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._claims_changed.wait(), timeout=min(remaining, 1.0))
+            with contextlib.suppress(TimeoutError):  # a real node is not told of claims: it asks again
+                await asyncio.wait_for(self._claims_changed.wait(), timeout=min(remaining, 1.0 if self.real else 0.2))
 
     # --- pods --------------------------------------------------------------------------------------------------
 
@@ -200,6 +320,13 @@ class FakeKubelet:
             runtime = self.pods.pop(uid, None)
             if runtime is not None:
                 await self._stop(runtime)
+            if kind != "DELETED" and self.node_name is not None:
+                # A real API server keeps a bound Pod until its node confirms that its containers are gone.
+                await self._request(
+                    "DELETE",
+                    f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
+                    {"gracePeriodSeconds": 0, "preconditions": {"uid": uid}},
+                )
             return
         if uid in self.pods or (pod.get("status") or {}).get("phase") in ("Running", "Failed", "Succeeded"):
             return

@@ -28,13 +28,10 @@ import os
 import random
 import shutil
 import signal
-import ssl
 import subprocess
 import tarfile
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -208,7 +205,6 @@ class Node:
         self._processes: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
         self._preexisting = {p: p.exists() for p in GLOBAL_PATHS}
         self.timings: dict[str, float] = {}
-        self._ssl: ssl.SSLContext | None = None
         self._volumes: list[str] = []
         self._storage_classes: list[str] = []
 
@@ -235,19 +231,12 @@ class Node:
 
     def api(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
         """One request to the control plane; None for 404, the decoded JSON otherwise."""
-        if self._ssl is None:
-            self._ssl = self.plane.ssl_context()
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(  # noqa: S310
-            self.plane.url + path, data=data, method=method, headers={"Content-Type": content_type}
-        )
-        try:
-            with urllib.request.urlopen(request, context=self._ssl, timeout=10) as resp:  # noqa: S310
-                return json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                return None
-            raise NodeError(f"{method} {path}: {exc.code} {exc.read().decode(errors='replace')}") from exc
+        code, raw = self.plane.call(method, path, body, content_type=content_type)
+        if code == 404:
+            return None
+        if code >= 400:
+            raise NodeError(f"{method} {path}: {code} {raw.decode(errors='replace')}")
+        return json.loads(raw)
 
     def node_object(self) -> dict[str, Any] | None:
         found = self.api("GET", f"/api/v1/nodes/{self.name}")

@@ -17,6 +17,9 @@ from codegen_mcp.operator.settings import OperatorSettings
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 15.0
+# aiohttp closes TLS connections without waiting for their transports (aio-libs/aiohttp#1925): the loop must
+# run a moment longer, or the transports are found unclosed after it is gone (ResourceWarning → test error).
+SSL_CLOSE_GRACE = 0.25
 
 
 class OperatorThread:
@@ -33,9 +36,13 @@ class OperatorThread:
         memo: kopf.Memo = self.kwargs["memo"]
         return memo
 
+    async def _operate(self) -> None:
+        await kopf.operator(**self.kwargs, stop_flag=self._stop, ready_flag=self._ready)
+        await asyncio.sleep(SSL_CLOSE_GRACE)
+
     def _run(self) -> None:
         try:
-            asyncio.run(kopf.operator(**self.kwargs, stop_flag=self._stop, ready_flag=self._ready))
+            asyncio.run(self._operate())
         except BaseException as exc:  # surfaced in the test by __aexit__
             self._error = exc
             self._ready.set()

@@ -8,16 +8,24 @@ separate process, so blocking the test's loop for that long starves nothing.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
-import urllib.error
+import time
 import urllib.parse
-import urllib.request
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 
+from codegen_mcp.api import session as api
 from tests.support.control_plane import ControlPlane
+from tests.support.operator import SSL_CLOSE_GRACE
+
+CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / "codegensession.yaml"
+CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+STORAGE_CLASS = "harness-hostpath"
 
 
 def api_path(group: str, version: str, plural: str, namespace: str | None, name: str | None = None) -> str:
@@ -45,6 +53,7 @@ class RealCluster:
     async def __aexit__(self, *exc: object) -> None:
         if self._http is not None:
             await self._http.close()
+            await asyncio.sleep(SSL_CLOSE_GRACE)  # TLS transports close after the session (aio-libs/aiohttp#1925)
 
     @property
     def url(self) -> str:
@@ -79,16 +88,19 @@ class RealCluster:
 
     def request(self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None) -> Any:
         """One blocking request; None for 404, the decoded JSON otherwise."""
-        url = self.plane.url + path + (f"?{urllib.parse.urlencode(query)}" if query else "")
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})  # noqa: S310
-        try:
-            with urllib.request.urlopen(request, context=self._ssl, timeout=10) as resp:  # noqa: S310
-                return json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                return None
-            raise AssertionError(f"{method} {path}: {exc.code} {exc.read().decode(errors='replace')}") from exc
+        code, data = self.call(method, path + (f"?{urllib.parse.urlencode(query)}" if query else ""), body)
+        if code == 404:
+            return None
+        if code >= 400:
+            raise AssertionError(f"{method} {path}: {code} {data.get('message', data)}")
+        return data
+
+    def call(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> tuple[int, dict[str, Any]]:
+        """One blocking request: (HTTP status, decoded JSON body — the object, or the server's Status)."""
+        code, raw = self.plane.call(method, path, body, content_type=content_type)
+        return code, dict(json.loads(raw)) if raw else {}
 
     def read(self, group: str, version: str, plural: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         obj = self.request("GET", api_path(group, version, plural, namespace, name))
@@ -100,3 +112,67 @@ class RealCluster:
     def list_objects(self, group: str, version: str, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
         found = self.request("GET", api_path(group, version, plural, namespace)) or {"items": []}
         return [i for i in found["items"] if not i.get("metadata", {}).get("deletionTimestamp")]
+
+
+def apply_crd_file(cluster: RealCluster, path: Path = CRD_FILE) -> dict[str, Any]:
+    """Create or replace a CRD from its file and wait until the server says it is Established."""
+    crd = yaml.safe_load(path.read_text())
+    name = crd["metadata"]["name"]
+    existing = cluster.request("GET", f"{CRDS}/{name}")
+    if existing is None:
+        cluster.request("POST", CRDS, crd)
+    elif existing["spec"] != crd["spec"]:
+        crd["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
+        cluster.request("PUT", f"{CRDS}/{name}", crd)
+    deadline = time.monotonic() + 30
+    while True:
+        got = cluster.request("GET", f"{CRDS}/{name}")
+        conditions = {c["type"]: c["status"] for c in (got.get("status") or {}).get("conditions") or []}
+        if conditions.get("Established") == "True" and conditions.get("NamesAccepted") == "True":
+            return dict(got)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the CRD {name} was not Established within 30 s: {got.get('status')}")
+        time.sleep(0.1)
+
+
+def prepare_for_sessions(cluster: RealCluster) -> None:
+    """The CRD, and a default StorageClass served by the controller-manager's hostPath provisioner."""
+    apply_crd_file(cluster)
+    classes = "/apis/storage.k8s.io/v1/storageclasses"
+    if cluster.request("GET", f"{classes}/{STORAGE_CLASS}") is None:
+        cluster.request("POST", classes, {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {
+                "name": STORAGE_CLASS,
+                "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+            },
+            "provisioner": "kubernetes.io/host-path",
+            "reclaimPolicy": "Delete",
+            "volumeBindingMode": "Immediate",
+        })  # fmt: skip
+
+
+async def drain_namespace(cluster: RealCluster, namespace: str, timeout: float = 60.0) -> None:
+    """Delete every session of a test and wait until their children are gone, so the next test starts clean."""
+    sessions = api_path(api.GROUP, api.VERSION, api.PLURAL, namespace)
+    # Retained workspaces and a test's own objects have no owner: they go explicitly.
+    for collection in (sessions, *(api_path("", "v1", p, namespace) for p in ("persistentvolumeclaims", "secrets"))):
+        async with cluster.delete(collection, json={"propagationPolicy": "Background"}) as resp:
+            assert resp.status in (200, 404), await resp.text()
+    deadline = asyncio.get_running_loop().time() + timeout
+    left: list[str] = []
+    while asyncio.get_running_loop().time() < deadline:
+        left = []
+        for plural, group in ((api.PLURAL, api.GROUP), ("pods", ""), ("persistentvolumeclaims", ""), ("secrets", "")):
+            version = api.VERSION if group else "v1"
+            async with cluster.get(api_path(group, version, plural, namespace)) as resp:
+                items = (await resp.json()).get("items", [])
+            left += [f"{plural}/{i['metadata']['name']}" for i in items]
+        if not left:
+            break
+        await asyncio.sleep(0.2)
+    else:
+        raise AssertionError(f"namespace {namespace} still holds {left} {timeout:g} s after its sessions were deleted")
+    async with cluster.delete(api_path("", "v1", "events", namespace)) as resp:
+        assert resp.status == 200, await resp.text()

@@ -68,9 +68,14 @@ PEERING_INSTALL_HINT = "install them with `codegen-mcp crd --peering | kubectl a
 
 
 async def choose_peering(settings: kopf.OperatorSettings, kube: KubeClient, config: OperatorSettings) -> None:
-    """Peer only where kopf's peering CRD exists: without it kopf would pause every watch, silently, for ever."""
+    """Peer only where kopf's peering CRD exists: without it kopf would pause every watch, silently, for ever.
+
+    Runs in the startup handler, which kopf finishes before it starts any watch or peering.
+    """
     clustered = not config.namespaces
     plural = "clusterkopfpeerings" if clustered else "kopfpeerings"
+    settings.peering.name = config.peering_name
+    settings.peering.mandatory = config.standalone is False
     if await kube.serves("kopf.dev/v1", plural):
         return
     if config.standalone is False:
@@ -225,8 +230,10 @@ def operator_kwargs(config: OperatorSettings) -> dict[str, Any]:
         "memo": kopf.Memo(config=config),
         "namespaces": list(config.namespaces),
         "clusterwide": not config.namespaces,
-        "standalone": config.standalone,
-        "peering_name": None if config.standalone else config.peering_name,  # standalone None: decided at startup
+        # Peering is decided at startup (`choose_peering`): a peering name given here would make kopf's peering
+        # mandatory before we know whether its CRD exists.
+        "standalone": True if config.standalone else None,
+        "peering_name": None,
         "priority": config.priority,
         "liveness_endpoint": config.liveness_endpoint,
     }

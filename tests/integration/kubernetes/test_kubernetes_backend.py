@@ -65,7 +65,14 @@ async def test_a_deleted_sandbox_pod_is_reconnected_transparently(
         [cr] = sessions(cluster)
         name = cr["metadata"]["name"]
         old_ip = kubectl.status(name).pod_ip
-        await kubectl.delete(f"/api/v1/namespaces/{NS}/pods", api.sandbox_pod_name(name))
+        pod_name = api.sandbox_pod_name(name)
+        old_uid = (kubectl.child("pods", pod_name) or {})["metadata"]["uid"]
+        await kubectl.delete(f"/api/v1/namespaces/{NS}/pods", pod_name)
+        # As `kubectl delete pod` does: wait until the Pod is gone (a real server first stops its containers).
+        await eventually(
+            lambda: (kubectl.child("pods", pod_name) or {}).get("metadata", {}).get("uid") != old_uid,
+            what="the old Pod to be gone",
+        )
         # The next call reconnects to the replacement Pod without an error, and the workspace is intact.
         result = await call(s, "fs.read", path="keep.txt")
         assert text_of(result) == "on the PVC"

@@ -15,9 +15,13 @@ import pytest
 from codegen_mcp.api import session as api
 from codegen_mcp.operator.kube import PODS, SESSIONS, KubeClient, KubeError
 from codegen_mcp.operator.settings import OperatorSettings
+from tests.support.fixtures import emulator_cluster
 from tests.support.k8s import ClusterEmulator, matches_label_selector
 
 NS = "default"
+
+# These check the emulator itself: the real server needs no such checks.
+cluster = pytest.fixture(emulator_cluster)
 
 
 @pytest.fixture

@@ -52,10 +52,12 @@ def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch, settings: O
 def test_operator_kwargs(settings: OperatorSettings) -> None:
     kwargs = operator_kwargs(settings.model_copy(update={"namespaces": ["a"], "priority": 5}))
     assert kwargs["namespaces"] == ["a"] and kwargs["clusterwide"] is False
-    assert kwargs["peering_name"] == "codegen-mcp" and kwargs["priority"] == 5
+    # kopf gets no peering name: one would make its peering mandatory before the startup handler can look
+    # for the peering CRD (handlers.choose_peering).
+    assert kwargs["peering_name"] is None and kwargs["standalone"] is None and kwargs["priority"] == 5
     assert kwargs["memo"]["config"].namespaces == ["a"]
     clusterwide = operator_kwargs(settings.model_copy(update={"standalone": True}))
-    assert clusterwide["clusterwide"] is True and clusterwide["peering_name"] is None
+    assert clusterwide["clusterwide"] is True and clusterwide["standalone"] is True
 
 
 def test_registry_has_no_finalizer_handlers() -> None:
