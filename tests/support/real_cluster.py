@@ -100,7 +100,10 @@ class RealCluster:
     ) -> tuple[int, dict[str, Any]]:
         """One blocking request: (HTTP status, decoded JSON body — the object, or the server's Status)."""
         code, raw = self.plane.call(method, path, body, content_type=content_type)
-        return code, dict(json.loads(raw)) if raw else {}
+        try:
+            return code, dict(json.loads(raw)) if raw else {}
+        except ValueError:  # a plain-text answer, e.g. "404 page not found" for an unknown API group
+            return code, {"message": raw.decode(errors="replace")}
 
     def read(self, group: str, version: str, plural: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         obj = self.request("GET", api_path(group, version, plural, namespace, name))
