@@ -8,6 +8,7 @@ expiry; delete → children gone; a retained workspace survives; invalid and imm
 from __future__ import annotations
 
 import base64
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -352,3 +353,30 @@ async def test_spec_changes_mutable_applied_immutable_refused(
     pod_after = kubectl.child("pods", "demo-sandbox")
     assert pod_after is not None and pod_after["metadata"]["uid"] == pod_before["metadata"]["uid"]
     assert pod_after["spec"]["containers"][0]["image"] == "codegen-mcp-sandbox:test"
+
+
+async def test_a_failed_pod_is_recreated_only_after_a_backoff(
+    kubelet: FakeKubelet, kubectl: Kubectl, operator_settings: OperatorSettings
+) -> None:
+    backoff = 2.0
+    async with OperatorThread(operator_settings.model_copy(update={"restart_backoff_seconds": backoff})):
+        await kubectl.apply("demo")
+        first = await wait_phase(kubectl, "demo", api.Phase.READY)
+        crashed_at = time.monotonic()
+        await kubelet.crash(NS, "demo-sandbox")
+        waiting = await eventually(
+            lambda: "recreating it in" in ((s := kubectl.status("demo")).message or "") and s,
+            what="the backoff in status.message",
+        )
+        assert waiting.phase == api.Phase.STARTING
+        assert waiting.message is not None and waiting.message.startswith("the sandbox Pod failed (Error: exit code")
+        pod = kubectl.child("pods", "demo-sandbox")
+        assert pod is not None and pod["metadata"]["uid"] == first.pod_uid  # kept until the backoff is over
+
+        def replaced() -> api.SessionStatus | None:
+            s = kubectl.status("demo")
+            return s if s.phase == api.Phase.READY and s.pod_uid != first.pod_uid else None
+
+        await eventually(replaced, timeout=20, what="the replacement Pod")
+        # finishedAt has whole seconds: the wait measured here can be up to a second shorter than the backoff.
+        assert time.monotonic() - crashed_at >= backoff - 1.0
