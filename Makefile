@@ -64,7 +64,10 @@ test-operator: install-dev ## Operator tests: real kopf against the API emulator
 bench: install ## Print round-trip figures (coordinator vs a bare MCP server)
 	$(BIN)/python bench/roundtrip.py
 
-.PHONY: help install install-dev run test lint fmt bench conformance-install conformance crd test-operator
+bench-cluster: install-dev ## Real control plane: its start time; session create → Ready → first call (KUBEBUILDER_ASSETS)
+	$(BIN)/python bench/control_plane.py
+
+.PHONY: help install install-dev run test lint fmt bench bench-cluster conformance-install conformance crd test-operator
 
 include mk/cluster.mk
 include mk/node.mk
