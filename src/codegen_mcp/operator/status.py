@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from codegen_mcp.api.errors import AgentExitCode
 from codegen_mcp.api.session import (
     Condition,
     ConditionStatus,
@@ -63,6 +64,23 @@ def _conditions(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c.get("type", ""): c for c in pod.get("status", {}).get("conditions", []) or []}
 
 
+WORKSPACE_NOT_WRITABLE = "WorkspaceNotWritable"
+
+
+def _exit_code(container_status: dict[str, Any]) -> int | None:
+    code = ((container_status.get("state") or {}).get("terminated") or {}).get("exitCode")
+    return code if isinstance(code, int) else None
+
+
+def _termination_message(containers: list[dict[str, Any]]) -> str:
+    """The agent's own sentence (its termination message), or a fallback that still names the problem."""
+    for cs in containers:
+        message = (((cs.get("state") or {}).get("terminated") or {}).get("message") or "").strip()
+        if message:
+            return message
+    return "the sandbox agent cannot write its workspace volume (exit code 73); see the Pod's log"
+
+
 def observe_pod(pod: dict[str, Any] | None) -> PodObservation:
     """Classify a sandbox Pod (or its absence) into the few states the session cares about."""
     if pod is None:
@@ -83,6 +101,9 @@ def observe_pod(pod: dict[str, Any] | None) -> PodObservation:
                 detail = f"exit code {term.get('exitCode')}"
                 message = message or (f"{term.get('message')} ({detail})" if term.get("message") else detail)
         reason = reason or ("Completed" if phase == "Succeeded" else "Failed")
+        if any(_exit_code(cs) == AgentExitCode.WORKSPACE_NOT_WRITABLE for cs in containers):
+            # The agent found its workspace volume unwritable: a new Pod on the same volume fares no better.
+            return PodObservation(PodState.STUCK, WORKSPACE_NOT_WRITABLE, _termination_message(containers), **common)
         ended = [parse_time(((cs.get("state") or {}).get("terminated") or {}).get("finishedAt")) for cs in containers]
         return PodObservation(
             PodState.FAILED,

@@ -244,3 +244,17 @@ def test_unschedulable_is_a_bounded_wait_with_its_reason() -> None:
 def test_failed_pod_records_when_its_container_ended() -> None:
     body = pod("Failed", container={"terminated": {"exitCode": 3, "finishedAt": "2026-01-01T11:59:58Z"}})
     assert st.observe_pod(body).since == NOW - timedelta(seconds=2)
+
+
+def test_an_unwritable_workspace_is_not_retried_and_says_why() -> None:
+    sentence = (
+        "the agent (uid 10001, gids 10001) cannot write its workspace /workspace: it belongs to 0:0 with mode 0750"
+    )
+    body = pod("Failed", container={"terminated": {"exitCode": 73, "reason": "Error", "message": sentence}})
+    obs = st.observe_pod(body)
+    assert (obs.state, obs.reason, obs.message) == (st.PodState.STUCK, "WorkspaceNotWritable", sentence)
+    failed = st.apply_observations(api.SessionStatus(), pod=obs, claim=None, agent_port=8080, now=NOW, generation=1)
+    assert failed.phase == api.Phase.FAILED and failed.message == f"WorkspaceNotWritable: {sentence}"
+    # Without a termination message (another terminationMessagePath), the reason is still named.
+    bare = st.observe_pod(pod("Failed", container={"terminated": {"exitCode": 73}}))
+    assert bare.state == st.PodState.STUCK and "cannot write its workspace volume" in bare.message
