@@ -136,3 +136,44 @@ async def test_a_deleted_pod_is_replaced_and_the_workspace_survives(stack: Sandb
         status = the_session(stack).get("status") or {}
         assert status.get("restartCount", 0) >= 1, status
     await gone(stack)
+
+
+async def test_a_volume_that_ignores_fsgroup_fails_the_session_with_the_storage_problem(stack: SandboxStack) -> None:
+    """Issue 9, defect 4: the hostPath provisioner makes root:root 0750 folders and ignores fsGroup.
+
+    The agent (uid 10001) cannot write there: the session must fail at once with a sentence naming the storage
+    problem — not "cannot listen", and not after a series of Pod replacements without backoff.
+    """
+    classes = "/apis/storage.k8s.io/v1/storageclasses"
+    dynamic = "node-dynamic-hostpath"
+    if stack.cluster.request("GET", f"{classes}/{dynamic}") is None:
+        stack.cluster.request("POST", classes, {
+            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": dynamic},
+            "provisioner": "kubernetes.io/host-path", "reclaimPolicy": "Delete",
+        })  # fmt: skip
+    sessions = f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{stack.namespace}/{api.PLURAL}"
+    body = {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": {"name": "fsgroup"},
+        "spec": {"imagePullPolicy": "Never", "workspace": {"storageClassName": dynamic}},
+    }
+    stack.cluster.request("POST", sessions, body)
+    try:
+
+        def failed() -> api.SessionStatus | None:
+            found = stack.cluster.request("GET", f"{sessions}/fsgroup") or {}
+            status = api.SessionStatus.model_validate(found.get("status") or {})
+            return status if status.phase == api.Phase.FAILED else None
+
+        status = await eventually(failed, timeout=120, what="the session on unwritable storage to fail")
+        assert status.message is not None
+        assert status.message.startswith("WorkspaceNotWritable: the agent (uid 10001"), status.message
+        assert "cannot write its workspace /workspace: it belongs to 0:0 with mode 0750" in status.message
+        assert "does not honour the Pod's fsGroup" in status.message
+        assert "cannot listen" not in status.message
+        assert status.restart_count == 0  # the same volume would fail the same way: no replacement
+    finally:
+        stack.cluster.request("DELETE", f"{sessions}/fsgroup")
+        await eventually(lambda: stack.read("pods", "fsgroup-sandbox") is None, timeout=60, what="the Pod to go")
+        stack.cluster.request("DELETE", f"{classes}/{dynamic}")
