@@ -213,21 +213,17 @@ def test_coordinator_network_policy_admits_clients_and_reaches_only_what_it_need
 
 OPERATOR_RULES = [
     {"apiGroups": [api.GROUP], "resources": ["codegensessions"], "verbs": ["get", "list", "watch", "patch", "delete"]},
-    {"apiGroups": [api.GROUP], "resources": ["codegensessions/status"], "verbs": ["get", "patch"]},
+    {"apiGroups": [api.GROUP], "resources": ["codegensessions/status"], "verbs": ["patch"]},
     {"apiGroups": [api.GROUP], "resources": ["codegensessions/finalizers"], "verbs": ["update"]},
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "list", "watch", "create", "patch"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch"]},
     {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "create", "patch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]
 COORDINATOR_RULES = [
-    {
-        "apiGroups": [api.GROUP],
-        "resources": ["codegensessions"],
-        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
-    },
-    {"apiGroups": [api.GROUP], "resources": ["codegensessions/status"], "verbs": ["get", "patch"]},
+    {"apiGroups": [api.GROUP], "resources": ["codegensessions"], "verbs": ["get", "list", "watch", "create", "delete"]},
+    {"apiGroups": [api.GROUP], "resources": ["codegensessions/status"], "verbs": ["patch"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
 ]
 PEERING_RULE = {"apiGroups": ["kopf.dev"], "verbs": ["get", "list", "watch", "patch"]}
