@@ -129,9 +129,13 @@ class SessionReconciler:
         meta = body["metadata"]
         generation = meta.get("generation")
         try:
-            await self.kube.update_status(
+            accepted = await self.kube.update_status(
                 session.namespace, session.name, lambda _b, s: self._accepted(s, spec, generation)
             )
+            if accepted is None or (accepted.get("metadata") or {}).get("deletionTimestamp"):
+                # Gone or going (a fresh read): adopting children now would hand them to the garbage collector,
+                # also those a `kubectl delete --cascade=orphan` meant to leave behind.
+                return
             token = secrets.token_urlsafe(32)
             secret, claim, policy, pod = builders.build_children(session, self.settings, token)
             await self._ensure(secret, session, body)

@@ -156,6 +156,9 @@ class KubernetesBackend(Backend):
         self._api: k8s.ApiClient | None = None
         self._http: aiohttp.ClientSession | None = None
         self._throttle = ActivityThrottle(self._k8s.activity_interval_s)
+        # The sandboxes this process talks to, by resource name, and the watch that tells when their Pod moved.
+        self._sandboxes: dict[str, Sandbox] = {}
+        self._endpoint_watch: asyncio.Task[None] | None = None
         check_template(self._k8s)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -181,8 +184,13 @@ class KubernetesBackend(Backend):
             self._namespace,
             len(existing.get("items", [])),
         )
+        rv = (existing.get("metadata") or {}).get("resourceVersion")
+        self._endpoint_watch = asyncio.create_task(self._watch_endpoints(rv), name="sandbox endpoints")
 
     async def aclose(self) -> None:
+        if self._endpoint_watch is not None:
+            self._endpoint_watch.cancel()
+            await asyncio.gather(self._endpoint_watch, return_exceptions=True)
         if self._http is not None:
             await self._http.close()
         if self._api is not None:
@@ -218,7 +226,8 @@ class KubernetesBackend(Backend):
     async def revive(self, sandbox: Sandbox) -> Sandbox:
         log.info("reconnecting to CodegenSession %s (%s)", sandbox.sandbox_id, sandbox.exit_reason)
         old = sandbox.meta.get("endpoint")
-        if await sandbox.client.healthy():
+        # A Pod known to be replaced is not asked first: a gone Pod's address may not answer at all.
+        if sandbox.meta.get("moved") != "true" and await sandbox.client.healthy():
             sandbox.alive, sandbox.exit_reason = True, None
             return sandbox
         await sandbox.client.aclose()
@@ -226,6 +235,7 @@ class KubernetesBackend(Backend):
         return await self._connect(sandbox.sandbox_id, stale_endpoint=old)
 
     async def close(self, sandbox: Sandbox) -> None:
+        self._forget(sandbox)
         sandbox.alive = False
         await sandbox.client.aclose()
         self._throttle.forget(sandbox.sandbox_id)
@@ -239,6 +249,7 @@ class KubernetesBackend(Backend):
     async def detach(self, sandbox: Sandbox) -> None:
         # The resource stays: its workspace is found again by name; if no session comes back for it, the
         # operator deletes it at its idle timeout.
+        self._forget(sandbox)
         await sandbox.client.aclose()
 
     async def touch(self, sandbox: Sandbox) -> None:
@@ -281,7 +292,65 @@ class KubernetesBackend(Backend):
             connect_timeout_s=self._settings.agent_connect_timeout_s,
             session=self._http,
         )
-        return Sandbox(sandbox_id=name, client=client, where=f"{self._namespace}/{name}", meta={"endpoint": endpoint})
+        sandbox = Sandbox(
+            sandbox_id=name, client=client, where=f"{self._namespace}/{name}", meta={"endpoint": endpoint}
+        )
+        self._sandboxes[name] = sandbox
+        return sandbox
+
+    def _forget(self, sandbox: Sandbox) -> None:
+        if self._sandboxes.get(sandbox.sandbox_id) is sandbox:
+            del self._sandboxes[sandbox.sandbox_id]
+
+    def _notice_move(self, obj: dict[str, Any]) -> None:
+        """A session's status names another endpoint: its Pod was replaced, so the next call reconnects first.
+
+        Without this the next call would go to the old Pod's address, which may not answer at all (a black hole
+        until the connect timeout), before reconnecting.
+        """
+        name = (obj.get("metadata") or {}).get("name")
+        sandbox = self._sandboxes.get(name) if isinstance(name, str) else None
+        if sandbox is None or not sandbox.alive:
+            return
+        endpoint = (obj.get("status") or {}).get("endpoint")
+        if endpoint != sandbox.meta.get("endpoint"):
+            log.info("CodegenSession %s moved from %s to %s", name, sandbox.meta.get("endpoint"), endpoint)
+            sandbox.meta["moved"] = "true"
+            sandbox.alive = False
+            sandbox.exit_reason = "its Pod was replaced"
+
+    async def _watch_endpoints(self, resource_version: str | None) -> None:
+        """One watch on this namespace's sessions for as long as the backend runs (restarted when it ends)."""
+        while True:
+            watcher = k8s_watch.Watch()
+            try:
+                async for event in watcher.stream(
+                    self._custom.list_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    self._namespace,
+                    PLURAL,
+                    label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}",
+                    resource_version=resource_version,
+                    timeout_seconds=300,
+                ):
+                    changed = event["raw_object"] if isinstance(event, dict) else None
+                    if changed:
+                        resource_version = (changed.get("metadata") or {}).get("resourceVersion", resource_version)
+                        if event.get("type") != "DELETED":
+                            self._notice_move(changed)
+            except ApiException as exc:
+                if exc.status == 410:  # resourceVersion too old: start again from now
+                    resource_version = None
+                else:
+                    log.warning("watching sandbox endpoints failed (%s); retrying", exc.reason)
+                    await asyncio.sleep(5)
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                log.warning("watching sandbox endpoints was interrupted (%s); retrying", exc)
+                await asyncio.sleep(1)
+            finally:
+                watcher.stop()
+                await watcher.close()
 
     async def _wait_ready(self, name: str, stale_endpoint: str | None = None) -> tuple[str, str]:
         """Watch the resource until Ready (or Failed, or the deadline), never polling blindly.
