@@ -47,6 +47,7 @@ from codegen_mcp.coordinator.settings import CoordinatorSettings, KubernetesBack
 log = logging.getLogger(__name__)
 
 LABEL_MCP_SESSION = f"{GROUP}/mcp-session"
+REREAD_S = 5.0  # while waiting for Ready, a fresh read this often, whatever the watch says
 _IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 _LABEL_VALUE_BAD = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -159,6 +160,9 @@ class KubernetesBackend(Backend):
         # The sandboxes this process talks to, by resource name, and the watch that tells when their Pod moved.
         self._sandboxes: dict[str, Sandbox] = {}
         self._endpoint_watch: asyncio.Task[None] | None = None
+        self._latest: dict[str, dict[str, Any]] = {}  # each session as the watch last saw it
+        self._changed = asyncio.Condition()
+        self._deleted_at: dict[str, float] = {}  # sessions the watch saw deleted, and when
         check_template(self._k8s)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -319,6 +323,26 @@ class KubernetesBackend(Backend):
             sandbox.alive = False
             sandbox.exit_reason = "its Pod was replaced"
 
+    async def _record(self, kind: str, obj: dict[str, Any]) -> None:
+        """One watch event: remember the session as it is now, wake whoever waits on it, notice a moved Pod."""
+        name = (obj.get("metadata") or {}).get("name")
+        if not isinstance(name, str):
+            return
+        now = time.monotonic()
+        if kind == "DELETED":
+            obj = {"metadata": obj.get("metadata") or {}, "deleted": True}
+            self._deleted_at[name] = now
+        else:
+            self._notice_move(obj)
+            self._deleted_at.pop(name, None)
+        async with self._changed:
+            self._latest[name] = obj
+            # A deletion is kept a minute, for whoever waits on that session; then forgotten.
+            for gone in [n for n, at in self._deleted_at.items() if now - at > 60]:
+                del self._deleted_at[gone]
+                self._latest.pop(gone, None)
+            self._changed.notify_all()
+
     async def _watch_endpoints(self, resource_version: str | None) -> None:
         """One watch on this namespace's sessions for as long as the backend runs (restarted when it ends)."""
         while True:
@@ -337,8 +361,7 @@ class KubernetesBackend(Backend):
                     changed = event["raw_object"] if isinstance(event, dict) else None
                     if changed:
                         resource_version = (changed.get("metadata") or {}).get("resourceVersion", resource_version)
-                        if event.get("type") != "DELETED":
-                            self._notice_move(changed)
+                        await self._record(str(event.get("type")), changed)
             except ApiException as exc:
                 if exc.status == 410:  # resourceVersion too old: start again from now
                     resource_version = None
@@ -353,7 +376,7 @@ class KubernetesBackend(Backend):
                 await watcher.close()
 
     async def _wait_ready(self, name: str, stale_endpoint: str | None = None) -> tuple[str, str]:
-        """Watch the resource until Ready (or Failed, or the deadline), never polling blindly.
+        """Wait until the resource is Ready (or Failed, or the deadline), woken by the namespace watch.
 
         A Ready status that still names `stale_endpoint` (a Pod known to be gone) counts as not ready yet.
         """
@@ -364,17 +387,8 @@ class KubernetesBackend(Backend):
 
         deadline = time.monotonic() + self._k8s.ready_timeout_s
         last_message = "it is still starting"
+        obj = await self._read_session(name)
         while True:
-            try:
-                obj = await self._custom.get_namespaced_custom_object(GROUP, VERSION, self._namespace, PLURAL, name)
-            except ApiException as exc:
-                if exc.status == 404:
-                    raise CodegenError(
-                        "your sandbox's CodegenSession resource no longer exists (it expired or was deleted); "
-                        "start a new MCP session",
-                        code=ErrorCode.SANDBOX_UNAVAILABLE,
-                    ) from None
-                raise _api_error("read your sandbox's status", exc) from None
             found = usable(obj)
             if found:
                 return found
@@ -385,37 +399,37 @@ class KubernetesBackend(Backend):
                     f"your sandbox was not ready within {self._k8s.ready_timeout_s:g} s: {last_message}",
                     code=ErrorCode.TIMEOUT,
                 )
-            rv = (obj.get("metadata") or {}).get("resourceVersion")
-            watcher = k8s_watch.Watch()
+            # The watch wakes us on every change; a fresh read now and then covers a watch that lags or broke.
+            newer = await self._next_version(name, obj, within_s=min(remaining, REREAD_S))
+            obj = newer if newer is not None else await self._read_session(name)
+
+    async def _read_session(self, name: str) -> dict[str, Any]:
+        try:
+            found = await self._custom.get_namespaced_custom_object(GROUP, VERSION, self._namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise _session_gone() from None
+            raise _api_error("read your sandbox's status", exc) from None
+        return dict(found)
+
+    async def _next_version(self, name: str, seen: dict[str, Any], within_s: float) -> dict[str, Any] | None:
+        """The session as the watch reports it once it differs from `seen`; None if nothing came in time."""
+        version = (seen.get("metadata") or {}).get("resourceVersion")
+
+        def newer() -> bool:
+            latest = self._latest.get(name)
+            return latest is not None and (latest.get("metadata") or {}).get("resourceVersion") != version
+
+        async with self._changed:
             try:
-                async with asyncio.timeout(min(remaining, 30.0)):
-                    async for event in watcher.stream(
-                        self._custom.list_namespaced_custom_object,
-                        GROUP,
-                        VERSION,
-                        self._namespace,
-                        PLURAL,
-                        field_selector=f"metadata.name={name}",
-                        resource_version=rv,
-                        timeout_seconds=max(1, int(min(remaining, 30.0))),
-                    ):
-                        changed = event["raw_object"] if isinstance(event, dict) else None
-                        if not changed or (changed.get("metadata") or {}).get("name") != name:
-                            continue
-                        if event.get("type") == "DELETED":
-                            break
-                        found = usable(changed)
-                        if found:
-                            return found
-                        last_message = (changed.get("status") or {}).get("message") or last_message
+                async with asyncio.timeout(within_s):
+                    await self._changed.wait_for(newer)
             except TimeoutError:
-                pass
-            except ApiException as exc:
-                if exc.status != 410:  # 410 Gone: resourceVersion too old, just re-read
-                    raise _api_error("watch your sandbox's status", exc) from None
-            finally:
-                watcher.stop()
-                await watcher.close()
+                return None
+        latest = self._latest[name]
+        if latest.get("deleted"):
+            raise _session_gone()
+        return latest
 
     async def _read_token(self, secret_name: str) -> str:
         try:
@@ -426,6 +440,13 @@ class KubernetesBackend(Backend):
         if not data:
             raise SandboxUnavailable(f"the Secret {secret_name} has no {TOKEN_SECRET_KEY!r} key")
         return base64.b64decode(data).decode()
+
+
+def _session_gone() -> CodegenError:
+    return CodegenError(
+        "your sandbox's CodegenSession resource no longer exists (it expired or was deleted); start a new MCP session",
+        code=ErrorCode.SANDBOX_UNAVAILABLE,
+    )
 
 
 def _api_error(doing: str, exc: ApiException) -> CodegenError:
