@@ -3,7 +3,7 @@
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # Import hypothesis here, in the main thread, before any test starts a thread: otherwise its pytest plugin
@@ -12,10 +12,23 @@ from pathlib import Path
 # recursion depth mismatch", seen once here with the kopf operator thread).
 import hypothesis  # noqa: F401
 import pytest
+from pytest_kubernetes.providers.base import AClusterManager
 
 from tests.support.control_plane import ASSETS_ENV, ControlPlane, assets_problem
+from tests.support.k8s_providers import LOCAL_PROVIDER, LocalControlPlaneManager
+from tests.support.node import real_node  # noqa: F401 - one node per test run, for every suite that needs one
 
 REPO = Path(__file__).resolve().parents[1]
+ProviderFactory = Callable[[str | None], type[AClusterManager]]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-kubernetes reads this marker but does not register it (--strict-markers would refuse it).
+    config.addinivalue_line(
+        "markers",
+        "k8s(provider, cluster_name, keep): the cluster pytest-kubernetes' `k8s` fixture manages; "
+        f"provider='{LOCAL_PROVIDER}' is the real control plane of tests/support (mark the test `cluster` too)",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -43,3 +56,13 @@ def control_plane() -> Iterator[ControlPlane]:
     finally:
         plane.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def k8s_manager(k8s_manager: ProviderFactory) -> ProviderFactory:
+    """pytest-kubernetes' provider factory, plus `local`: the real control plane (tests/support/k8s_providers.py)."""
+
+    def select(provider: str | None = None) -> type[AClusterManager]:
+        return LocalControlPlaneManager if provider == LOCAL_PROVIDER else k8s_manager(provider)
+
+    return select

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.node import Node, real_node  # noqa: F401 - the session's node fixture
+from tests.support.node import Node
 from tests.support.node_stack import SandboxStack
 
 
 @pytest.fixture(scope="module")
-def stack(real_node: Node) -> Iterator[SandboxStack]:  # noqa: F811
+def stack(real_node: Node) -> Iterator[SandboxStack]:
     """The CRD, the operator and the coordinator on the host; the node takes Pods only while this lasts."""
     folder = Path(tempfile.mkdtemp(prefix="codegen-mcp-stack-"))
     try:

@@ -287,6 +287,7 @@ class ControlPlane:
             0o644,
         )
         self._admin_files = self._client_files("admin", ("system:masters",))
+        kubelet_client = self._client_files("kube-apiserver-kubelet-client", ("system:masters",))
         self._kubeconfig_file(self.kubeconfig, "admin", {
             "client-certificate": str(self._admin_files[0]), "client-key": str(self._admin_files[1]),
         })  # fmt: skip
@@ -312,6 +313,12 @@ class ControlPlane:
                 f"--service-account-key-file={sa_public}",
                 f"--service-account-signing-key-file={sa_private}",
                 "--authorization-mode=Node,RBAC",
+                # `kubectl logs/exec/port-forward` go through a node's kubelet: by its address (these nodes have
+                # no DNS name), checked against this CA, as a client the kubelet's webhook authorizer lets in.
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
+                f"--kubelet-certificate-authority={self.ca_file}",
+                f"--kubelet-client-certificate={kubelet_client[0]}",
+                f"--kubelet-client-key={kubelet_client[1]}",
                 "--allow-privileged=true",
                 "--shutdown-delay-duration=0s",
                 "--shutdown-watch-termination-grace-period=0s",

@@ -659,8 +659,9 @@ disabled_plugins = [
 def real_node(request: pytest.FixtureRequest) -> Iterator[Node]:
     """A kubelet + containerd node of the session's `control_plane` with the pause and sandbox images imported.
 
-    Import it into a conftest.py: `from tests.support.node import real_node`. Skips, saying why, where a node
-    cannot start (see `node_problem`) — checked before the control plane is started for it.
+    tests/conftest.py imports it, so every suite shares one node (a second import would start a second one).
+    Skips, saying why, where a node cannot start (see `node_problem`) — checked before the control plane is started
+    for it.
     """
     problem = node_problem()
     if problem is not None:
