@@ -13,6 +13,7 @@ RELEASE ?= codegen-mcp
 NAMESPACE ?= codegen-mcp
 CHART := helm/codegen-mcp
 KIND_CONTEXT := kind-$(KIND_CLUSTER)
+KIND_KUBECONFIG ?= build/kind-$(KIND_CLUSTER).kubeconfig
 KIND_CONFIG ?= tests/e2e/kind-config.yaml
 KIND_VALUES ?= $(CHART)/ci/kind-values.yaml
 # Calico enforces NetworkPolicy (kind's default CNI, kindnet, does not): the sandbox isolation test needs it.
@@ -53,9 +54,13 @@ deploy: ## helm upgrade --install the chart into the kind cluster (NAMESPACE, RE
 	  $(KUBECTL) --context $(KIND_CONTEXT) -n $(NAMESPACE) rollout status $$d --timeout=$(DEPLOY_TIMEOUT) || exit 1; \
 	done
 
+# tests/e2e takes the cluster through pytest-kubernetes' kind provider, by this kubeconfig; without --k8s-provider
+# the same scenarios run on the local real control plane and node (`make test`).
 e2e: install-dev kind-up images kind-load deploy ## Build, load and deploy into kind, then run tests/e2e against it
-	CODEGEN_E2E=1 CODEGEN_E2E_CONTEXT=$(KIND_CONTEXT) CODEGEN_E2E_NAMESPACE=$(NAMESPACE) \
-	  CODEGEN_E2E_RELEASE=$(RELEASE) $(BIN)/pytest -m e2e tests/e2e $(PYTEST_ARGS)
+	@mkdir -p $(dir $(KIND_KUBECONFIG))
+	$(KIND) get kubeconfig --name $(KIND_CLUSTER) > $(KIND_KUBECONFIG)
+	CODEGEN_E2E_NAMESPACE=$(NAMESPACE) CODEGEN_E2E_RELEASE=$(RELEASE) $(BIN)/pytest -m e2e tests/e2e \
+	  --k8s-provider=kind --k8s-cluster-name=$(KIND_CLUSTER) --k8s-kubeconfig=$(KIND_KUBECONFIG) $(PYTEST_ARGS)
 
 kind-down: ## Delete the kind cluster
 	$(KIND) delete cluster --name $(KIND_CLUSTER)

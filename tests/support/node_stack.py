@@ -5,8 +5,9 @@ listens on 127.0.0.1; the host reaches the Pods over the node's bridge). Session
 the sandbox image imported into the node (`imagePullPolicy: Never`), a StorageClass of static workspace
 volumes pre-owned by the sandbox uid (see `Node.workspace_volumes`), and a nodeSelector naming the node.
 
-Used by tests/e2e_node and bench/real_node.py. `stop()` ends the coordinator first (it deletes its sessions),
-waits until the operator has removed them and their children, then ends the operator.
+Used by tests/e2e_node, tests/e2e (on the local cluster) and bench/real_node.py. `stop()` ends the coordinator
+first (it deletes its sessions), waits until the operator has removed them and their children, then ends the
+operator.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ class SandboxStack:
     volumes: int = 4
     operator_kubeconfig: Path | None = None  # default: the admin's
     coordinator_kubeconfig: Path | None = None
+    operator_env: dict[str, str] = field(default_factory=dict)  # more CODEGEN_OPERATOR_* settings
+    coordinator_env: dict[str, str] = field(default_factory=dict)  # more CODEGEN_* settings (e.g. AUTH_TOKENS)
     operator: OperatorProcess | None = field(default=None, init=False)
     coordinator: CoordinatorProcess | None = field(default=None, init=False)
 
@@ -107,6 +110,7 @@ class SandboxStack:
             "CODEGEN_OPERATOR_STORAGE_CLASS": STORAGE_CLASS,
             "CODEGEN_OPERATOR_NODE_SELECTOR": f"kubernetes.io/hostname={self.node.name}",
             "CODEGEN_OPERATOR_LIVENESS_ENDPOINT": liveness,
+            **self.operator_env,
         }
         kubeconfig = self.operator_kubeconfig or self.node.plane.kubeconfig
         command = [str(Path(sys.executable).with_name("codegen-mcp")), "operator", "--standalone"]
@@ -135,6 +139,7 @@ class SandboxStack:
             "CODEGEN_K8S_IMAGE_PULL_POLICY": "Never",
             "CODEGEN_K8S_STORAGE_CLASS": STORAGE_CLASS,
             "CODEGEN_K8S_NETWORK_EGRESS": "none",  # nothing beyond this machine is reachable anyway
+            **self.coordinator_env,
         }
         return start_coordinator(state, "--backend", "kubernetes", env=env)
 

@@ -1,13 +1,16 @@
-"""The chart on a real kind cluster: sessions become sandbox Pods, MCP clients use them through the
-coordinator's Service, NetworkPolicy isolates sandboxes, deletion and TTL clean everything up.
+"""One set of end-to-end scenarios, on kind with the chart (`make e2e`) and on the local real cluster here.
 
-Run with `make e2e` (kind-up, images, kind-load, deploy, then these tests). Every wait is bounded.
+Sessions become sandbox Pods, MCP clients use them through the coordinator, NetworkPolicy isolates sandboxes,
+deletion and TTL clean everything up. The cluster is a pytest-kubernetes `AClusterManager` and the release says
+where the operator and the coordinator run (tests/e2e/conftest.py, tests/e2e/release.py); what a cluster cannot
+show is skipped with the reason. Every wait is bounded.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -20,17 +23,31 @@ import yaml
 from mcp import ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
+from pytest_kubernetes.providers.base import AClusterManager
 
 from codegen_mcp.api import session as api
+from codegen_mcp.api.tools import TOOLS
 
-from .cluster import REPO, Cluster, eventually, port_forward, pypi_reachable, session_manifest, unique
+from .release import (
+    NO_CHART_HERE,
+    REPO,
+    ChartRelease,
+    Release,
+    apply,
+    delete,
+    eventually,
+    exec_python,
+    get,
+    list_objects,
+    session_manifest,
+    unique,
+    wait_gone,
+    wait_ready,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
-SEED_TOOLS = {
-    "echo", "fs.read", "fs.write", "fs.list", "run.python", "pkg.install",
-    "artifact.get", "task.get_status", "task.get_result",
-}  # fmt: skip
+TOOL_NAMES = {t.name for t in TOOLS}  # what the coordinator serves: every tool of the shared model
 SANDBOX_UID = 10001
 EXAMPLE = REPO / "examples" / "codegensession.yaml"
 
@@ -44,29 +61,35 @@ def children_of(name: str) -> dict[str, str]:
     }
 
 
+def the_chart(release: Release) -> ChartRelease:
+    if not isinstance(release, ChartRelease):
+        pytest.skip(reason=NO_CHART_HERE)
+    return release
+
+
 @pytest.fixture
-def sessions(cluster: Cluster) -> Iterator[list[tuple[str, str]]]:
+def sessions(cluster: AClusterManager) -> Iterator[list[tuple[str, str]]]:
     """Sessions a test creates, as (namespace, name): deleted afterwards, whatever happened."""
     made: list[tuple[str, str]] = []
     yield made
     for namespace, name in made:
-        cluster.delete("codegensession", name, namespace)
+        delete(cluster, "codegensession", name, namespace)
 
 
-def create_session(cluster: Cluster, made: list[tuple[str, str]], prefix: str, **spec: Any) -> str:
+def create_session(release: Release, made: list[tuple[str, str]], prefix: str, **spec: Any) -> str:
     name = unique(prefix)
-    made.append((cluster.namespace, name))
-    cluster.apply(session_manifest(name, cluster.namespace, **spec))
+    made.append((release.namespace, name))
+    apply(release.cluster, session_manifest(name, release.namespace, **spec))
     return name
 
 
-def pod_ip(cluster: Cluster, session: str, namespace: str | None = None) -> str:
-    pod = cluster.get("pod", api.sandbox_pod_name(session), namespace)
+def pod_ip(cluster: AClusterManager, session: str, namespace: str) -> str:
+    pod = get(cluster, "pod", api.sandbox_pod_name(session), namespace)
     assert pod is not None and pod["status"].get("podIP"), f"sandbox Pod of {session} has no IP"
     return str(pod["status"]["podIP"])
 
 
-def connect_from(cluster: Cluster, pod: str, host: str, port: int, namespace: str | None = None) -> str:
+def connect_from(cluster: AClusterManager, pod: str, host: str, port: int, namespace: str) -> str:
     """'connected' or 'blocked ...': a TCP connect from inside `pod`, with a 5 s deadline."""
     code = (
         (
@@ -81,21 +104,20 @@ def connect_from(cluster: Cluster, pod: str, host: str, port: int, namespace: st
         .replace("HOST", repr(host))
         .replace("PORT", str(port))
     )
-    done = cluster.exec_python(pod, code, namespace, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
+    return exec_python(cluster, pod, code, namespace).strip()
 
 
 # --- the release ---------------------------------------------------------------------------------------------
 
 
-def test_release_is_up_and_sessions_are_listable(cluster: Cluster) -> None:
+def test_release_is_up_and_sessions_are_listable(cluster: AClusterManager, release: Release) -> None:
+    chart = the_chart(release)
     for component in ("operator", "coordinator"):
-        status = cluster.deployment(component)["status"]
+        status = chart.deployment(component)["status"]
         assert status.get("availableReplicas", 0) >= 1, component
-    listed = cluster.kubectl("get", "cgs", "-A")
-    assert listed.returncode == 0
-    coordinator = cluster.coordinator_pod()
+    listed = cluster.kubectl(["get", "cgs", "-A"])
+    assert isinstance(listed, dict) and listed["kind"] == "List"
+    coordinator = chart.coordinator_pod()
     spec = coordinator["spec"]
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
@@ -104,20 +126,25 @@ def test_release_is_up_and_sessions_are_listable(cluster: Cluster) -> None:
 # --- a session from the example manifest -------------------------------------------------------------------
 
 
-def test_example_session_becomes_a_locked_down_sandbox_and_is_cleaned_up(cluster: Cluster) -> None:
+def test_example_session_becomes_a_locked_down_sandbox_and_is_cleaned_up(
+    cluster: AClusterManager, release: Release
+) -> None:
     example = yaml.safe_load(EXAMPLE.read_text())
     name, namespace = example["metadata"]["name"], example["metadata"]["namespace"]
-    cluster.kubectl("delete", "-f", str(EXAMPLE), "--ignore-not-found", "--wait=true", "--timeout=120s", timeout=150)
-    cluster.kubectl("apply", "-f", str(EXAMPLE))
+    manifest = shlex.quote(str(EXAMPLE))
+    cluster.kubectl(
+        ["delete", "-f", manifest, "--ignore-not-found", "--wait=true", "--timeout=120s"], as_dict=False, timeout=150
+    )
+    cluster.apply(EXAMPLE)
     try:
-        body = cluster.wait_ready(name, namespace, timeout=300)
+        body = wait_ready(cluster, name, namespace, timeout=300)
         status = body["status"]
         assert status["podName"] == api.sandbox_pod_name(name)
         assert status["endpoint"].startswith("http://") and status["endpoint"].endswith(":8080")
         assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
-        assert "Ready" in cluster.kubectl("get", "cgs", name, "-n", namespace).stdout  # printer columns
+        assert "Ready" in str(cluster.kubectl(["get", "cgs", name, "-n", namespace], as_dict=False))  # printer columns
 
-        pod = cluster.get("pod", api.sandbox_pod_name(name), namespace)
+        pod = get(cluster, "pod", api.sandbox_pod_name(name), namespace)
         assert pod is not None
         spec = pod["spec"]
         (agent,) = spec["containers"]
@@ -145,95 +172,94 @@ def test_example_session_becomes_a_locked_down_sandbox_and_is_cleaned_up(cluster
             "out['token_mounted'] = os.path.exists('/var/run/secrets/kubernetes.io/serviceaccount/token')\n"
             "print(json.dumps(out))\n"
         )
-        done = cluster.exec_python(api.sandbox_pod_name(name), probe, namespace)
-        assert done.returncode == 0, done.stderr
-        seen = json.loads(done.stdout)
+        seen = json.loads(exec_python(cluster, api.sandbox_pod_name(name), probe, namespace))
         assert seen == {"uid": SANDBOX_UID, "gid": SANDBOX_UID, "root_writable": False, "token_mounted": False}
+        assert "sandbox agent ready" in cluster.logs(api.sandbox_pod_name(name), namespace=namespace)
 
-        if pypi_reachable():  # spec.packages (requests==2.32.3) is installed at start, from the package index
+        if release.sandboxes_reach_pypi():  # spec.packages (requests==2.32.3) is installed at start, from the index
             check = "import subprocess; print(subprocess.run(['/workspace/.venv/bin/python', '-c', "
             check += "'import requests; print(requests.__version__)'], capture_output=True, text=True).stdout)"
             eventually(
-                lambda: "2.32.3" in cluster.exec_python(api.sandbox_pod_name(name), check, namespace).stdout,
+                lambda: "2.32.3" in exec_python(cluster, api.sandbox_pod_name(name), check, namespace),
                 timeout=240,
                 interval=5,
                 what="spec.packages to be installed into the session venv",
             )
     finally:
-        cluster.kubectl("delete", "-f", str(EXAMPLE), "--ignore-not-found", "--wait=false")
+        cluster.kubectl(["delete", "-f", manifest, "--ignore-not-found", "--wait=false"], as_dict=False)
 
     # Deleting the session removes its Pod, Secret, NetworkPolicy and (not retained) workspace claim.
-    cluster.wait_gone("codegensession", name, namespace)
+    wait_gone(cluster, "codegensession", name, namespace)
     for kind, child in children_of(name).items():
-        cluster.wait_gone(kind, child, namespace)
+        wait_gone(cluster, kind, child, namespace)
 
 
-def test_retained_workspace_outlives_its_session(cluster: Cluster, sessions: list[tuple[str, str]]) -> None:
-    name = create_session(cluster, sessions, "e2e-retain", workspace={"size": "256Mi", "retain": True})
-    cluster.wait_ready(name)
-    cluster.delete("codegensession", name)
-    cluster.wait_gone("codegensession", name)
+def test_retained_workspace_outlives_its_session(release: Release, sessions: list[tuple[str, str]]) -> None:
+    cluster, namespace = release.cluster, release.namespace
+    name = create_session(release, sessions, "e2e-retain", workspace={"size": "256Mi", "retain": True})
+    wait_ready(cluster, name, namespace)
+    delete(cluster, "codegensession", name, namespace)
+    wait_gone(cluster, "codegensession", name, namespace)
     children = children_of(name)
     for kind in ("pod", "secret", "networkpolicy"):
-        cluster.wait_gone(kind, children[kind])
-    claim = cluster.get("persistentvolumeclaim", children["persistentvolumeclaim"])
+        wait_gone(cluster, kind, children[kind], namespace)
+    claim = get(cluster, "persistentvolumeclaim", children["persistentvolumeclaim"], namespace)
     try:
         assert claim is not None, "a retained workspace must survive its session"
         owners = [r["kind"] for r in claim["metadata"].get("ownerReferences") or []]
         assert api.KIND not in owners
     finally:
-        cluster.delete("persistentvolumeclaim", children["persistentvolumeclaim"])
+        delete(cluster, "persistentvolumeclaim", children["persistentvolumeclaim"], namespace)
 
 
-def test_ttl_expiry_deletes_the_session(cluster: Cluster, sessions: list[tuple[str, str]]) -> None:
+def test_ttl_expiry_deletes_the_session(release: Release, sessions: list[tuple[str, str]]) -> None:
+    cluster, namespace = release.cluster, release.namespace
     ttl = 20
-    name = create_session(cluster, sessions, "e2e-ttl", ttlSeconds=ttl)
+    name = create_session(release, sessions, "e2e-ttl", ttlSeconds=ttl)
     expires = eventually(
-        lambda: ((cluster.get("codegensession", name) or {}).get("status") or {}).get("expiresAt"),
+        lambda: ((get(cluster, "codegensession", name, namespace) or {}).get("status") or {}).get("expiresAt"),
         timeout=60,
         interval=1,
         what="status.expiresAt",
     )
     assert expires
-    # TTL + the operator's expiry check interval (2 s on kind) + deletion of the children.
-    cluster.wait_gone("codegensession", name, timeout=ttl + 150)
+    # TTL + the operator's expiry check interval (2 s on kind and here) + deletion of the children.
+    wait_gone(cluster, "codegensession", name, namespace, timeout=ttl + 150)
     for kind, child in children_of(name).items():
-        cluster.wait_gone(kind, child, timeout=120)
+        wait_gone(cluster, kind, child, namespace, timeout=120)
 
 
 # --- isolation ---------------------------------------------------------------------------------------------
 
 
-def test_network_policy_keeps_sandboxes_apart(cluster: Cluster, sessions: list[tuple[str, str]]) -> None:
-    if not cluster.calico_enforces_network_policy():
-        reason = (
-            "no Calico in kube-system: kind's default CNI (kindnet) does not enforce NetworkPolicy, so "
-            "isolation cannot be observed; recreate the cluster with `make kind-down kind-up` (installs Calico)"
-        )
+def test_network_policy_keeps_sandboxes_apart(release: Release, sessions: list[tuple[str, str]]) -> None:
+    reason = release.network_policy_problem()
+    if reason:
         pytest.skip(reason=reason)
+    chart = the_chart(release)
+    cluster, namespace = chart.cluster, chart.namespace
     # The prober may send anything anywhere: only the target's own policy can stop it.
-    prober = create_session(cluster, sessions, "e2e-np-a", network={"egress": "open"})
-    target = create_session(cluster, sessions, "e2e-np-b", network={"egress": "none"})
-    cluster.wait_ready(prober)
-    cluster.wait_ready(target)
-    target_ip = pod_ip(cluster, target)
-    coordinator = cluster.coordinator_pod()
+    prober = create_session(release, sessions, "e2e-np-a", network={"egress": "open"})
+    target = create_session(release, sessions, "e2e-np-b", network={"egress": "none"})
+    wait_ready(cluster, prober, namespace)
+    wait_ready(cluster, target, namespace)
+    target_ip = pod_ip(cluster, target, namespace)
+    coordinator = chart.coordinator_pod()
 
-    result = connect_from(cluster, api.sandbox_pod_name(prober), target_ip, 8080)
+    result = connect_from(cluster, api.sandbox_pod_name(prober), target_ip, 8080, namespace)
     assert result.startswith("blocked"), f"sandbox {prober} reached {target}'s agent: {result}"
     # Controls: the network works, and the coordinator (the one allowed peer) does reach the agent.
-    assert connect_from(cluster, api.sandbox_pod_name(prober), coordinator["status"]["podIP"], 8765) == "connected"
-    assert connect_from(cluster, coordinator["metadata"]["name"], target_ip, 8080) == "connected"
+    coordinator_ip = coordinator["status"]["podIP"]
+    assert connect_from(cluster, api.sandbox_pod_name(prober), coordinator_ip, 8765, namespace) == "connected"
+    assert connect_from(cluster, coordinator["metadata"]["name"], target_ip, 8080, namespace) == "connected"
 
 
-# --- MCP clients through a port-forward --------------------------------------------------------------------
+# --- MCP clients through the coordinator (a port-forward to its Service on kind) ---------------------------
 
 
 @pytest.fixture
-def coordinator_url(cluster: Cluster) -> Iterator[str]:
-    service = cluster.coordinator_service()
-    with port_forward(cluster, f"svc/{service['metadata']['name']}", "mcp") as port:
-        url = f"http://127.0.0.1:{port}"
+def coordinator_url(release: Release) -> Iterator[str]:
+    with release.coordinator_url() as url:
         eventually(lambda: _healthy(url), timeout=30, interval=0.5, what="the coordinator's /healthz")
         yield url
 
@@ -272,16 +298,16 @@ async def call(session: ClientSession, tool: str, **arguments: Any) -> Any:
     return result
 
 
-def session_names(cluster: Cluster) -> set[str]:
-    return {s["metadata"]["name"] for s in cluster.list("codegensession")}
+def session_names(release: Release) -> set[str]:
+    return {s["metadata"]["name"] for s in list_objects(release.cluster, "codegensession", release.namespace)}
 
 
-async def test_mcp_client_runs_every_tool_in_a_sandbox_pod(cluster: Cluster, coordinator_url: str) -> None:
-    token = cluster.auth_token()
-    before = session_names(cluster)
+async def test_mcp_client_runs_every_tool_in_a_sandbox_pod(release: Release, coordinator_url: str) -> None:
+    token = release.auth_token()
+    before = session_names(release)
     with anyio.fail_after(600):
         async with mcp_http(coordinator_url, token) as s:
-            assert {t.name for t in (await s.list_tools()).tools} == SEED_TOOLS
+            assert {t.name for t in (await s.list_tools()).tools} == TOOL_NAMES
 
             assert text_of(await call(s, "echo", message="hello from kind")) == "hello from kind"
             script = "print('hello from a pod')\n"
@@ -311,7 +337,7 @@ async def test_mcp_client_runs_every_tool_in_a_sandbox_pod(cluster: Cluster, coo
             assert done["state"] == "succeeded" and done["run"]["stdout"] == "late\n"
 
             installed = await s.call_tool("pkg.install", {"packages": "iniconfig==2.0.0"})
-            if pypi_reachable():  # the default egress is `packages`: DNS + the package index
+            if release.sandboxes_reach_pypi():  # the default egress is `packages`: DNS + the package index
                 assert not installed.is_error, text_of(installed)
                 assert {"name": "iniconfig", "version": "2.0.0"} in installed.structured_content["install"]["installed"]
             else:
@@ -321,19 +347,19 @@ async def test_mcp_client_runs_every_tool_in_a_sandbox_pod(cluster: Cluster, coo
             assert escape.is_error and "workspace" in text_of(escape).lower()
 
             # The sandbox is a CodegenSession in the cluster, found by the MCP session it serves.
-            new = session_names(cluster) - before
+            new = session_names(release) - before
             assert len(new) == 1, f"expected one new CodegenSession, found {new}"
             (mine,) = new
-            body = cluster.get("codegensession", mine)
+            body = get(release.cluster, "codegensession", mine, release.namespace)
             assert body is not None and body["status"]["phase"] == "Ready"
             assert api.ANNOTATION_MCP_SESSION in body["metadata"].get("annotations", {})
 
     # Ending the MCP session ends its sandbox (sessions.retainSessions is false).
-    cluster.wait_gone("codegensession", mine, timeout=180)
+    wait_gone(release.cluster, "codegensession", mine, release.namespace, timeout=180)
 
 
-async def test_sse_transport_and_bearer_auth(cluster: Cluster, coordinator_url: str) -> None:
-    token = cluster.auth_token()
+async def test_sse_transport_and_bearer_auth(release: Release, coordinator_url: str) -> None:
+    token = release.auth_token()
     with anyio.fail_after(400):
         async with (
             sse_client(f"{coordinator_url}/sse", headers=_headers(token)) as streams,
@@ -353,4 +379,5 @@ async def test_sse_transport_and_bearer_auth(cluster: Cluster, coordinator_url: 
     )
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)
-    assert refused.value.code == 401
+    with refused.value:  # the error holds the response and its socket
+        assert refused.value.code == 401
