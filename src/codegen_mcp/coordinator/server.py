@@ -46,6 +46,8 @@ from codegen_mcp.coordinator.settings import CoordinatorSettings
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "codegen-mcp"
+# How long a tool result may wait for its audit record to reach the disk.
+AUDIT_WAIT_S = 1.0
 _SESSION_KEY = "codegen_mcp.session_key"
 INSTRUCTIONS = (
     "Each MCP session gets its own isolated Python workspace. Write files with fs.write, run code with "
@@ -104,7 +106,7 @@ class Coordinator:
             await asyncio.gather(*self._closing, return_exceptions=True)
         await self.sessions.aclose()
         await self.backend.aclose()
-        self.audit.close()
+        await asyncio.to_thread(self.audit.close)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Coordinator]:
@@ -113,6 +115,13 @@ class Coordinator:
             yield self
         finally:
             await self.aclose()
+
+    def problems(self) -> dict[str, str]:
+        """What works less well than it should, by part (for /healthz); empty when all is well."""
+        problems: dict[str, str] = {}
+        if self.audit.problem is not None:
+            problems["audit"] = self.audit.problem
+        return problems
 
     # -- MCP sessions ----------------------------------------------------------------------------
 
@@ -209,7 +218,7 @@ class Coordinator:
             return tools.error_result("the server hit an internal error running this tool; it was logged")
         finally:
             self.metrics.observe_call(params.name, outcome, time.monotonic() - started)
-            self.audit.record(
+            recorded = self.audit.record(
                 session=key,
                 sandbox=sandbox_id,
                 tool=params.name,
@@ -218,6 +227,10 @@ class Coordinator:
                 duration_s=time.monotonic() - started,
                 error_code=code,
             )
+            if outcome != "cancelled":
+                # The record is on disk before the result leaves, unless the disk is slow or failing: the
+                # call answers anyway, and the audit log reports the records it lost.
+                await self.audit.written_within(recorded, AUDIT_WAIT_S)
 
     async def discover(self, ctx: ServerRequestContext[Any, Any], params: types.RequestParams) -> types.DiscoverResult:
         # Advertise only session-based (handshake) versions: auto-negotiating clients then fall back to
@@ -321,10 +334,20 @@ def create_app(settings: CoordinatorSettings, backend: Backend | None = None) ->
         return Response()
 
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "version": __version__, "sessions": len(coordinator.sessions)})
+        # Degraded is still 200: tool calls work, and restarting the coordinator would not give the disk room.
+        problems = coordinator.problems()
+        body: dict[str, Any] = {
+            "status": "degraded" if problems else "ok",
+            "version": __version__,
+            "sessions": len(coordinator.sessions),
+        }
+        if problems:
+            body["problems"] = problems
+        return JSONResponse(body)
 
     async def metrics(request: Request) -> Response:
-        return PlainTextResponse(coordinator.metrics.render(), media_type="text/plain; version=0.0.4")
+        text = coordinator.metrics.render() + coordinator.audit.render_metrics() + "\n"
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
