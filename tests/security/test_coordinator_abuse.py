@@ -19,6 +19,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 from mcp import ClientSession
+from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.support.coordinator import (
@@ -31,6 +32,14 @@ from tests.support.coordinator import (
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(180)
+
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bare", "version": "1"}},
+}
+HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
 def text_of(result: Any) -> str:
@@ -146,3 +155,115 @@ async def _audit_problem(cp: CoordinatorProcess) -> str | None:
 async def _audit_ok(cp: CoordinatorProcess) -> bool:
     body = await health(cp)
     return body["status"] == "ok" and "audit" not in body.get("problems", {})
+
+
+# --- D: bare handshakes ------------------------------------------------------------------------------------------
+
+# Issue 10 saw 92 take every slot of a server with 100; the bound below is the default 16 per client.
+BARE_HANDSHAKES = 100
+PER_CLIENT = 16
+
+
+@pytest.fixture(scope="module")
+def two_slot_coordinator() -> Iterator[CoordinatorProcess]:
+    """Two sandbox slots, and the default bounds on handshakes."""
+    for root in state_root():
+        state = root / "state"
+        state.mkdir()
+        env = {"CODEGEN_MAX_SESSIONS": "2"}
+        with running_coordinator(state, env=env) as cp:
+            yield cp
+
+
+async def bare_initialize(http: httpx.AsyncClient) -> str:
+    response = await http.post("/mcp", json=INIT, headers=HEADERS)
+    assert response.status_code == 200, response.text
+    return response.headers["mcp-session-id"]
+
+
+async def still_open(http: httpx.AsyncClient, session_id: str) -> bool:
+    request = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    response = await http.post(
+        "/mcp",
+        json=request,
+        headers={**HEADERS, "Mcp-Session-Id": session_id, "Mcp-Protocol-Version": "2025-11-25"},
+    )
+    assert response.status_code in (200, 404), response.text
+    return response.status_code == 200
+
+
+async def test_bare_handshakes_take_no_session_slot_and_are_bounded_per_client(
+    two_slot_coordinator: CoordinatorProcess,
+) -> None:
+    cp = two_slot_coordinator
+    async with httpx.AsyncClient(base_url=cp.url, timeout=10) as http:
+        attacker = [await bare_initialize(http) for _ in range(BARE_HANDSHAKES)]
+
+        # Another client still gets a session and a sandbox.
+        async with mcp_session(cp) as s:
+            assert text_of(await call(s, "echo", message="not locked out")) == "not locked out"
+
+        # The attacker holds only its newest handshakes (one fewer: the other client took the room of one).
+        newest = attacker[-PER_CLIENT - 2 :]
+        alive = [sid for sid in newest if await still_open(http, sid)]
+        assert alive == attacker[-(PER_CLIENT - 1) :]
+        assert not await still_open(http, attacker[0])
+        evicted = await metric(cp, 'codegen_mcp_handshakes_ended_total{reason="evicted"}')
+        assert evicted == BARE_HANDSHAKES - PER_CLIENT + 1
+
+
+async def test_slots_are_taken_only_by_sessions_with_a_sandbox(two_slot_coordinator: CoordinatorProcess) -> None:
+    cp = two_slot_coordinator
+    async with contextlib.AsyncExitStack() as stack:
+        first = await stack.enter_async_context(mcp_session(cp))
+        second = await stack.enter_async_context(mcp_session(cp))
+        third = await stack.enter_async_context(mcp_session(cp))  # initialize alone takes no slot
+        await call(first, "echo", message="one")
+        await call(second, "echo", message="two")
+        refused = await third.call_tool("echo", {"message": "three"})
+        assert refused.is_error and "maximum of 2 sessions" in text_of(refused)
+        await call(first, "echo", message="the first still works")
+
+
+async def test_idle_handshakes_expire_but_sessions_with_a_sandbox_stay() -> None:
+    for root in state_root():
+        state = root / "state"
+        state.mkdir()
+        with running_coordinator(state, env={"CODEGEN_HANDSHAKE_IDLE_TIMEOUT_S": "2"}) as cp:
+            async with httpx.AsyncClient(base_url=cp.url, timeout=10) as http, mcp_session(cp) as working:
+                await call(working, "echo", message="has a sandbox")
+                bare = await bare_initialize(http)
+                assert await still_open(http, bare)
+
+                # Watch from outside (a request on the session is activity): /metrics counts held handshakes.
+                await eventually(lambda: _no_handshakes_held(cp), timeout=20, what="the idle handshake to expire")
+                assert not await still_open(http, bare)
+                assert await metric(cp, 'codegen_mcp_handshakes_ended_total{reason="expired"}') == 1
+                assert text_of(await call(working, "echo", message="still mine")) == "still mine"
+
+
+async def test_an_sse_connection_is_a_handshake_until_a_call_gets_it_a_sandbox() -> None:
+    for root in state_root():
+        state = root / "state"
+        state.mkdir()
+        with running_coordinator(state) as cp:
+            async with sse_client(f"{cp.url}/sse") as (read, write), ClientSession(read, write) as s:
+                await s.initialize()
+                assert await metric(cp, "codegen_mcp_handshakes") == 1
+                await call(s, "echo", message="over SSE")
+                assert await metric(cp, "codegen_mcp_handshakes") == 0
+            async with contextlib.AsyncExitStack() as stack:  # the per-client bound holds on SSE too
+                for _ in range(PER_CLIENT + 2):
+                    read, write = await stack.enter_async_context(sse_client(f"{cp.url}/sse"))
+                await eventually(
+                    lambda: _handshakes_held(cp, PER_CLIENT), what=f"{PER_CLIENT} SSE handshakes held, no more"
+                )
+                assert await metric(cp, 'codegen_mcp_handshakes_ended_total{reason="evicted"}') == 2
+
+
+async def _handshakes_held(cp: CoordinatorProcess, n: int) -> bool:
+    return await metric(cp, "codegen_mcp_handshakes") == n
+
+
+async def _no_handshakes_held(cp: CoordinatorProcess) -> bool:
+    return await metric(cp, "codegen_mcp_handshakes") == 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
@@ -18,18 +19,21 @@ import warnings
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import mcp_types as types
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
 from mcp.server.sse import SseServerTransport
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from codegen_mcp import __version__
 from codegen_mcp.api.errors import CodegenError, ErrorCode
@@ -40,7 +44,7 @@ from codegen_mcp.coordinator.audit import AuditLog
 from codegen_mcp.coordinator.backends import Backend, create_backend
 from codegen_mcp.coordinator.backends.base import NAMED_WORKSPACE_PREFIX
 from codegen_mcp.coordinator.metrics import Metrics
-from codegen_mcp.coordinator.sessions import SessionManager
+from codegen_mcp.coordinator.sessions import Handshakes, SessionManager
 from codegen_mcp.coordinator.settings import CoordinatorSettings
 
 log = logging.getLogger(__name__)
@@ -59,6 +63,7 @@ INSTRUCTIONS = (
 
 
 WORKSPACE_HEADER = "Codegen-Workspace"
+MCP_SESSION_ID_HEADER = "mcp-session-id"
 _WORKSPACE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
@@ -78,8 +83,30 @@ def named_workspace_key(ctx: ServerRequestContext[Any, Any]) -> str | None:
             code=ErrorCode.INVALID_ARGUMENT,
         )
     # Scope names by bearer token, so one client cannot resume another's workspace by guessing its name.
-    principal = hashlib.sha256(headers.get("authorization", "").encode()).hexdigest()[:8]
-    return f"{NAMED_WORKSPACE_PREFIX}{principal}-{name}"
+    return f"{NAMED_WORKSPACE_PREFIX}{principal(headers.get('authorization'))}-{name}"
+
+
+def principal(authorization: str | None) -> str:
+    """Who a request speaks for, as far as the coordinator knows: a short digest of its bearer token."""
+    return hashlib.sha256((authorization or "").encode()).hexdigest()[:8]
+
+
+def client_of(scope: Scope) -> str:
+    """One client, for the bounds on handshakes: its remote address and its bearer token."""
+    address = (scope.get("client") or ("-", 0))[0]
+    return f"{address}/{principal(Headers(scope=scope).get('authorization'))}"
+
+
+# The SSE transport's `endpoint` event: where the client posts its messages, with the connection's id.
+_SSE_ENDPOINT_SESSION = re.compile(rb"event: endpoint\r?\ndata: [^\r\n]*[?&]session_id=([0-9a-f]+)")
+
+
+def handshake_id(ctx: ServerRequestContext[Any, Any]) -> str | None:
+    """The id under which the MCP session of this request is tracked as a handshake (HTTP or SSE)."""
+    request = ctx.request
+    if not isinstance(request, Request):
+        return None  # stdio: one session, no handshakes
+    return request.headers.get(MCP_SESSION_ID_HEADER) or request.query_params.get("session_id")
 
 
 class Coordinator:
@@ -91,6 +118,11 @@ class Coordinator:
         self.sessions = SessionManager(
             self.backend, idle_timeout_s=settings.session_idle_timeout_s, max_sessions=settings.max_sessions
         )
+        self.handshakes = Handshakes(
+            per_client=settings.max_handshakes_per_client,
+            total=settings.max_handshakes,
+            idle_timeout_s=settings.handshake_idle_timeout_s,
+        )
         self.audit = AuditLog(settings.audit_path)
         self.metrics = Metrics(sessions=lambda: len(self.sessions))
         self._closing: set[asyncio.Task[None]] = set()
@@ -99,11 +131,13 @@ class Coordinator:
         self.audit.open()
         await self.backend.start()
         self.sessions.start()
+        self.handshakes.start()
         log.info("codegen-mcp %s ready: %s; audit log %s", __version__, self.backend.describe(), self.audit.path)
 
     async def aclose(self) -> None:
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+        await self.handshakes.aclose()
         await self.sessions.aclose()
         await self.backend.aclose()
         await asyncio.to_thread(self.audit.close)
@@ -185,17 +219,21 @@ class Coordinator:
             async def progress(done: float, total: float | None, message: str) -> None:
                 await ctx.session.report_progress(done, total, message)
 
+            handshake = handshake_id(ctx)
             for attempt in (1, 2):
                 try:
-                    async with self.sessions.use(key) as sandbox:
-                        sandbox_id = sandbox.sandbox_id
-                        result = await tools.call_tool(
-                            spec,
-                            args,
-                            sandbox.client,
-                            progress=progress,
-                            progress_interval_s=self.settings.progress_interval_s,
-                        )
+                    # A first call may wait long for its sandbox: its session is not idle meanwhile.
+                    with self.handshakes.serving(handshake):
+                        async with self.sessions.use(key) as sandbox:
+                            sandbox_id = sandbox.sandbox_id
+                            self.handshakes.promote(handshake)
+                            result = await tools.call_tool(
+                                spec,
+                                args,
+                                sandbox.client,
+                                progress=progress,
+                                progress_interval_s=self.settings.progress_interval_s,
+                            )
                     break
                 except AgentUnreachable:
                     # The request never reached the agent (e.g. its Pod was recreated elsewhere): reconnect
@@ -284,6 +322,81 @@ def transport_security(settings: CoordinatorSettings) -> TransportSecuritySettin
     return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
 
 
+class HandshakeTracker:
+    """In front of the streamable-HTTP transport: tells `Handshakes` of the MCP sessions it opens and ends.
+
+    A request without a session id may open one (an `initialize`): its client's oldest handshakes beyond
+    the bound are ended first. Ending one is what a client does to end its session: an HTTP DELETE.
+    """
+
+    def __init__(self, app: ASGIApp, handshakes: Handshakes) -> None:
+        self.app = app
+        self.handshakes = handshakes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        session_id = headers.get(MCP_SESSION_ID_HEADER)
+        method = scope["method"]
+        if session_id is not None:
+            if method == "POST":
+                with self.handshakes.serving(session_id):
+                    await self.app(scope, receive, send)
+                return
+            self.handshakes.seen(session_id)  # a GET stream held open is no activity: it does not count as busy
+            await self.app(scope, receive, send)
+            if method == "DELETE":
+                self.handshakes.forget(session_id)
+            return
+        version = headers.get("mcp-protocol-version")
+        if method != "POST" or (version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS):
+            await self.app(scope, receive, send)  # nothing that opens a session
+            return
+        client = client_of(scope)
+        await self.handshakes.make_room(client)
+
+        async def watch(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] < 400:
+                opened = Headers(raw=message["headers"]).get(MCP_SESSION_ID_HEADER)
+                if opened is not None:
+                    self.handshakes.opened(opened, client, functools.partial(self.end_session, opened))
+            await send(message)
+
+        await self.app(scope, receive, watch)
+
+    async def end_session(self, session_id: str) -> None:
+        """End an MCP session as its client would: DELETE it."""
+        scope: Scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "DELETE",
+            "scheme": "http",
+            "path": "/mcp",
+            "raw_path": b"/mcp",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"host", b"127.0.0.1"), (MCP_SESSION_ID_HEADER.encode(), session_id.encode())],
+            "client": ("127.0.0.1", 0),
+            "server": ("127.0.0.1", 0),
+        }
+        status: int | None = None
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+
+        await self.app(scope, receive, send)
+        if status not in (200, 404):  # 404: it had ended already
+            log.warning("ending MCP session %s answered HTTP %s", session_id, status)
+
+
 OPEN_PATHS = frozenset({"/healthz", "/metrics"})  # probes and scrapes: no session data behind them
 
 
@@ -319,18 +432,44 @@ def create_app(settings: CoordinatorSettings, backend: Backend | None = None) ->
     coordinator = Coordinator(settings, backend)
     server = create_server(coordinator)
     security = transport_security(settings)
-    streamable = server.streamable_http_app(
+    server.streamable_http_app(
         streamable_http_path="/mcp",
         transport_security=security,
         session_idle_timeout=settings.session_idle_timeout_s,
-        max_sessions=settings.max_sessions,
+        # Sessions are bounded where they cost something: sandboxes by `SessionManager`, the MCP sessions
+        # that have none yet by `Handshakes` (per client). A count of all MCP sessions would let bare
+        # `initialize` requests lock every other client out.
+        max_sessions=None,
         host=settings.host,
     )
+    streamable = HandshakeTracker(StreamableHTTPASGIApp(server.session_manager), coordinator.handshakes)
     sse = SseServerTransport("/messages/", security_settings=security)
 
     async def handle_sse(request: Request) -> Response:
-        async with sse.connect_sse(request.scope, request.receive, request._send) as (read, write):  # noqa: SLF001
-            await server.run(read, write, server.create_initialization_options())
+        # An SSE connection is a handshake too until one of its tool calls holds a sandbox. Its id is the
+        # `session_id` its `endpoint` event tells the client to post messages with.
+        client, connection = client_of(request.scope), anyio.CancelScope()
+        opened: list[str] = []
+
+        async def end() -> None:
+            connection.cancel()
+
+        async def send(message: Message) -> None:
+            if not opened and message["type"] == "http.response.body":
+                found = _SSE_ENDPOINT_SESSION.search(message.get("body", b""))
+                if found is not None:
+                    opened.append(found.group(1).decode())
+                    coordinator.handshakes.opened(opened[0], client, end)
+            await request._send(message)  # noqa: SLF001
+
+        await coordinator.handshakes.make_room(client)
+        try:
+            with connection:
+                async with sse.connect_sse(request.scope, request.receive, send) as (read, write):
+                    await server.run(read, write, server.create_initialization_options())
+        finally:
+            for handshake in opened:
+                coordinator.handshakes.forget(handshake)
         return Response()
 
     async def healthz(request: Request) -> Response:
@@ -346,7 +485,9 @@ def create_app(settings: CoordinatorSettings, backend: Backend | None = None) ->
         return JSONResponse(body)
 
     async def metrics(request: Request) -> Response:
-        text = coordinator.metrics.render() + coordinator.audit.render_metrics() + "\n"
+        c = coordinator
+        parts = (c.metrics.render(), c.handshakes.render_metrics(), c.audit.render_metrics())
+        text = "".join(part.rstrip("\n") + "\n" for part in parts)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @contextlib.asynccontextmanager
@@ -355,7 +496,7 @@ def create_app(settings: CoordinatorSettings, backend: Backend | None = None) ->
             yield
 
     routes: list[BaseRoute] = [
-        *streamable.router.routes,
+        Route("/mcp", endpoint=streamable),
         Route("/sse", endpoint=handle_sse, methods=["GET"]),
         Mount("/messages/", app=sse.handle_post_message),
         Route("/healthz", endpoint=healthz, methods=["GET"]),

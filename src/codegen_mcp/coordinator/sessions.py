@@ -1,4 +1,7 @@
-"""Which sandbox serves which MCP session: created on first use, revived when it died, closed when done."""
+"""Which sandbox serves which MCP session: created on first use, revived when it died, closed when done.
+
+And the MCP sessions that have no sandbox yet (handshakes): bounded per client and ended when idle.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 from codegen_mcp.api.errors import CodegenError, ErrorCode, SandboxUnavailable
@@ -135,3 +139,131 @@ class SessionManager:
                     await self.close(key)
                 except Exception:
                     log.exception("closing idle session %s failed", key)
+
+
+EndFn = Callable[[], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class Handshake:
+    """An MCP session that has no sandbox yet: `initialize` done, no tool call has got one."""
+
+    session_id: str
+    client: str
+    end: EndFn
+    last_seen: float = field(default_factory=time.monotonic)
+    busy: int = 0  # requests of the session being served right now
+
+
+class Handshakes:
+    """MCP sessions without a sandbox, bounded so that bare `initialize` requests cannot pile up.
+
+    Such a session takes no session slot (those are for sandboxes, see `SessionManager`). One client
+    (remote address and bearer token) holds at most `per_client` of them and the whole server `total`: a
+    new one ends the oldest first. One idle for `idle_timeout_s` (no request in progress, none started) is
+    ended too; its client then gets 404 and, as the MCP spec says, initializes again. A session leaves this
+    registry for good once one of its tool calls holds a sandbox (`promote`).
+    """
+
+    def __init__(self, *, per_client: int, total: int, idle_timeout_s: float) -> None:
+        self._per_client = per_client
+        self._total = total
+        self._idle_timeout_s = idle_timeout_s
+        self._open: dict[str, Handshake] = {}  # oldest first
+        self._ended: Counter[str] = Counter()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep_idle(), name="handshake-sweeper")
+
+    async def aclose(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        self._open.clear()
+
+    async def make_room(self, client: str) -> None:
+        """Before `client` opens one more: end its oldest beyond the bounds (and the server's oldest)."""
+        # Oldest first, and the ones serving a request (a first call waiting for its sandbox) last.
+        held = sorted(self._open.values(), key=lambda h: h.busy > 0)
+        mine = [h for h in held if h.client == client]
+        doomed = mine[: max(0, len(mine) - self._per_client + 1)]
+        others = [h for h in held if h not in doomed]
+        doomed += others[: max(0, len(others) - self._total + 1)]
+        if doomed:
+            log.info(
+                "client %s opens another MCP session without a sandbox: ending %d held too long", client, len(doomed)
+            )
+        await asyncio.gather(*(self._end(h, "evicted") for h in doomed))
+
+    def opened(self, session_id: str, client: str, end: EndFn) -> None:
+        self._open[session_id] = Handshake(session_id, client, end)
+
+    def promote(self, session_id: str | None) -> None:
+        """The session holds a sandbox now: it is a working session, no longer a handshake."""
+        if session_id is not None:
+            self._open.pop(session_id, None)
+
+    def forget(self, session_id: str) -> None:
+        self._open.pop(session_id, None)
+
+    @contextlib.contextmanager
+    def serving(self, session_id: str | None) -> Iterator[None]:
+        """One request of the session is being served: it is not idle meanwhile."""
+        handshake = self._open.get(session_id) if session_id is not None else None
+        if handshake is None:
+            yield
+            return
+        handshake.busy += 1
+        try:
+            yield
+        finally:
+            handshake.busy -= 1
+            handshake.last_seen = time.monotonic()
+
+    def seen(self, session_id: str) -> None:
+        handshake = self._open.get(session_id)
+        if handshake is not None:
+            handshake.last_seen = time.monotonic()
+
+    def render_metrics(self) -> str:
+        lines = [
+            "# HELP codegen_mcp_handshakes MCP sessions held that have no sandbox yet.",
+            "# TYPE codegen_mcp_handshakes gauge",
+            f"codegen_mcp_handshakes {len(self._open)}",
+            "# HELP codegen_mcp_handshakes_ended_total MCP sessions without a sandbox ended by the server, by reason.",
+            "# TYPE codegen_mcp_handshakes_ended_total counter",
+        ]
+        lines += [
+            f'codegen_mcp_handshakes_ended_total{{reason="{reason}"}} {self._ended[reason]}'
+            for reason in ("evicted", "expired")
+        ]
+        return "\n".join(lines)
+
+    async def _end(self, handshake: Handshake, reason: str) -> None:
+        if self._open.pop(handshake.session_id, None) is None:
+            return  # promoted or ended meanwhile
+        self._ended[reason] += 1
+        try:
+            await handshake.end()
+        except Exception:
+            log.exception("ending MCP session %s (%s) failed", handshake.session_id, reason)
+
+    async def _sweep_idle(self) -> None:
+        interval = max(0.2, min(30.0, self._idle_timeout_s / 4))
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            idle = [h for h in self._open.values() if h.busy == 0 and now - h.last_seen > self._idle_timeout_s]
+            for handshake in idle:
+                log.info(
+                    "MCP session %s of %s made no tool call for %.0f s; ending it",
+                    handshake.session_id,
+                    handshake.client,
+                    self._idle_timeout_s,
+                )
+                await self._end(handshake, "expired")

@@ -27,9 +27,15 @@ class LocalBackendSettings(BaseSettings):
     sandbox_uid_base: int = Field(
         61000,
         ge=1000,
-        description="When running as root, session N runs code as uid base+N (limits need a non-root uid).",
+        description="When running as root, each sandbox runs code as a uid of its own from base to base+slots-1 "
+        "(limits need a non-root uid).",
     )
     sandbox_uid_slots: int = Field(2000, ge=1)
+    uid_registry_dir: Path = Field(
+        Path("/var/lib/codegen-mcp/uids"),
+        description="When running as root: which uid belongs to which workspace, shared by every coordinator on "
+        "this host so none hands out another's uid; named workspaces keep theirs across restarts.",
+    )
     agent_start_timeout_s: float = Field(30.0, gt=0)
     retain_workspaces: bool = Field(False, description="Keep a session's workspace folder after the session ends.")
     python: str | None = Field(None, description="Base interpreter for session venvs (default: a system python3).")
@@ -96,7 +102,20 @@ class CoordinatorSettings(BaseSettings):
         gt=0,
         description="A session with no tool call for this long is closed and its sandbox stopped.",
     )
-    max_sessions: int = Field(100, ge=1)
+    max_sessions: int = Field(100, ge=1, description="Sandboxes served at once; only a session with a sandbox counts.")
+    handshake_idle_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="An MCP session that has no sandbox yet (no tool call got one) is ended after this long idle.",
+    )
+    max_handshakes_per_client: int = Field(
+        16,
+        ge=1,
+        description="MCP sessions without a sandbox one client (address + bearer token) may hold; more end the oldest.",
+    )
+    max_handshakes: int = Field(
+        1000, ge=1, description="MCP sessions without a sandbox the whole server holds; more end the oldest."
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="Deadline of one request to an agent (beyond wait_s).")
     agent_connect_timeout_s: float = Field(
         DEFAULT_AGENT_CONNECT_TIMEOUT_S,
