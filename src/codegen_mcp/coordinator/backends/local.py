@@ -30,6 +30,7 @@ from pathlib import Path
 from codegen_mcp.api.errors import SandboxUnavailable
 from codegen_mcp.coordinator.agent_client import AgentClient, AgentEndpoint
 from codegen_mcp.coordinator.backends.base import Backend, Sandbox, is_named_workspace
+from codegen_mcp.coordinator.backends.cleanup import remove_tree
 from codegen_mcp.coordinator.settings import CoordinatorSettings
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,10 @@ class LocalBackend(Backend):
     async def _discard(self, sandbox_id: str, session_dir: Path) -> None:
         self._uids.pop(sandbox_id, None)
         if not self._local.retain_workspaces and not sandbox_id.startswith("w-"):
-            await asyncio.to_thread(shutil.rmtree, session_dir, True)
+            try:
+                await asyncio.to_thread(remove_tree, session_dir)
+            except OSError:
+                log.exception("could not remove the folder %s of sandbox %s", session_dir, sandbox_id)
 
     def _agent_env(self, sandbox_id: str, workspace: Path, token: str) -> dict[str, str]:
         # The coordinator's own settings stay private, but agent settings given to it pass through (e.g. the

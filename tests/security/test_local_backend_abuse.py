@@ -1,0 +1,213 @@
+"""The local backend under abuse, as an attacker (or a crash) would try it, through real coordinators over MCP.
+
+Each test here reproduces a finding of issue 10 that once held on the local backend:
+A. a 2,000-deep tree in the workspace made the session's deletion raise `RecursionError` (left on disk).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import ClientSession
+
+from codegen_mcp.coordinator.backends import cleanup
+from codegen_mcp.coordinator.backends.cleanup import remove_tree
+from tests.integration.conftest import mcp_session
+from tests.support.coordinator import CoordinatorProcess, print_log_tail, start_coordinator, stop_process
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.timeout(60)
+
+IS_ROOT = os.geteuid() == 0
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    """A temp folder sandbox uids can traverse, removed even when a failed test left a deep tree in it."""
+    path = Path(tempfile.mkdtemp(prefix="codegen-mcp-abuse-"))
+    path.chmod(0o711)
+    try:
+        yield path
+    finally:
+        remove_tree(path)
+
+
+@contextlib.contextmanager
+def running(root: Path, name: str = "state", *extra: str) -> Iterator[CoordinatorProcess]:
+    state = root / name
+    state.mkdir(exist_ok=True)
+    cp = start_coordinator(state, *extra)
+    try:
+        yield cp
+    finally:
+        stop_process(cp.proc)
+        print_log_tail(cp)
+
+
+def session_dirs(cp: CoordinatorProcess, prefix: str = "") -> list[Path]:
+    sessions = cp.state_dir / "sessions"
+    if not sessions.exists():
+        return []
+    return sorted(p for p in sessions.iterdir() if p.is_dir() and p.name.startswith(prefix))
+
+
+def text_of(result: Any) -> str:
+    return "\n".join(c.text for c in result.content if getattr(c, "type", None) == "text")
+
+
+async def call(session: ClientSession, tool: str, **arguments: Any) -> Any:
+    result = await session.call_tool(tool, arguments)
+    assert not result.is_error, f"{tool} failed: {text_of(result)}"
+    return result
+
+
+async def run(session: ClientSession, code: str) -> str:
+    result = await call(session, "run.python", code=textwrap.dedent(code), wait_s=30)
+    run_result = result.structured_content["run"]
+    assert run_result["exit_code"] == 0, run_result["stderr"]
+    return str(run_result["stdout"])
+
+
+# --- A: deletion that cannot recurse ------------------------------------------------------------------
+
+
+async def test_a_2000_deep_tree_from_fs_write_is_removed_when_the_session_ends(root: Path) -> None:
+    with running(root) as cp:
+        async with mcp_session(cp) as s:
+            await call(s, "fs.write", path="d/" * 2000 + "leaf.txt", content="deep")
+            assert len(session_dirs(cp)) == 1
+        await eventually(lambda: not session_dirs(cp), timeout=15, what="the deep workspace to be removed")
+        assert "RecursionError" not in cp.log_tail(400)
+
+
+async def test_a_run_that_nests_1200_folders_is_removed_when_the_session_ends(root: Path) -> None:
+    nest = """
+    import os
+    for _ in range(1200):
+        os.mkdir("n")
+        os.chdir("n")
+    open("leaf", "w").write("x")
+    """
+    with running(root) as cp:
+        async with mcp_session(cp) as s:
+            await run(s, nest)
+        await eventually(lambda: not session_dirs(cp), timeout=15, what="the nested workspace to be removed")
+        assert "RecursionError" not in cp.log_tail(400)
+
+
+async def test_removing_a_workspace_never_follows_its_symlinks_out(root: Path) -> None:
+    outside = root / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "precious.txt").write_text("keep")
+    (outside / "sub" / "also.txt").write_text("keep")
+    outside.chmod(0o777)  # the sandbox uid could even write there: removal must still leave it alone
+    links = f"""
+    import os
+    os.symlink({str(outside)!r}, "to-outside")
+    os.symlink({str(outside / "precious.txt")!r}, "to-file")
+    os.makedirs("deep/" * 300, exist_ok=True)
+    os.symlink({str(outside)!r}, "deep/" * 300 + "down-here")
+    os.symlink(".", "loop")
+    os.symlink("/", "to-root")
+    """
+    with running(root) as cp:
+        async with mcp_session(cp) as s:
+            await run(s, links)
+        await eventually(lambda: not session_dirs(cp), timeout=15, what="the workspace to be removed")
+    assert (outside / "precious.txt").read_text() == "keep"
+    assert (outside / "sub" / "also.txt").read_text() == "keep"
+
+
+def test_remove_tree_of_5000_levels_keeps_few_files_open(root: Path) -> None:
+    """5,000 levels with at most 64 open files: deletion must neither recurse nor hold one fd per level."""
+    script = textwrap.dedent(
+        f"""
+        import os, resource
+        from pathlib import Path
+        from codegen_mcp.coordinator.backends.cleanup import remove_tree
+        top = Path({str(root / "top")!r})
+        top.mkdir()
+        fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+        for _ in range(5000):
+            os.mkdir("d", dir_fd=fd)
+            child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        os.close(os.open("file", os.O_CREAT | os.O_WRONLY, dir_fd=fd))
+        os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+        remove_tree(top)
+        print("gone" if not os.path.lexists(top) else "left")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "gone"
+
+
+def test_remove_tree_takes_links_as_names_and_clears_what_it_may_not_read(root: Path) -> None:
+    outside = root / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("keep")
+    top = root / "top"
+    (top / "a" / "b").mkdir(parents=True)
+    (top / "a" / "b" / "f").write_text("x")
+    (top / "link-dir").symlink_to(outside)
+    (top / "a" / "link-file").symlink_to(outside / "precious")
+    (top / "a" / "loop").symlink_to("..")
+    os.mkfifo(top / "fifo")
+    (top / "a" / "b").chmod(0)  # unreadable and unwritable, even to its owner
+    (top / "a").chmod(0o500)
+    remove_tree(top)
+    assert not top.exists()
+    assert (outside / "precious").read_text() == "keep"
+    # A top that is itself a symlink loses the link only; a missing one is already removed.
+    (root / "alias").symlink_to(outside)
+    remove_tree(root / "alias")
+    assert not (root / "alias").is_symlink() and (outside / "precious").exists()
+    remove_tree(root / "never-was")
+
+
+def test_remove_tree_as_a_plain_user_clears_folders_their_owner_locked(root: Path) -> None:
+    """Without root, a folder made unreadable (or unwritable) by the code that owns it must still go."""
+    script = textwrap.dedent(
+        f"""
+        import importlib.util, os
+        from pathlib import Path
+        spec = importlib.util.spec_from_file_location("cleanup", {str(Path(cleanup.__file__))!r})
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        top = Path({str(root / "plain" / "top")!r})
+        (top / "a" / "b" / "c").mkdir(parents=True)
+        (top / "a" / "b" / "c" / "f").write_text("x")
+        (top / "a" / "b" / "c").chmod(0)
+        (top / "a" / "b").chmod(0o100)
+        (top / "a").chmod(0o500)
+        module.remove_tree(top)
+        print("gone" if not os.path.lexists(top) else "left")
+        """
+    )
+    (root / "plain").mkdir()
+    python, user = sys.executable, None
+    if IS_ROOT:  # run as nobody, with the system python (the default one may sit in a 0700 home)
+        python, user = "/usr/bin/python3", 65534
+        if not os.access(python, os.X_OK):
+            pytest.skip("needs /usr/bin/python3 to run as an unprivileged uid")
+        os.chown(root / "plain", 65534, 65534)
+    done = subprocess.run(
+        [python, "-c", script], capture_output=True, text=True, timeout=30, check=False, user=user, cwd="/"
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "gone"
