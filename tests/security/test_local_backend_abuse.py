@@ -1,7 +1,9 @@
 """The local backend under abuse, as an attacker (or a crash) would try it, through real coordinators over MCP.
 
 Each test here reproduces a finding of issue 10 that once held on the local backend:
-A. a 2,000-deep tree in the workspace made the session's deletion raise `RecursionError` (left on disk).
+A. a 2,000-deep tree in the workspace made the session's deletion raise `RecursionError` (left on disk);
+F. a named workspace got another uid after a restart, and its old uid went to an unrelated session;
+I. two coordinators on one host handed out the same uids.
 """
 
 from __future__ import annotations
@@ -13,14 +15,18 @@ import sys
 import tempfile
 import textwrap
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from mcp import ClientSession
 
+from codegen_mcp.api.errors import SandboxUnavailable
 from codegen_mcp.coordinator.backends import cleanup
 from codegen_mcp.coordinator.backends.cleanup import remove_tree
+from codegen_mcp.coordinator.backends.uids import UidRegistry, UidTaken
 from tests.integration.conftest import mcp_session
 from tests.support.coordinator import CoordinatorProcess, print_log_tail, start_coordinator, stop_process
 from tests.support.waiting import eventually
@@ -28,6 +34,8 @@ from tests.support.waiting import eventually
 pytestmark = pytest.mark.timeout(60)
 
 IS_ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="sandbox uids are per session only when the coordinator is root")
+WORKSPACE = {"Codegen-Workspace": "keep-me"}
 
 
 # --- helpers ----------------------------------------------------------------------------------------
@@ -44,16 +52,36 @@ def root() -> Iterator[Path]:
         remove_tree(path)
 
 
+def registry_env(root: Path) -> dict[str, str]:
+    """Coordinators of one test share one uid registry, as coordinators on one host share the default one."""
+    return {"CODEGEN_LOCAL_UID_REGISTRY_DIR": str(root / "uid-registry")}
+
+
 @contextlib.contextmanager
 def running(root: Path, name: str = "state", *extra: str) -> Iterator[CoordinatorProcess]:
-    state = root / name
-    state.mkdir(exist_ok=True)
-    cp = start_coordinator(state, *extra)
-    try:
+    with running_side_by_side(root, [name], *extra) as [cp]:
         yield cp
+
+
+@contextlib.contextmanager
+def running_side_by_side(root: Path, names: list[str], *extra: str) -> Iterator[list[CoordinatorProcess]]:
+    """Coordinators with state folders `names` under `root`, started at the same time."""
+
+    def start(name: str) -> CoordinatorProcess:
+        (root / name).mkdir(exist_ok=True)
+        return start_coordinator(root / name, *extra, env=registry_env(root))
+
+    with ThreadPoolExecutor() as pool:
+        starts = [pool.submit(start, name) for name in names]
+    started = [f.result() for f in starts if f.exception() is None]
+    try:
+        if len(started) < len(starts):
+            raise next(e for f in starts if (e := f.exception()) is not None)
+        yield started
     finally:
-        stop_process(cp.proc)
-        print_log_tail(cp)
+        for cp in started:
+            stop_process(cp.proc)
+            print_log_tail(cp)
 
 
 def session_dirs(cp: CoordinatorProcess, prefix: str = "") -> list[Path]:
@@ -78,6 +106,10 @@ async def run(session: ClientSession, code: str) -> str:
     run_result = result.structured_content["run"]
     assert run_result["exit_code"] == 0, run_result["stderr"]
     return str(run_result["stdout"])
+
+
+async def uid_of(session: ClientSession) -> int:
+    return int(await run(session, "import os; print(os.getuid())"))
 
 
 # --- A: deletion that cannot recurse ------------------------------------------------------------------
@@ -211,3 +243,74 @@ def test_remove_tree_as_a_plain_user_clears_folders_their_owner_locked(root: Pat
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "gone"
+
+
+# --- F: a named workspace keeps its uid, and nobody else gets it ---------------------------------------
+
+
+@needs_root
+async def test_a_named_workspace_keeps_its_uid_across_a_restart_and_no_one_else_gets_it(root: Path) -> None:
+    with running(root) as cp:
+        async with mcp_session(cp) as plain:
+            await uid_of(plain)  # a per-session sandbox first, so the named one is not the first uid handed out
+            async with mcp_session(cp, headers=WORKSPACE) as named:
+                named_uid = await uid_of(named)
+                await run(named, "open('mine.txt', 'w').write('before')")
+    with running(root) as cp:
+        async with mcp_session(cp, headers=WORKSPACE) as named:
+            assert await uid_of(named) == named_uid
+            assert await run(named, "open('mine.txt', 'a').write('+after'); print(open('mine.txt').read())") == (
+                "before+after\n"
+            )
+            async with mcp_session(cp) as first, mcp_session(cp) as second:
+                assert named_uid not in {await uid_of(first), await uid_of(second)}
+
+
+def test_the_uid_registry_hands_a_uid_to_one_folder_until_that_folder_is_gone(root: Path) -> None:
+    registry = UidRegistry(root / "registry", 61000, 3)
+    registry.prepare()
+    folders = [root / name for name in ("a", "b", "c", "d")]
+    for folder in folders[:3]:
+        folder.mkdir()
+    # Threads stand in for coordinators here: each claim is one locked read-and-link on the shared folder.
+    with ThreadPoolExecutor(3) as pool:
+        uids = list(pool.map(lambda f: UidRegistry(root / "registry", 61000, 3).claim(f), folders[:3]))
+    assert sorted(uids) == [61000, 61001, 61002]
+    assert registry.claim(folders[1]) == uids[1]  # asked again: the same one
+    folders[3].mkdir()
+    with pytest.raises(SandboxUnavailable, match="all 3 sandbox uids"):
+        registry.claim(folders[3])
+    remove_tree(folders[0])  # its files are gone: its uid may serve another folder
+    assert registry.claim(folders[3]) == uids[0]
+    with pytest.raises(UidTaken, match=str(folders[3])):
+        registry.claim(root / "e", preferred=uids[0])
+    registry.release(folders[1], uids[2])  # not its uid: nothing happens
+    assert registry.owned(folders[2]) == [uids[2]]
+    remove_tree(folders[2])
+    assert registry.prune() == 1 and registry.owned(folders[2]) == []
+    (root / "registry").chmod(0o777)
+    with pytest.raises(RuntimeError, match="only its owner"):
+        registry.prepare()
+
+
+# --- I: two coordinators on one host never share a uid ----------------------------------------------------
+
+
+@needs_root
+async def test_two_coordinators_on_one_host_never_hand_out_the_same_uid(root: Path) -> None:
+    with running_side_by_side(root, ["one", "two"]) as [one, two]:
+        uids: list[int] = []
+
+        async def sandbox_uid(cp: CoordinatorProcess, stay: anyio.Event) -> None:
+            async with mcp_session(cp) as s:
+                uids.append(await uid_of(s))
+                await stay.wait()  # hold the sandbox while the others open theirs
+
+        with anyio.fail_after(45):
+            stay = anyio.Event()
+            async with anyio.create_task_group() as tg:
+                for cp in (one, two, one, two):
+                    tg.start_soon(sandbox_uid, cp, stay)
+                await eventually(lambda: len(uids) == 4, timeout=40, what="four sandboxes")
+                stay.set()
+        assert len(set(uids)) == 4, uids

@@ -5,10 +5,15 @@ Layout under the state directory (created 0700):
     sessions/<sandbox_id>/workspace/   the session's files (and its venv in .venv/)
     sessions/<sandbox_id>/agent.sock   the agent's Unix socket (TCP loopback when the path is too long)
     sessions/<sandbox_id>/agent.log    the agent's own log
+    sessions/<sandbox_id>/uid          as root: the uid the sandbox's code runs as (its files belong to it)
 
 The agent is trusted code and runs as this user; the code it runs is confined by the agent (bubblewrap
 namespaces when they work here, rlimits always, a per-session uid when we are root). The coordinator probes
 bubblewrap once at start-up, logs what is in force and tells every agent, so agents skip their own probe.
+
+As root, each sandbox's uid comes from the host-wide registry of `uids.py`: a named workspace keeps its uid
+across restarts (its folder's `uid` file and the registry both say it), and no coordinator on this host
+hands out a uid while the folder it was given for exists.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from codegen_mcp.api.errors import SandboxUnavailable
 from codegen_mcp.coordinator.agent_client import AgentClient, AgentEndpoint
 from codegen_mcp.coordinator.backends.base import Backend, Sandbox, is_named_workspace
 from codegen_mcp.coordinator.backends.cleanup import remove_tree
+from codegen_mcp.coordinator.backends.uids import UidRegistry
 from codegen_mcp.coordinator.settings import CoordinatorSettings
 
 log = logging.getLogger(__name__)
@@ -38,6 +44,7 @@ log = logging.getLogger(__name__)
 # sockaddr_un.sun_path is 108 bytes on Linux; beyond that we fall back to TCP on loopback.
 _MAX_UNIX_SOCKET_PATH = 100
 _LISTENING = "LISTENING "
+_UID_FILE = "uid"
 
 
 @dataclass
@@ -108,7 +115,11 @@ class LocalBackend(Backend):
         self._sessions_dir = self._root / "sessions"
         self._procs: dict[str, _Process] = {}
         self._uids: dict[str, int] = {}
-        self._next_slot = 0
+        self._registry = (
+            UidRegistry(self._local.uid_registry_dir, self._local.sandbox_uid_base, self._local.sandbox_uid_slots)
+            if os.geteuid() == 0
+            else None
+        )
         self._sandbox_mode = "none"
         self._isolation = "rlimits"
 
@@ -120,6 +131,11 @@ class LocalBackend(Backend):
         # 0700 and owned by that uid), but nobody may list the sessions.
         self._sessions_dir.mkdir(mode=0o711, exist_ok=True)
         os.chmod(self._sessions_dir, 0o711)  # noqa: S103 - traverse-only, see above
+        if self._registry is not None:
+            await asyncio.to_thread(self._registry.prepare)
+            freed = await asyncio.to_thread(self._registry.prune)
+            if freed:
+                log.info("uid registry %s: freed %d uids whose folders are gone", self._registry.directory, freed)
         probe_uid = self._local.sandbox_uid_base if os.geteuid() == 0 else None
         reason: str | None
         if self._local.sandbox == "none":
@@ -135,8 +151,8 @@ class LocalBackend(Backend):
             self._check_traversable(self._sessions_dir)
         parts = ["bwrap namespaces (net, pid, mount, ipc, uts, user)"] if reason is None else []
         parts.append("rlimits (memory, cpu, processes, file size)")
-        if os.geteuid() == 0:
-            parts.append(f"per-session uid from {self._local.sandbox_uid_base}")
+        if self._registry is not None:
+            parts.append(f"a uid per sandbox from {self._local.sandbox_uid_base} (registry {self._registry.directory})")
         self._isolation = " + ".join(parts)
         if reason is not None:
             log.warning(
@@ -162,8 +178,9 @@ class LocalBackend(Backend):
         session_dir = self._sessions_dir / sandbox_id
         session_dir.mkdir(mode=0o711, exist_ok=True)
         (session_dir / "workspace").mkdir(mode=0o700, exist_ok=True)
-        self._uids[sandbox_id] = self._allocate_uid()
         try:
+            if self._registry is not None:
+                self._uids[sandbox_id] = await asyncio.to_thread(self._claim_uid, self._registry, session_dir)
             return await self._launch(sandbox_id, session_dir)
         except BaseException:
             await self._discard(sandbox_id, session_dir)
@@ -197,22 +214,36 @@ class LocalBackend(Backend):
                     f"(e.g. /var/lib/codegen-mcp) or run `chmod o+x {parent}`"
                 )
 
-    def _allocate_uid(self) -> int:
-        used = set(self._uids.values())
-        for _ in range(self._local.sandbox_uid_slots):
-            uid = self._local.sandbox_uid_base + self._next_slot
-            self._next_slot = (self._next_slot + 1) % self._local.sandbox_uid_slots
-            if uid not in used:
-                return uid
-        raise SandboxUnavailable("no free sandbox uid is left; raise CODEGEN_LOCAL_SANDBOX_UID_SLOTS")
+    @staticmethod
+    def _claim_uid(registry: UidRegistry, session_dir: Path) -> int:
+        """The folder's uid: the one it had (a named workspace after a restart), else a free one, recorded."""
+        record = session_dir / _UID_FILE
+        try:
+            recorded: int | None = int(record.read_text())
+        except (FileNotFoundError, ValueError):
+            recorded = None
+        uid = registry.claim(session_dir, preferred=recorded)
+        if uid != recorded:
+            tmp = session_dir / f".{_UID_FILE}.{secrets.token_hex(4)}"
+            with tmp.open("w") as f:
+                f.write(f"{uid}\n")
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(record)
+        return uid
 
     async def _discard(self, sandbox_id: str, session_dir: Path) -> None:
-        self._uids.pop(sandbox_id, None)
-        if not self._local.retain_workspaces and not sandbox_id.startswith("w-"):
-            try:
-                await asyncio.to_thread(remove_tree, session_dir)
-            except OSError:
-                log.exception("could not remove the folder %s of sandbox %s", session_dir, sandbox_id)
+        uid = self._uids.pop(sandbox_id, None)
+        if self._local.retain_workspaces or sandbox_id.startswith("w-"):
+            return  # the folder stays, and with it its uid
+        try:
+            await asyncio.to_thread(remove_tree, session_dir)
+        except OSError:
+            # Files of its uid may remain: the uid stays taken until a later start removes the folder.
+            log.exception("could not remove the folder %s of sandbox %s", session_dir, sandbox_id)
+            return
+        if uid is not None and self._registry is not None:
+            await asyncio.to_thread(self._registry.release, session_dir, uid)
 
     def _agent_env(self, sandbox_id: str, workspace: Path, token: str) -> dict[str, str]:
         # The coordinator's own settings stay private, but agent settings given to it pass through (e.g. the
@@ -230,8 +261,8 @@ class LocalBackend(Backend):
             CODEGEN_AGENT_ARTIFACT_STORE_NAMESPACE=sandbox_id,
             CODEGEN_AGENT_DEVTOOLS_WHEELHOUSE=str(self._root / "wheelhouse"),
         )
-        if os.geteuid() == 0:
-            uid = self._uids[sandbox_id]
+        uid = self._uids.get(sandbox_id)
+        if uid is not None:
             env["CODEGEN_AGENT_SANDBOX_UID"] = str(uid)
             env["CODEGEN_AGENT_SANDBOX_GID"] = str(uid)
         optional = {
