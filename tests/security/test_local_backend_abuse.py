@@ -3,6 +3,7 @@
 Each test here reproduces a finding of issue 10 that once held on the local backend:
 A. a 2,000-deep tree in the workspace made the session's deletion raise `RecursionError` (left on disk);
 F. a named workspace got another uid after a restart, and its old uid went to an unrelated session;
+G. per-session folders (and processes) of a killed coordinator were never removed;
 I. two coordinators on one host handed out the same uids.
 """
 
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from mcp import ClientSession
 
 from codegen_mcp.api.errors import SandboxUnavailable
 from codegen_mcp.coordinator.backends import cleanup
-from codegen_mcp.coordinator.backends.cleanup import remove_tree
+from codegen_mcp.coordinator.backends.cleanup import kill_processes_of, processes_of, remove_tree
 from codegen_mcp.coordinator.backends.uids import UidRegistry, UidTaken
 from tests.integration.conftest import mcp_session
 from tests.support.coordinator import CoordinatorProcess, print_log_tail, start_coordinator, stop_process
@@ -110,6 +111,47 @@ async def run(session: ClientSession, code: str) -> str:
 
 async def uid_of(session: ClientSession) -> int:
     return int(await run(session, "import os; print(os.getuid())"))
+
+
+@contextlib.asynccontextmanager
+async def sessions_of_a_coordinator_that_dies(
+    cp: CoordinatorProcess, *headers: dict[str, str] | None
+) -> AsyncIterator[list[ClientSession]]:
+    """MCP sessions whose coordinator is SIGKILLed at the end of the block (the clients then fail to say bye)."""
+    with anyio.fail_after(30):
+        stack = contextlib.AsyncExitStack()
+        try:
+            yield [await stack.enter_async_context(mcp_session(cp, headers=h)) for h in headers]
+        finally:
+            cp.proc.kill()
+            cp.proc.wait()
+            with contextlib.suppress(Exception):  # the clients' goodbyes find no server
+                await stack.aclose()
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[int]]:
+    """Uids whose processes a test leaves running on purpose: killed at its end, whatever its outcome."""
+    uids: list[int] = []
+    yield uids
+    for uid in uids:
+        kill_processes_of(uid)
+
+
+# Run code (no jail: sandbox=none) that leaves a daemon behind: a new session escapes the run's process group.
+DAEMON = """
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        time.sleep(300)
+    os._exit(0)
+os.wait()
+print(os.getuid())
+"""
 
 
 # --- A: deletion that cannot recurse ------------------------------------------------------------------
@@ -291,6 +333,49 @@ def test_the_uid_registry_hands_a_uid_to_one_folder_until_that_folder_is_gone(ro
     (root / "registry").chmod(0o777)
     with pytest.raises(RuntimeError, match="only its owner"):
         registry.prepare()
+
+
+# --- G: what a killed coordinator left is swept at the next start ----------------------------------------
+
+
+async def test_per_session_folders_of_a_killed_coordinator_are_removed_at_the_next_start(root: Path) -> None:
+    with running(root) as cp:
+        async with sessions_of_a_coordinator_that_dies(cp, None, None, WORKSPACE) as (one, two, named):
+            await call(one, "fs.write", path="d/" * 500 + "x", content="left behind")
+            await call(two, "fs.write", path="y.txt", content="left behind")
+            await call(named, "fs.write", path="kept.txt", content="mine")
+            named_uid = await uid_of(named) if IS_ROOT else None
+        assert len(session_dirs(cp, "s-")) == 2 and len(session_dirs(cp, "w-")) == 1
+    with running(root) as cp:
+        # Swept during start-up, before the coordinator listens: nothing to wait for.
+        assert session_dirs(cp, "s-") == []
+        [kept] = session_dirs(cp, "w-")
+        async with mcp_session(cp, headers=WORKSPACE) as named:
+            assert text_of(await call(named, "fs.read", path="kept.txt")) == "mine"
+            if named_uid is not None:
+                assert await uid_of(named) == named_uid
+
+
+@needs_root
+async def test_a_process_left_by_run_code_dies_with_its_session_and_with_a_killed_coordinator(
+    root: Path, daemons: list[int]
+) -> None:
+    """Without the jail (sandbox=none) a daemon escapes the run's process group; its uid must not outlive it."""
+    with running(root, "state", "--sandbox", "none") as cp:
+        async with mcp_session(cp) as s:
+            uid = int(await run(s, DAEMON))
+            daemons.append(uid)
+            assert processes_of(uid)
+        await eventually(lambda: not session_dirs(cp), timeout=15, what="the session to close")
+        await eventually(lambda: not processes_of(uid), timeout=10, what=f"uid {uid}'s processes to be killed")
+    with running(root, "state", "--sandbox", "none") as cp:
+        async with sessions_of_a_coordinator_that_dies(cp, None) as (s,):
+            uid = int(await run(s, DAEMON))
+            daemons.append(uid)
+        assert processes_of(uid) and session_dirs(cp)
+    with running(root, "state", "--sandbox", "none") as cp:
+        assert not session_dirs(cp, "s-")
+        await eventually(lambda: not processes_of(uid), timeout=10, what=f"uid {uid}'s processes to be killed")
 
 
 # --- I: two coordinators on one host never share a uid ----------------------------------------------------

@@ -1,8 +1,8 @@
-"""Removing what a sandbox left on this host: its folder tree.
+"""Removing what a sandbox left on this host: its folder tree, and its uid's processes.
 
-This runs as the coordinator (root, when sandboxes get their own uids) on things the sandboxed code made, so
-it must hold against whatever that code did: a tree thousands of folders deep, symlinks pointing anywhere,
-folders it made unreadable.
+Both run as the coordinator (root, when sandboxes get their own uids) on things the sandboxed code made, so
+they must hold against whatever that code did: a tree thousands of folders deep, symlinks pointing anywhere,
+folders it made unreadable, processes that left their process group.
 """
 
 from __future__ import annotations
@@ -10,7 +10,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
+import signal
 import stat
+import subprocess
 from pathlib import Path
 
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -162,3 +165,58 @@ def _hoist(name: str, dir_fd: int, top: int, counter: int) -> tuple[int, str | N
                 continue  # that name is taken at the top: try the next one
             raise
         return counter, new
+
+
+def kill_processes_of(uid: int) -> bool:
+    """SIGKILL every process running as `uid` (a sandbox uid: never root, never ours); True once none is left.
+
+    Needs root. `kill -KILL -1` run as that uid signals, in one pass of the kernel over all processes, every
+    process that uid may signal: all of its own, in any namespace, including those that left their process
+    group or session; a process forking meanwhile cannot finish the fork with a kill pending. What /proc
+    still shows afterwards (say, a process that only switched its effective uid) is killed by pid.
+    """
+    if uid in (0, os.geteuid()):
+        raise ValueError(f"refusing to kill every process of uid {uid}")
+    if not processes_of(uid):
+        return True
+    kill = shutil.which("kill")
+    for _ in range(5):
+        if kill is not None:
+            with contextlib.suppress(subprocess.SubprocessError):  # then the kills by pid below do the work
+                subprocess.run(  # noqa: S603 - fixed argv; the uid drop happens in the child without preexec_fn
+                    [kill, "-s", "KILL", "--", "-1"],
+                    user=uid,
+                    group=uid,
+                    extra_groups=[],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    timeout=10,
+                    check=False,
+                )
+        left = processes_of(uid)
+        if not left:
+            return True
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return not processes_of(uid)
+
+
+def processes_of(uid: int) -> list[int]:
+    """Live (not zombie) processes whose real or effective uid is `uid`."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/status", encoding="ascii", errors="replace") as status:
+                fields = dict(line.split(":", 1) for line in status if ":" in line)
+        except OSError:
+            continue
+        uids = fields.get("Uid", "").split()
+        if fields.get("State", "").strip().startswith("Z") or len(uids) < 2:
+            continue
+        if uid in (int(uids[0]), int(uids[1])):
+            found.append(int(entry.name))
+    return found

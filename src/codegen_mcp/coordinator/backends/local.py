@@ -6,6 +6,8 @@ Layout under the state directory (created 0700):
     sessions/<sandbox_id>/agent.sock   the agent's Unix socket (TCP loopback when the path is too long)
     sessions/<sandbox_id>/agent.log    the agent's own log
     sessions/<sandbox_id>/uid          as root: the uid the sandbox's code runs as (its files belong to it)
+    sessions/<sandbox_id>/owner.lock   flock'd by the coordinator serving the folder, for as long as it does
+    sessions/<sandbox_id>/agent.pid    the agent's pid, so a leftover agent can be found
 
 The agent is trusted code and runs as this user; the code it runs is confined by the agent (bubblewrap
 namespaces when they work here, rlimits always, a per-session uid when we are root). The coordinator probes
@@ -14,6 +16,11 @@ bubblewrap once at start-up, logs what is in force and tells every agent, so age
 As root, each sandbox's uid comes from the host-wide registry of `uids.py`: a named workspace keeps its uid
 across restarts (its folder's `uid` file and the registry both say it), and no coordinator on this host
 hands out a uid while the folder it was given for exists.
+
+A coordinator that is killed leaves its folders behind, their owner locks free (the kernel drops a dead
+process's flocks). The next start on the state folder sweeps them: a leftover agent and any process of the
+folder's uid are killed, a per-session folder is removed and its uid freed; a named workspace stays, with
+its uid. Folders whose lock is held belong to another live coordinator sharing the state folder: untouched.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import fcntl
 import hashlib
 import logging
 import os
@@ -35,7 +43,7 @@ from pathlib import Path
 from codegen_mcp.api.errors import SandboxUnavailable
 from codegen_mcp.coordinator.agent_client import AgentClient, AgentEndpoint
 from codegen_mcp.coordinator.backends.base import Backend, Sandbox, is_named_workspace
-from codegen_mcp.coordinator.backends.cleanup import remove_tree
+from codegen_mcp.coordinator.backends.cleanup import kill_processes_of, remove_tree
 from codegen_mcp.coordinator.backends.uids import UidRegistry
 from codegen_mcp.coordinator.settings import CoordinatorSettings
 
@@ -45,6 +53,8 @@ log = logging.getLogger(__name__)
 _MAX_UNIX_SOCKET_PATH = 100
 _LISTENING = "LISTENING "
 _UID_FILE = "uid"
+_OWNER_LOCK = "owner.lock"
+_AGENT_PID = "agent.pid"
 
 
 @dataclass
@@ -98,6 +108,31 @@ async def probe_bwrap(uid: int | None) -> str | None:
     return None
 
 
+def _try_lock(session_dir: Path) -> int | None:
+    """Take the folder's owner lock (held until closed); None when a live coordinator holds it."""
+    fd = os.open(session_dir / _OWNER_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _kill_leftover_agent(session_dir: Path) -> None:
+    """SIGKILL the agent a dead coordinator started on this folder, if it is still running."""
+    try:
+        pid = int((session_dir / _AGENT_PID).read_text())
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return
+    # The pid may have been reused since: only a process serving this very workspace is that agent.
+    if f"CODEGEN_AGENT_WORKSPACE={session_dir / 'workspace'}".encode() in environ:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        log.warning("killed agent %d, left running on %s by a coordinator that stopped uncleanly", pid, session_dir)
+
+
 def _tail(path: Path, limit: int = 4000) -> str:
     try:
         return path.read_bytes()[-limit:].decode(errors="replace")
@@ -115,6 +150,7 @@ class LocalBackend(Backend):
         self._sessions_dir = self._root / "sessions"
         self._procs: dict[str, _Process] = {}
         self._uids: dict[str, int] = {}
+        self._locks: dict[str, int] = {}  # sandbox_id -> its folder's owner lock, held while we serve it
         self._registry = (
             UidRegistry(self._local.uid_registry_dir, self._local.sandbox_uid_base, self._local.sandbox_uid_slots)
             if os.geteuid() == 0
@@ -133,6 +169,8 @@ class LocalBackend(Backend):
         os.chmod(self._sessions_dir, 0o711)  # noqa: S103 - traverse-only, see above
         if self._registry is not None:
             await asyncio.to_thread(self._registry.prepare)
+        await asyncio.to_thread(self._sweep)
+        if self._registry is not None:
             freed = await asyncio.to_thread(self._registry.prune)
             if freed:
                 log.info("uid registry %s: freed %d uids whose folders are gone", self._registry.directory, freed)
@@ -163,6 +201,8 @@ class LocalBackend(Backend):
 
     async def aclose(self) -> None:
         await asyncio.gather(*(self._stop(sid) for sid in list(self._procs)), return_exceptions=True)
+        while self._locks:
+            os.close(self._locks.popitem()[1])
 
     def describe(self) -> str:
         return f"local backend ({self._isolation}), state in {self._root}"
@@ -177,8 +217,15 @@ class LocalBackend(Backend):
             sandbox_id = "s-" + secrets.token_hex(6)
         session_dir = self._sessions_dir / sandbox_id
         session_dir.mkdir(mode=0o711, exist_ok=True)
-        (session_dir / "workspace").mkdir(mode=0o700, exist_ok=True)
+        lock = _try_lock(session_dir)
+        if lock is None:
+            raise SandboxUnavailable(
+                "this workspace is open in another coordinator on this host (one sharing this state folder); "
+                "end it there first"
+            )
+        self._locks[sandbox_id] = lock
         try:
+            (session_dir / "workspace").mkdir(mode=0o700, exist_ok=True)
             if self._registry is not None:
                 self._uids[sandbox_id] = await asyncio.to_thread(self._claim_uid, self._registry, session_dir)
             return await self._launch(sandbox_id, session_dir)
@@ -232,18 +279,71 @@ class LocalBackend(Backend):
             tmp.replace(record)
         return uid
 
+    def _keeps(self, sandbox_id: str) -> bool:
+        """Whether the folder outlives its sandbox: a named workspace's, or any with retain_workspaces."""
+        return self._local.retain_workspaces or sandbox_id.startswith("w-")
+
     async def _discard(self, sandbox_id: str, session_dir: Path) -> None:
         uid = self._uids.pop(sandbox_id, None)
-        if self._local.retain_workspaces or sandbox_id.startswith("w-"):
-            return  # the folder stays, and with it its uid
+        lock = self._locks.pop(sandbox_id, None)
         try:
-            await asyncio.to_thread(remove_tree, session_dir)
-        except OSError:
-            # Files of its uid may remain: the uid stays taken until a later start removes the folder.
-            log.exception("could not remove the folder %s of sandbox %s", session_dir, sandbox_id)
-            return
-        if uid is not None and self._registry is not None:
-            await asyncio.to_thread(self._registry.release, session_dir, uid)
+            if uid is not None:
+                await asyncio.to_thread(self._kill_processes, uid, session_dir)
+            if self._keeps(sandbox_id):
+                return  # the folder stays, and with it its uid
+            try:
+                await asyncio.to_thread(remove_tree, session_dir)
+            except OSError:
+                # Files of its uid may remain: the uid stays taken until a later start removes the folder.
+                log.exception("could not remove the folder %s of sandbox %s", session_dir, sandbox_id)
+                return
+            if uid is not None and self._registry is not None:
+                await asyncio.to_thread(self._registry.release, session_dir, uid)
+        finally:
+            if lock is not None:
+                os.close(lock)
+
+    @staticmethod
+    def _kill_processes(uid: int, session_dir: Path) -> None:
+        # Run code may leave processes behind (without the jail, a daemon leaves its process group): none may
+        # outlive the sandbox, or it would share the uid with whoever gets it next.
+        if not kill_processes_of(uid):
+            log.error("processes of uid %d (sandbox folder %s) survived SIGKILL", uid, session_dir)
+
+    def _sweep(self) -> None:
+        """Clear what a killed coordinator left in this state folder, before anything is served.
+
+        Its agents and their uids' processes are killed and its per-session folders removed; named workspaces
+        stay, with their uids.
+        """
+        removed, registry = 0, self._registry
+        for session_dir in sorted(self._sessions_dir.iterdir()):
+            if not session_dir.name.startswith(("s-", "w-")) or session_dir.is_symlink() or not session_dir.is_dir():
+                continue
+            try:
+                lock = _try_lock(session_dir)
+            except OSError:  # removed meanwhile by its live coordinator
+                continue
+            if lock is None:
+                continue  # served by a live coordinator sharing this state folder
+            try:
+                _kill_leftover_agent(session_dir)
+                uids = registry.owned(session_dir) if registry is not None else []
+                for uid in uids:
+                    self._kill_processes(uid, session_dir)
+                if self._keeps(session_dir.name):
+                    continue
+                remove_tree(session_dir)
+                removed += 1
+                if registry is not None:
+                    for uid in uids:
+                        registry.release(session_dir, uid)
+            except OSError:
+                log.exception("could not clear %s, left by a coordinator that stopped uncleanly", session_dir)
+            finally:
+                os.close(lock)
+        if removed:
+            log.warning("removed %d per-session folders left by a coordinator that stopped uncleanly", removed)
 
     def _agent_env(self, sandbox_id: str, workspace: Path, token: str) -> dict[str, str]:
         # The coordinator's own settings stay private, but agent settings given to it pass through (e.g. the
@@ -296,6 +396,7 @@ class LocalBackend(Backend):
             )
         finally:
             log_file.close()
+        (session_dir / _AGENT_PID).write_text(f"{proc.pid}\n")
         assert proc.stdout is not None
         try:
             async with asyncio.timeout(self._local.agent_start_timeout_s):
