@@ -21,6 +21,7 @@ import pytest
 from mcp import ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 from tests.support.coordinator import (
     CoordinatorProcess,
@@ -33,6 +34,8 @@ from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(180)
 
+# The official Python client refuses one server-sent event over 1 MiB (`max_sse_event_size`).
+CLIENT_EVENT_LIMIT = 1024 * 1024
 INIT = {
     "jsonrpc": "2.0",
     "id": 1,
@@ -50,6 +53,11 @@ async def call(session: ClientSession, tool: str, **arguments: Any) -> Any:
     result = await session.call_tool(tool, arguments)
     assert not result.is_error, f"{tool} failed: {text_of(result)}"
     return result
+
+
+def wire_size(result: Any) -> int:
+    """Bytes of the result as the server sends it (JSON, text and structured content together)."""
+    return len(result.model_dump_json(by_alias=True, exclude_none=True).encode())
 
 
 @contextlib.asynccontextmanager
@@ -70,6 +78,15 @@ def running_coordinator(state: Path, env: dict[str, str] | None = None) -> Itera
     finally:
         stop_process(cp.proc)
         print_log_tail(cp)
+
+
+@pytest.fixture(scope="module")
+def coordinator() -> Iterator[CoordinatorProcess]:
+    for root in state_root():
+        state = root / "state"
+        state.mkdir()
+        with running_coordinator(state) as cp:
+            yield cp
 
 
 # --- C: a full disk under the state folder ---------------------------------------------------------------------
@@ -267,3 +284,79 @@ async def _handshakes_held(cp: CoordinatorProcess, n: int) -> bool:
 
 async def _no_handshakes_held(cp: CoordinatorProcess) -> bool:
     return await metric(cp, "codegen_mcp_handshakes") == 0
+
+
+# --- E: results and requests bigger than the transport carries ---------------------------------------------------
+
+
+async def test_a_600kB_print_arrives_cut_with_a_pointer_to_the_whole_output(coordinator: CoordinatorProcess) -> None:
+    async with mcp_session(coordinator) as s:
+        result = await call(s, "run.python", code="print('y' * 600000)")
+        assert wire_size(result) < CLIENT_EVENT_LIMIT
+        run = result.structured_content["run"]
+        assert run["exit_code"] == 0 and run["stdout_truncated"] is True
+        assert set(run["stdout"]) == {"y"}
+        text = text_of(result)
+        assert f"stdout cut at {len(run['stdout'])} of 600001 bytes" in text
+        saved = f".codegen-output/{result.structured_content['task_id']}.stdout"
+        assert f"fs.read path={saved} offset={len(run['stdout'])}" in text
+
+        rest = await read_all(s, saved, offset=len(run["stdout"]))
+        assert run["stdout"] + rest == "y" * 600000 + "\n"
+
+
+async def read_all(s: ClientSession, path: str, offset: int = 0) -> str:
+    parts = []
+    while True:
+        page = await call(s, "fs.read", path=path, offset=offset)
+        assert wire_size(page) < CLIENT_EVENT_LIMIT
+        content = page.structured_content
+        parts.append(content["content"])
+        offset += content["bytes_read"]
+        if not content["truncated"]:
+            return "".join(parts)
+        assert f"offset={offset}" in text_of(page)
+
+
+async def test_a_600kB_file_is_read_in_pages_that_arrive(coordinator: CoordinatorProcess) -> None:
+    body = "".join(f"line {n:06d} of a big file\n" for n in range(24000))  # 600 kB
+    async with mcp_session(coordinator) as s:
+        await call(s, "fs.write", path="big.txt", content=body)
+        first = await call(s, "fs.read", path="big.txt")
+        assert wire_size(first) < CLIENT_EVENT_LIMIT and first.structured_content["truncated"] is True
+        assert await read_all(s, "big.txt") == body
+        binary = await call(s, "run.python", code="open('big.bin','wb').write(bytes(range(256)) * 2400)")
+        assert binary.structured_content["run"]["exit_code"] == 0
+        page = await call(s, "fs.read", path="big.bin")
+        assert page.structured_content["encoding"] == "base64" and wire_size(page) < CLIENT_EVENT_LIMIT
+
+
+async def test_a_3MB_echo_arrives_cut(coordinator: CoordinatorProcess) -> None:
+    async with mcp_session(coordinator) as s:
+        result = await call(s, "echo", message="z" * 3_000_000)
+        assert wire_size(result) < CLIENT_EVENT_LIMIT
+        kept = result.structured_content["message"]
+        assert set(kept) == {"z"} and 100_000 < len(kept) < 3_000_000
+        assert f"echo cut at {len(kept)} of 3000000 bytes" in text_of(result)
+
+
+WRITE_LIMIT_SENTENCE = "fs.write takes at most 3 MiB (3145728 bytes) of content per call"
+
+
+async def test_writes_up_to_the_documented_limit_work_and_bigger_ones_get_one_clear_sentence(
+    coordinator: CoordinatorProcess,
+) -> None:
+    limit = 3 * 1024 * 1024
+    async with mcp_session(coordinator) as s:
+        written = await call(s, "fs.write", path="at-limit.txt", content="w" * limit)
+        assert written.structured_content["size"] == limit
+
+        over = await s.call_tool("fs.write", {"path": "over.txt", "content": "w" * (limit + 1)})
+        assert over.is_error and WRITE_LIMIT_SENTENCE in text_of(over) and "append" in text_of(over)
+
+        with pytest.raises(MCPError) as refused:  # too big for the transport: refused before it is parsed
+            await s.call_tool("fs.write", {"path": "huge.txt", "content": "w" * 5_000_000})
+        assert WRITE_LIMIT_SENTENCE in refused.value.error.message
+        assert "append" in refused.value.error.message
+
+        assert text_of(await call(s, "echo", message="session intact")) == "session intact"

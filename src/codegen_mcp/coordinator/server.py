@@ -397,6 +397,49 @@ class HandshakeTracker:
             log.warning("ending MCP session %s answered HTTP %s", session_id, status)
 
 
+class ExplainTooLarge:
+    """Turns the transport's bare 413 into a JSON-RPC error naming the limit, which MCP clients show.
+
+    The SDK refuses a request body over `MAX_REQUEST_BYTES` before parsing it; its plain-text answer reaches
+    a user as "Server returned an error response".
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        replaced = False
+
+        async def explain(message: Message) -> None:
+            nonlocal replaced
+            if message["type"] == "http.response.start" and message["status"] == 413:
+                replaced = True
+                await self._too_large(Headers(scope=scope).get("content-length"), send)
+            elif not replaced:
+                await send(message)
+
+        await self.app(scope, receive, explain)
+
+    @staticmethod
+    async def _too_large(declared: str | None, send: Send) -> None:
+        size = f" is {declared} bytes" if declared and declared.isdigit() else " is too big"
+        limit = tools.MAX_REQUEST_BYTES
+        message = (
+            f"This request{size}; the server accepts requests up to {limit // tools.MiB} MiB ({limit} bytes), "
+            f"so {tools.WRITE_LIMIT}."
+        )
+        error = types.JSONRPCError(
+            jsonrpc="2.0", id=None, error=types.ErrorData(code=types.INVALID_REQUEST, message=message)
+        )
+        body = error.model_dump_json(by_alias=True, exclude_unset=True).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
 OPEN_PATHS = frozenset({"/healthz", "/metrics"})  # probes and scrapes: no session data behind them
 
 
@@ -440,10 +483,13 @@ def create_app(settings: CoordinatorSettings, backend: Backend | None = None) ->
         # that have none yet by `Handshakes` (per client). A count of all MCP sessions would let bare
         # `initialize` requests lock every other client out.
         max_sessions=None,
+        max_request_body_size=tools.MAX_REQUEST_BYTES,
         host=settings.host,
     )
-    streamable = HandshakeTracker(StreamableHTTPASGIApp(server.session_manager), coordinator.handshakes)
-    sse = SseServerTransport("/messages/", security_settings=security)
+    streamable = ExplainTooLarge(
+        HandshakeTracker(StreamableHTTPASGIApp(server.session_manager), coordinator.handshakes)
+    )
+    sse = SseServerTransport("/messages/", security_settings=security, max_request_body_size=tools.MAX_REQUEST_BYTES)
 
     async def handle_sse(request: Request) -> Response:
         # An SSE connection is a handshake too until one of its tool calls holds a sandbox. Its id is the
@@ -498,7 +544,7 @@ def create_app(settings: CoordinatorSettings, backend: Backend | None = None) ->
     routes: list[BaseRoute] = [
         Route("/mcp", endpoint=streamable),
         Route("/sse", endpoint=handle_sse, methods=["GET"]),
-        Mount("/messages/", app=sse.handle_post_message),
+        Mount("/messages/", app=ExplainTooLarge(sse.handle_post_message)),
         Route("/healthz", endpoint=healthz, methods=["GET"]),
         Route("/metrics", endpoint=metrics, methods=["GET"]),
     ]

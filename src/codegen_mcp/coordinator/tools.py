@@ -3,12 +3,20 @@
 Nothing here knows which backend serves the sandbox. Results carry the same data twice: as structured
 content (the agent's JSON, schema'd) and as text an LLM reads well (the Go original's `Exit Code:` /
 `Stdout:` / `Stderr:` blocks for runs).
+
+Both copies together stay within `RESULT_BUDGET_BYTES`, because the official clients refuse a bigger message:
+a longer output is cut, and the result says where the rest is (a run's whole output is saved in the
+workspace; a file is read on with `fs.read offset=…`). Requests are bounded too (`MAX_REQUEST_BYTES`), so
+`fs.write` takes at most `MAX_WRITE_CONTENT_BYTES` per call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
+import json
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -19,7 +27,9 @@ from pydantic import BaseModel, ValidationError
 
 from codegen_mcp.api.errors import CodegenError, ErrorCode, SandboxUnavailable
 from codegen_mcp.api.tools import (
+    DEFAULT_READ_LIMIT,
     TOOLS,
+    TOOLS_BY_NAME,
     ArtifactContent,
     ArtifactListResult,
     ArtifactUploadResult,
@@ -29,6 +39,7 @@ from codegen_mcp.api.tools import (
     FsReadResult,
     FsWriteResult,
     GitCommitResult,
+    RunResult,
     TaskKind,
     TaskState,
     TaskView,
@@ -58,6 +69,23 @@ _RESULT_MODELS: dict[str, type[BaseModel]] = {
 # How much of a finished run's output tail the text content repeats (the structured content has it all).
 TEXT_TAIL_CHARS = 2000
 MAX_TEXT_ITEMS = 50
+
+MiB = 1024 * 1024
+# The official Python client refuses one server-sent event over 1 MiB (`max_sse_event_size`). A result's
+# text and structured content, as JSON, stay within this together, leaving room for the JSON-RPC envelope.
+RESULT_BUDGET_BYTES = 768 * 1024
+_COPY_BUDGET = RESULT_BUDGET_BYTES // 2  # each of the two copies
+_TEXT_SLACK = 2048  # the text's own lines around a copied output
+# The HTTP transports refuse a request body over this (the MCP SDK's default cap, set explicitly).
+MAX_REQUEST_BYTES = 4 * MiB
+# fs.write content (as sent: UTF-8 text, or base64) per call, leaving a request room for its JSON around it.
+MAX_WRITE_CONTENT_BYTES = 3 * MiB
+WRITE_LIMIT = (
+    f"fs.write takes at most 3 MiB ({MAX_WRITE_CONTENT_BYTES} bytes) of content per call; "
+    "write a bigger file in parts with append=true"
+)
+# Where a run's whole stdout/stderr is saved when its result had to be cut.
+OUTPUT_FOLDER = ".codegen-output"
 
 
 def list_tools() -> list[types.Tool]:
@@ -118,11 +146,12 @@ async def call_tool(
     progress: ProgressFn,
     progress_interval_s: float,
 ) -> types.CallToolResult:
-    """Run one validated call against an agent and format its MCP result."""
+    """Run one validated call against an agent and format its MCP result (within the result budget)."""
     body = args.model_dump(mode="json", exclude_none=True)
     if spec.starts_task:
         view = await _run_task(spec, body, client, progress=progress, interval_s=progress_interval_s)
-        return format_task(view)
+        view, notes = await fit_task_output(view, client)
+        return fit_result(format_task(view, notes))
     if spec.name == "task.get_result":
         view = await _wait_task(
             client,
@@ -131,7 +160,13 @@ async def call_tool(
             progress=progress,
             interval_s=progress_interval_s,
         )
-        return format_task(view)
+        view, notes = await fit_task_output(view, client)
+        return fit_result(format_task(view, notes))
+    if spec.name == "fs.write":
+        check_write_size(body["content"])
+    if spec.name == "fs.read":
+        # No more than a result can carry: the result says where to read on.
+        body["limit"] = min(int(body.get("limit", DEFAULT_READ_LIMIT)), _COPY_BUDGET)
     path = spec.path.format(**body)
     if spec.method == "GET":
         # Arguments not in the path travel as query parameters (artifact.list's filters).
@@ -142,7 +177,17 @@ async def call_tool(
         extra_wait_s = float(body.get("timeout_s", 0))
         data = await client.request("POST", path, body=body, extra_wait_s=extra_wait_s)
     model = _RESULT_MODELS[spec.name].model_validate(data)
-    return _structured(model, _TEXT[spec.name](model))
+    if isinstance(model, TaskView):  # task.get_status of a finished run carries its output too
+        model, notes = await fit_task_output(model, client)
+        return fit_result(_structured(model, "\n".join([_text_status(model), *notes.values()])))
+    model, note = fit_content(model)
+    return fit_result(_structured(model, _TEXT[spec.name](model) + note))
+
+
+def check_write_size(content: str) -> None:
+    size = len(content.encode("utf-8", "surrogatepass"))
+    if size > MAX_WRITE_CONTENT_BYTES:
+        raise CodegenError(f"the content is {size} bytes, but {WRITE_LIMIT}", code=ErrorCode.TOO_LARGE)
 
 
 async def _run_task(
@@ -209,7 +254,8 @@ def _structured(model: BaseModel, text: str, *, is_error: bool = False) -> types
     )
 
 
-def format_task(view: TaskView) -> types.CallToolResult:
+def format_task(view: TaskView, notes: dict[str, str] | None = None) -> types.CallToolResult:
+    """The result of a task; `notes` (by stream) say where output cut to fit the result is."""
     if not view.state.finished:
         tool = view.kind.value
         text = (
@@ -226,10 +272,10 @@ def format_task(view: TaskView) -> types.CallToolResult:
         return _format_lint(view)
     if view.kind is TaskKind.GIT_CLONE:
         return _format_clone(view)
-    return _format_run(view)
+    return _format_run(view, notes or {})
 
 
-def _format_run(view: TaskView) -> types.CallToolResult:
+def _format_run(view: TaskView, notes: dict[str, str]) -> types.CallToolResult:
     run = view.run
     if run is None:
         return _structured(
@@ -242,10 +288,11 @@ def _format_run(view: TaskView) -> types.CallToolResult:
         lines.append(f"Timed out: the run was killed after {run.duration_s:.1f} s.")
     elif view.state is TaskState.CANCELLED:
         lines.append("Cancelled: the run was stopped on request.")
-    lines.append("Stdout:")
-    lines.append(run.stdout + ("\n[stdout truncated]" if run.stdout_truncated else ""))
-    lines.append("Stderr:")
-    lines.append(run.stderr + ("\n[stderr truncated]" if run.stderr_truncated else ""))
+    for stream in ("stdout", "stderr"):
+        output: str = getattr(run, stream)
+        note = notes.get(stream) or (f"[{stream} truncated]" if getattr(run, f"{stream}_truncated") else "")
+        lines.append(f"{stream.capitalize()}:")
+        lines.append(output + ("\n" + note if note else ""))
     if run.artifacts:
         lines.append("Artifacts:")
         lines += [f"  {a.artifact_id}  {a.path}  ({a.size} bytes, {a.media_type})" for a in run.artifacts]
@@ -398,10 +445,8 @@ def _text_read(m: BaseModel) -> str:
     assert isinstance(m, FsReadResult)
     text = m.content if m.encoding is Encoding.UTF8 else f"[binary, base64-encoded]\n{m.content}"
     if m.truncated:
-        text += (
-            f"\n[truncated: returned bytes {m.offset}–{m.offset + m.bytes_read} of {m.size}; "
-            "read on with a larger offset]"
-        )
+        end = m.offset + m.bytes_read
+        text += f"\n[truncated: bytes {m.offset}–{end} of {m.size}; read on with fs.read path={m.path} offset={end}]"
     return text
 
 
@@ -431,7 +476,10 @@ def _text_artifact(m: BaseModel) -> str:
     a = m.artifact
     head = f"{a.artifact_id}: {a.path} ({a.size} bytes, {a.media_type}, sha256 {a.sha256})"
     body = m.content if m.encoding is Encoding.UTF8 else f"[binary, base64-encoded]\n{m.content}"
-    return f"{head}\n{body}" + ("\n[truncated]" if m.truncated else "")
+    if not m.truncated:
+        return f"{head}\n{body}"
+    shown = content_bytes(m.content, m.encoding)
+    return f"{head}\n{body}\n[truncated at {shown} bytes; read on with fs.read path={a.path} offset={shown}]"
 
 
 def _text_status(m: BaseModel) -> str:
@@ -450,3 +498,168 @@ _TEXT: dict[str, Callable[[BaseModel], str]] = {
     "artifact.list": _text_artifact_list,
     "artifact.upload": _text_upload,
 }
+
+
+# --- the result budget ------------------------------------------------------------------------------
+
+
+def json_size(value: Any) -> int:
+    """Bytes of `value` as JSON, as the SDK sends it (UTF-8, control characters escaped)."""
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+
+
+def cut_to_fit(text: str, budget: int) -> str:
+    """The longest start of `text` that takes at most `budget` bytes inside a JSON string."""
+    if json_size(text) - 2 <= budget:
+        return text
+    low, high = 0, min(len(text), max(0, budget))
+    while low < high:  # about 20 rounds for a megabyte
+        middle = (low + high + 1) // 2
+        if json_size(text[:middle]) - 2 <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low]
+
+
+def content_bytes(content: str, encoding: Encoding) -> int:
+    """How many bytes of the file `content` stands for."""
+    if encoding is Encoding.BASE64:
+        with contextlib.suppress(binascii.Error, ValueError):
+            return len(base64.b64decode(content))
+        return len(content) // 4 * 3
+    return len(content.encode("utf-8", "surrogateescape"))
+
+
+def _cut_content(content: str, encoding: Encoding, budget: int) -> str:
+    kept = cut_to_fit(content, budget)
+    if encoding is Encoding.BASE64:
+        kept = kept[: len(kept) // 4 * 4]  # whole base64 quanta, so the bytes kept are exact
+    return kept
+
+
+def fit_content(model: BaseModel) -> tuple[BaseModel, str]:
+    """Cut the one big field of echo, fs.read and artifact.get to the budget; a note for the text, if cut."""
+    if isinstance(model, EchoResult):
+        room = _COPY_BUDGET - json_size(model.model_copy(update={"message": ""}).model_dump(mode="json"))
+        kept = cut_to_fit(model.message, room - _TEXT_SLACK)
+        if kept == model.message:
+            return model, ""
+        whole = len(model.message.encode("utf-8", "surrogateescape"))
+        note = f"\n[echo cut at {len(kept.encode('utf-8', 'surrogateescape'))} of {whole} bytes to fit the result]"
+        return model.model_copy(update={"message": kept}), note
+    if isinstance(model, FsReadResult | ArtifactContent):
+        room = _COPY_BUDGET - json_size(model.model_copy(update={"content": ""}).model_dump(mode="json"))
+        kept = _cut_content(model.content, model.encoding, room - _TEXT_SLACK)
+        if kept == model.content:
+            return model, ""
+        update: dict[str, Any] = {"content": kept, "truncated": True}
+        if isinstance(model, FsReadResult):
+            update["bytes_read"] = content_bytes(kept, model.encoding)
+        return model.model_copy(update=update), ""
+    return model, ""
+
+
+async def fit_task_output(view: TaskView, client: AgentClient) -> tuple[TaskView, dict[str, str]]:
+    """Cut a run's stdout/stderr to the budget; the whole of a cut stream is saved in the workspace.
+
+    Returns the view to send and, for each cut stream, a note saying where the rest is.
+    """
+    run = view.run
+    if run is None:
+        return view, {}
+    room = _COPY_BUDGET - _TEXT_SLACK - json_size(_with_output(view, run, "", "").model_dump(mode="json"))
+    sizes = {"stdout": json_size(run.stdout) - 2, "stderr": json_size(run.stderr) - 2}
+    if sum(sizes.values()) <= room:
+        return view, {}
+    # The smaller stream keeps all it can of its half; the bigger one gets the rest.
+    small, big = sorted(sizes, key=lambda name: sizes[name])
+    allowed = {small: min(sizes[small], room // 2)}
+    allowed[big] = room - allowed[small]
+    kept: dict[str, str] = {}
+    notes: dict[str, str] = {}
+    for stream in ("stdout", "stderr"):
+        output: str = getattr(run, stream)
+        kept[stream] = cut_to_fit(output, allowed[stream])
+        if kept[stream] != output:
+            notes[stream] = await _save_output(client, view.task_id, stream, output, kept[stream], run)
+    return _with_output(view, run, kept["stdout"], kept["stderr"]), notes
+
+
+def _with_output(view: TaskView, run: RunResult, stdout: str, stderr: str) -> TaskView:
+    update = {
+        "stdout": stdout,
+        "stderr": stderr,
+        "stdout_truncated": run.stdout_truncated or stdout != run.stdout,
+        "stderr_truncated": run.stderr_truncated or stderr != run.stderr,
+    }
+    return view.model_copy(update={"run": run.model_copy(update=update)})
+
+
+async def _save_output(client: AgentClient, task_id: str, stream: str, output: str, kept: str, run: RunResult) -> str:
+    shown = len(kept.encode("utf-8", "surrogateescape"))
+    whole = len(output.encode("utf-8", "surrogateescape"))
+    head = f"[{stream} cut at {shown} of {whole} bytes to fit the result"
+    saved = "all of it is saved"
+    if getattr(run, f"{stream}_truncated"):
+        head += f" (the sandbox itself captured only that much of the run's {stream})"
+        saved = "that much is saved"
+    path = f"{OUTPUT_FOLDER}/{task_id}.{stream}"
+    spec = TOOLS_BY_NAME["fs.write"]
+    try:
+        await client.request("POST", spec.path, body={"path": path, "content": output, "encoding": "utf-8"})
+    except CodegenError as exc:
+        return f"{head}; it could not be saved in {path}: {exc.message}]"
+    return f"{head}; {saved}: read the rest with fs.read path={path} offset={shown}]"
+
+
+def fit_result(result: types.CallToolResult) -> types.CallToolResult:
+    """Any result, cut to the budget (the last guard: the tools above cut their big fields with care)."""
+    structured = result.structured_content
+    texts = [c.text for c in result.content if isinstance(c, types.TextContent)]
+    if json_size(structured) + sum(json_size(t) for t in texts) <= RESULT_BUDGET_BYTES:
+        return result
+    note = f"\n[cut to fit the {RESULT_BUDGET_BYTES // 1024} KiB result; narrow the request to see the rest]"
+    text = cut_to_fit("\n".join(texts), _COPY_BUDGET - len(note)) + note
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text)],
+        structured_content=shrink_json(structured, _COPY_BUDGET) if structured is not None else None,
+        is_error=result.is_error,
+    )
+
+
+def shrink_json(value: dict[str, Any], budget: int) -> dict[str, Any]:
+    """Cut the biggest strings and lists of a JSON object until it fits `budget` (its shape stays valid)."""
+    value = json.loads(json.dumps(value))  # a copy to cut
+    while (excess := json_size(value) - budget) > 0:
+        parent, key, size = _biggest(value)
+        if parent is None:
+            break
+        target = parent[key]
+        if isinstance(target, str):
+            parent[key] = cut_to_fit(target, max(0, size - excess - 64))
+        else:
+            drop = max(1, -(-excess * len(target) // size))
+            parent[key] = target[: max(0, len(target) - drop)]
+            if isinstance(parent, dict) and parent.get("truncated") is False:
+                parent["truncated"] = True
+    return value
+
+
+def _biggest(value: Any) -> tuple[Any, Any, int]:
+    """The container, key and JSON size of the biggest string or list of many items below `value`."""
+    best: tuple[Any, Any, int] = (None, None, 0)
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, child in items:
+        if isinstance(child, str) and child:
+            candidate = (value, key, json_size(child))
+        elif isinstance(child, dict | list) and child:
+            inner = _biggest(child)
+            size = json_size(child)
+            # A list is cut by dropping its last items, unless one item inside is most of it.
+            candidate = (value, key, size) if isinstance(child, list) and inner[2] * 2 < size else inner
+        else:
+            continue
+        if candidate[0] is not None and candidate[2] > best[2]:
+            best = candidate
+    return best
