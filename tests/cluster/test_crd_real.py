@@ -7,7 +7,6 @@ optional field without has() once made the whole CRD invalid.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,25 +14,16 @@ import pytest
 
 from codegen_mcp.api import session as api
 from tests.support.control_plane import ControlPlane
-from tests.support.real_cluster import CRD_FILE, RealCluster, api_path, apply_crd_file
+from tests.support.real_cluster import RealCluster, api_path, module_namespace
 
 pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="module")
 def real(control_plane: ControlPlane) -> Iterator[RealCluster]:
-    cluster = RealCluster(control_plane)
-    install_crd(cluster)
-    namespace = f"crd-{uuid.uuid4().hex[:8]}"
-    cluster.request("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
-    cluster.namespace = namespace  # type: ignore[attr-defined]
-    yield cluster
-    cluster.request("DELETE", f"/api/v1/namespaces/{namespace}")
-
-
-def install_crd(cluster: RealCluster) -> dict[str, Any]:
-    """Apply crds/codegensession.yaml (create or replace) and wait until the server says Established."""
-    return apply_crd_file(cluster, CRD_FILE)
+    """crds/codegensession.yaml applied (create or replace, then Established) and a namespace for this module."""
+    with module_namespace(control_plane, "crd") as cluster:
+        yield cluster
 
 
 def create(cluster: RealCluster, name: str, spec: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
@@ -41,7 +31,7 @@ def create(cluster: RealCluster, name: str, spec: dict[str, Any] | None) -> tupl
     body: dict[str, Any] = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name}}
     if spec is not None:
         body["spec"] = spec
-    return cluster.call("POST", api_path(api.GROUP, api.VERSION, api.PLURAL, cluster.namespace), body)  # type: ignore[attr-defined]
+    return cluster.call("POST", api_path(api.GROUP, api.VERSION, api.PLURAL, cluster.namespace), body)
 
 
 def test_the_shipped_crd_is_established(real: RealCluster) -> None:
@@ -109,7 +99,7 @@ def test_immutable_fields_refuse_changes(
     name = f"imm-{field}"
     code, body = create(real, name, before)
     assert code == 201, body.get("message")
-    path = api_path(api.GROUP, api.VERSION, api.PLURAL, real.namespace, name)  # type: ignore[attr-defined]
+    path = api_path(api.GROUP, api.VERSION, api.PLURAL, real.namespace, name)
     with pytest.raises(AssertionError, match="immutable"):
         patch(real, path, {"spec": change})
 
@@ -117,7 +107,7 @@ def test_immutable_fields_refuse_changes(
 def test_mutable_fields_change(real: RealCluster) -> None:
     code, body = create(real, "mutable", {"ttlSeconds": 60})
     assert code == 201, body.get("message")
-    path = api_path(api.GROUP, api.VERSION, api.PLURAL, real.namespace, "mutable")  # type: ignore[attr-defined]
+    path = api_path(api.GROUP, api.VERSION, api.PLURAL, real.namespace, "mutable")
     changed = patch(real, path, {"spec": {"ttlSeconds": 120, "idleTimeoutSeconds": 30, "owner": "bob"}})
     assert changed["spec"]["ttlSeconds"] == 120 and changed["metadata"]["generation"] == 2
 

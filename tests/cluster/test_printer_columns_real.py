@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,9 +11,8 @@ from typing import Any
 import pytest
 
 from codegen_mcp.api import session as api
-from tests.cluster.test_crd_real import install_crd
 from tests.support.control_plane import ControlPlane
-from tests.support.real_cluster import RealCluster, api_path
+from tests.support.real_cluster import RealCluster, api_path, module_namespace
 
 pytestmark = pytest.mark.cluster
 
@@ -23,13 +21,8 @@ TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
 
 @pytest.fixture(scope="module")
 def real(control_plane: ControlPlane) -> Iterator[RealCluster]:
-    cluster = RealCluster(control_plane)
-    install_crd(cluster)
-    namespace = f"columns-{uuid.uuid4().hex[:8]}"
-    cluster.request("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
-    cluster.namespace = namespace  # type: ignore[attr-defined]
-    yield cluster
-    cluster.request("DELETE", f"/api/v1/namespaces/{namespace}")
+    with module_namespace(control_plane, "columns") as cluster:
+        yield cluster
 
 
 def send(cluster: RealCluster, method: str, path: str, body: Any, content_type: str, accept: str) -> dict[str, Any]:
@@ -42,7 +35,7 @@ def send(cluster: RealCluster, method: str, path: str, body: Any, content_type: 
 
 
 def test_expires_shows_when_the_session_expires_not_invalid(real: RealCluster) -> None:
-    sessions = api_path(api.GROUP, api.VERSION, api.PLURAL, real.namespace)  # type: ignore[attr-defined]
+    sessions = api_path(api.GROUP, api.VERSION, api.PLURAL, real.namespace)
     real.request("POST", sessions, {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": "demo"}})
     expires = (datetime.now(UTC) + timedelta(hours=23)).strftime("%Y-%m-%dT%H:%M:%SZ")
     status = {"status": {"phase": "Ready", "expiresAt": expires}}

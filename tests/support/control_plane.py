@@ -327,14 +327,8 @@ class ControlPlane:
             for crd in self.crds:
                 self._install_crd(crd)
             if self.has("kube-controller-manager"):
-                kubeconfig = self.user_kubeconfig("system:kube-controller-manager")
                 args = [
-                    f"--kubeconfig={kubeconfig}",
-                    f"--authentication-kubeconfig={kubeconfig}",
-                    f"--authorization-kubeconfig={kubeconfig}",
-                    "--bind-address=127.0.0.1",
-                    f"--secure-port={free_port()}",
-                    "--leader-elect=false",
+                    *self._controller_args("system:kube-controller-manager"),
                     f"--root-ca-file={self.ca_file}",
                     f"--service-account-private-key-file={sa_private}",
                     "--use-service-account-credentials=true",
@@ -348,15 +342,7 @@ class ControlPlane:
                     args.append("--enable-hostpath-provisioner=true")
                 self._spawn("kube-controller-manager", args)
             if self.has("kube-scheduler"):
-                kubeconfig = self.user_kubeconfig("system:kube-scheduler")
-                self._spawn("kube-scheduler", [
-                    f"--kubeconfig={kubeconfig}",
-                    f"--authentication-kubeconfig={kubeconfig}",
-                    f"--authorization-kubeconfig={kubeconfig}",
-                    "--bind-address=127.0.0.1",
-                    f"--secure-port={free_port()}",
-                    "--leader-elect=false",
-                ])  # fmt: skip
+                self._spawn("kube-scheduler", self._controller_args("system:kube-scheduler"))
             if self.has("kube-controller-manager"):
                 self._wait_for_default_service_account()
         except BaseException:
@@ -364,6 +350,18 @@ class ControlPlane:
             raise
         self.started_seconds = time.monotonic() - began
         return self
+
+    def _controller_args(self, user: str) -> list[str]:
+        """What the controller-manager and the scheduler are both told: who they are, where they serve."""
+        kubeconfig = self.user_kubeconfig(user)
+        return [
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={free_port()}",
+            "--leader-elect=false",
+        ]
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log = self.root / f"{name}.log"
@@ -442,7 +440,7 @@ class ControlPlane:
     def stop(self) -> None:
         """End every process this plane started: controllers first, then the API server, etcd last."""
         for process in reversed(self._processes):
-            _terminate(process.popen, grace=3.0)
+            terminate(process.popen, grace=3.0)
         self._processes.clear()
 
     def logs(self) -> dict[str, str]:
@@ -462,10 +460,12 @@ class ControlPlane:
         return {"url": self.url, "kubeconfig": str(self.kubeconfig), "components": self.components}
 
 
-def _terminate(popen: subprocess.Popen[bytes], grace: float) -> None:
+def terminate(popen: subprocess.Popen[bytes], *, grace: float, sig: signal.Signals = signal.SIGTERM) -> None:
+    """End a process started with `start_new_session=True` and everything in its group: `sig`, then SIGKILL
+    after `grace` seconds."""
     if popen.poll() is None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(popen.pid, signal.SIGTERM)
+            os.killpg(popen.pid, sig)
         try:
             popen.wait(timeout=grace)
         except subprocess.TimeoutExpired:

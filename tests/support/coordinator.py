@@ -83,8 +83,8 @@ def start_coordinator(state_dir: Path, *extra: str, env: dict[str, str] | None =
 
 
 def print_log_tail(cp: CoordinatorProcess, lines: int = 60) -> None:
-    """Echo the end of a coordinator's log: pytest shows it only when a test failed."""
-    print(f"--- {cp.log_path} (last {lines} lines) ---\n{cp.log_tail(lines)}")
+    """Echo the end of a coordinator's log (to stderr, like any log): pytest shows it only when a test failed."""
+    print(f"--- {cp.log_path} (last {lines} lines) ---\n{cp.log_tail(lines)}", file=sys.stderr)
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:

@@ -39,7 +39,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.control_plane import ASSETS_ENV, ControlPlane, free_port, tail
+from tests.support.control_plane import ASSETS_ENV, ControlPlane, free_port, tail, terminate
 
 REPO = Path(__file__).resolve().parents[2]
 PAUSE_IMAGE = "localhost/pause:1.0"
@@ -134,18 +134,6 @@ def run(*argv: str, check: bool = True, timeout: float = 60.0) -> subprocess.Com
     if check and done.returncode != 0:
         raise NodeError(f"{' '.join(argv)} exited with {done.returncode}: {done.stderr.strip() or done.stdout.strip()}")
     return done
-
-
-def _terminate(popen: subprocess.Popen[bytes], grace: float) -> None:
-    if popen.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(popen.pid, signal.SIGTERM)
-        try:
-            popen.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(popen.pid, signal.SIGKILL)
-            popen.wait(timeout=10)
 
 
 def used_networks() -> list[ipaddress.IPv4Network]:
@@ -535,13 +523,13 @@ disabled_plugins = [
         if "kubelet" in self._processes and self._processes["kubelet"][0].poll() is None:
             attempt("drain the node's Pods", self._drain)
         if "kubelet" in self._processes:
-            _terminate(self._processes["kubelet"][0], grace=10)
+            terminate(self._processes["kubelet"][0], grace=10)
         attempt("delete the Node", lambda: self.api("DELETE", f"/api/v1/nodes/{self.name}"))
         attempt("delete the volumes", self._remove_volumes)
         netns = self._sandbox_netns() if "containerd" in self._processes else []
         if "containerd" in self._processes:
             attempt("remove containers", self._remove_containers)
-            _terminate(self._processes["containerd"][0], grace=10)
+            terminate(self._processes["containerd"][0], grace=10)
             attempt("end the shims", self._kill_shims)
         self._processes.clear()
         attempt("unmount", self._unmount)

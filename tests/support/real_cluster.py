@@ -9,10 +9,13 @@ separate process, so blocking the test's loop for that long starves nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 import time
 import urllib.parse
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,7 @@ class RealCluster:
         self.plane = plane
         self._ssl: ssl.SSLContext = plane.ssl_context()
         self._http: aiohttp.ClientSession | None = None
+        self.namespace: str | None = None  # the namespace a test module works in (`module_namespace`), if any
 
     async def __aenter__(self) -> RealCluster:
         self._http = aiohttp.ClientSession(
@@ -136,6 +140,19 @@ def apply_crd_file(cluster: RealCluster, path: Path = CRD_FILE) -> dict[str, Any
         if time.monotonic() > deadline:
             raise AssertionError(f"the CRD {name} was not Established within 30 s: {got.get('status')}")
         time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def module_namespace(plane: ControlPlane, prefix: str) -> Iterator[RealCluster]:
+    """The admin's `RealCluster` with the CRD applied and a fresh namespace in `.namespace`, deleted afterwards."""
+    cluster = RealCluster(plane)
+    apply_crd_file(cluster)
+    cluster.namespace = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    cluster.request("POST", "/api/v1/namespaces", {"metadata": {"name": cluster.namespace}})
+    try:
+        yield cluster
+    finally:
+        cluster.request("DELETE", f"/api/v1/namespaces/{cluster.namespace}")
 
 
 def prepare_for_sessions(cluster: RealCluster) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -31,3 +32,15 @@ async def eventually(
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or probe} (last: {last!r})")
         await asyncio.sleep(interval)
+
+
+def wait_for(probe: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.1) -> T:
+    """`eventually` for code outside an event loop (fixtures, host processes): blocks between calls."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = probe()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {found!r})")
+        time.sleep(interval)

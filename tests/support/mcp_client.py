@@ -1,0 +1,40 @@
+"""The official MCP SDK's client on a coordinator for tests: a session over streamable HTTP, and tool calls."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx2 as httpx
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.types import CallToolResult, TextContent
+
+
+def bearer(token: str | None) -> dict[str, str]:
+    """The header a coordinator with auth on asks for; none without a token."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+@contextlib.asynccontextmanager
+async def mcp_session(url: str, token: str | None = None, *, timeout: httpx.Timeout) -> AsyncIterator[ClientSession]:
+    """An initialized client session on the coordinator at `url` (its /mcp endpoint)."""
+    async with (
+        httpx.AsyncClient(headers=bearer(token), timeout=timeout) as http,
+        streamable_http_client(f"{url}/mcp", http_client=http) as streams,
+        ClientSession(streams[0], streams[1]) as session,
+    ):
+        await session.initialize()
+        yield session
+
+
+def text_of(result: CallToolResult) -> str:
+    return "\n".join(c.text for c in result.content if isinstance(c, TextContent))
+
+
+async def call(session: ClientSession, tool: str, **arguments: Any) -> CallToolResult:
+    """A tool call that must succeed: its result, or an AssertionError with the tool's own message."""
+    result = await session.call_tool(tool, arguments)
+    assert not result.is_error, f"{tool} failed: {text_of(result)}"
+    return result
