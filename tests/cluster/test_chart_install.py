@@ -20,10 +20,8 @@ ServiceAccount of the release namespace), one extra watched namespace, and an un
 from __future__ import annotations
 
 import base64
-import contextlib
 import functools
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -35,12 +33,10 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
-from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 
 from codegen_mcp.api import session as api
 from codegen_mcp.operator import builders
-from tests.cluster.chart_release import (
+from tests.support.chart import (
     CHART_CRDS,
     COORDINATOR_NEEDS,
     CRDS,
@@ -51,17 +47,17 @@ from tests.cluster.chart_release import (
     Installed,
     OperatorProcess,
     Right,
-    container_args,
     deployment_env,
     installed_chart,
     object_path,
     operator_settings,
-    running_operator,
+    running_coordinator,
     session_body,
 )
 from tests.support.control_plane import ControlPlane
-from tests.support.coordinator import CoordinatorProcess, print_log_tail, start_coordinator, stop_process
+from tests.support.coordinator import CoordinatorProcess
 from tests.support.kubelet import FakeKubelet
+from tests.support.mcp_client import mcp_session
 from tests.support.real_cluster import api_path
 from tests.support.waiting import eventually
 
@@ -80,46 +76,16 @@ def extra_ns(installed: Installed) -> str:
     return installed.extra_ns
 
 
-@pytest.fixture(scope="module")
-def operator(installed: Installed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    with running_operator(installed, tmp_path_factory.mktemp("operator")) as running:
-        yield running
-
-
 @pytest.fixture
-def coordinator(installed: Installed) -> Iterator[tuple[CoordinatorProcess, str]]:
+def coordinator(installed: Installed, tmp_path: Path) -> Iterator[tuple[CoordinatorProcess, str]]:
     """`codegen-mcp serve --backend kubernetes` with the chart's env, as the chart's coordinator ServiceAccount.
 
     Yields the process and the bearer token clients must send (from the chart's generated auth Secret).
     """
-    deployment = installed.release.find("Deployment", "-coordinator")
-    env = deployment_env(deployment, installed.admin, pod_name="coordinator-on-the-host")
-    root = Path(tempfile.mkdtemp(prefix="codegen-mcp-chart-"))
-    state = root / "state"
-    state.mkdir()
-    env["CODEGEN_AUDIT_LOG"] = str(state / "audit.jsonl")  # the chart's path is an emptyDir in the Pod
-    env["CODEGEN_K8S_KUBECONFIG"] = str(installed.coordinator.kubeconfig)
-    for key in [k for k in os.environ if k.startswith("CODEGEN_") and k not in env]:
-        env[key] = ""  # nothing from this shell's environment leaks in
-    assert container_args(deployment)[:3] == ["serve", "--backend", "kubernetes"]
-    cp = start_coordinator(state, "--backend", "kubernetes", env={**env, "KUBECONFIG": "/nonexistent"})
-    try:
-        yield cp, env["CODEGEN_AUTH_TOKENS"].split(",")[0]
-    finally:
-        stop_process(cp.proc)
-        print_log_tail(cp)
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@contextlib.asynccontextmanager
-async def mcp_session(url: str, token: str) -> AsyncIterator[ClientSession]:
-    async with (
-        httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=90) as http,
-        streamable_http_client(f"{url}/mcp", http_client=http) as streams,
-        ClientSession(streams[0], streams[1]) as session,
-    ):
-        await session.initialize()
-        yield session
+    token = installed.auth_token()
+    assert token is not None, "the chart's default is auth.enabled"
+    with running_coordinator(installed, tmp_path) as running:
+        yield running, token
 
 
 @pytest.fixture
@@ -421,7 +387,7 @@ async def test_an_mcp_session_lives_and_ends_with_the_charts_rights(
     cp, token = coordinator
     ns = installed.sessions_ns
     began = time.monotonic()
-    async with mcp_session(cp.url, token) as s:
+    async with mcp_session(cp.url, token, timeout=httpx.Timeout(90)) as s:
         written = await s.call_tool("fs.write", {"path": "hello.py", "content": "print(6 * 7)"})
         assert not written.is_error, written
         ready_after = time.monotonic() - began

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from codegen_mcp.api import session as api
-from tests.cluster.chart_release import (
+from tests.support.chart import (
     COORDINATOR_NEEDS,
     OPERATOR_NEEDS,
     PEERING_NEEDS,
@@ -21,7 +21,6 @@ from tests.cluster.chart_release import (
     Installed,
     OperatorProcess,
     installed_chart,
-    running_operator,
     session_body,
 )
 from tests.support.control_plane import ControlPlane
@@ -37,12 +36,6 @@ def installed(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFact
     folder = tmp_path_factory.mktemp("identities")
     with installed_chart(control_plane, folder, own_sessions_namespace=False, values=values) as done:
         yield done
-
-
-@pytest.fixture(scope="module")
-def operator(installed: Installed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    with running_operator(installed, tmp_path_factory.mktemp("operator")) as running:
-        yield running
 
 
 def test_the_release_namespace_holds_exactly_what_each_identity_uses(installed: Installed) -> None:

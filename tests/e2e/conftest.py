@@ -5,8 +5,8 @@
   provider; the chart's release is CODEGEN_E2E_RELEASE (codegen-mcp) in CODEGEN_E2E_NAMESPACE (codegen-mcp).
   Skipped, with the exact reason, where docker (with an engine), kind, kubectl or helm is missing.
 - no `--k8s-provider`: the local real control plane and node (tests/support) through `LocalControlPlaneManager`,
-  with the operator and the coordinator on the host. The scenarios are then marked `cluster` and `node`, and skip,
-  saying why, where those cannot start.
+  with the chart installed at 0 replicas and the operator and the coordinator on the host, as its ServiceAccounts.
+  The scenarios are then marked `cluster` and `node`, and skip, saying why, where those cannot start.
 
 Either way the cluster is taken, never made: `create()` finds it ready and adopts it, so `delete()` leaves it alone.
 """
@@ -14,10 +14,7 @@ Either way the cluster is taken, never made: `create()` finds it ready and adopt
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +24,7 @@ from pytest_kubernetes.providers.base import AClusterManager
 from tests.support.control_plane import ControlPlane
 from tests.support.k8s_providers import KindClusterManager, LocalControlPlaneManager
 from tests.support.node import Node
-from tests.support.node_stack import STORAGE_CLASS, SandboxStack
+from tests.support.node_stack import STORAGE_CLASS, running_stack
 
 from .release import ChartRelease, HostRelease, Release, kind_problem
 
@@ -116,26 +113,11 @@ def release(cluster: AClusterManager) -> Iterator[Release]:
 
 
 def _host_release(cluster: LocalControlPlaneManager) -> Iterator[HostRelease]:
-    """The operator (fast expiry checks, like the kind values) and the coordinator (bearer auth on) on the host."""
+    """The chart installed for the local node, its operator (fast expiry checks, like the kind values) and
+    coordinator on the host with the chart's identities; `default` watched too, for examples/codegensession.yaml."""
     node = cluster.node
     assert node is not None, "the local e2e cluster comes with the session's real node"
-    folder = Path(tempfile.mkdtemp(prefix="codegen-mcp-e2e-"))
-    token = secrets.token_urlsafe(24)
-    stack = SandboxStack(
-        node,
-        folder,
-        volumes=HOST_VOLUMES - 1,
-        operator_env={"CODEGEN_OPERATOR_EXPIRY_CHECK_SECONDS": "2"},
-        coordinator_env={"CODEGEN_AUTH_TOKENS": token},
-    )
-    try:
-        node.workspace_volumes(STORAGE_CLASS, 1, size="2Gi")
-        with node.accepting_pods():
-            stack.start()
-            try:
-                yield HostRelease(cluster, stack, token)
-            finally:
-                print(stack.logs())
-                stack.stop()
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    node.workspace_volumes(STORAGE_CLASS, 1, size="2Gi")
+    values = {"operator": {"expiryCheckSeconds": 2}}
+    with running_stack(node, volumes=HOST_VOLUMES - 1, values=values, extra_namespace="default") as stack:
+        yield HostRelease(cluster, stack)

@@ -2,9 +2,10 @@
 
 - `ChartRelease`: the Helm chart in the cluster, as `make e2e` leaves it on kind (kind-up, images, kind-load,
   deploy); the coordinator is reached through a port-forward to its Service.
-- `HostRelease`: the local real control plane and node of tests/support, where the operator and the coordinator run
-  on the host (tests/support/node_stack.py): the chart's Pods would have to reach the API server, and the local
-  node's Pods cannot — it listens on 127.0.0.1 only (../shared/k8s/README.md).
+- `HostRelease`: the local real control plane and node of tests/support, where the chart is installed with its
+  Deployments at 0 replicas and the operator and the coordinator run on the host with the Deployments' env and
+  ServiceAccount tokens (tests/support/node_stack.py): the chart's Pods would have to reach the API server, and the
+  local node's Pods cannot — it listens on 127.0.0.1 only (../shared/k8s/README.md).
 
 Scenarios read and change the cluster through the manager's `kubectl()`, `apply()`, `wait()` and `logs()` only.
 pytest-kubernetes joins kubectl's arguments into one shell command line: whatever the shell would read (code,
@@ -23,12 +24,11 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from pytest_kubernetes.providers.base import AClusterManager
 
@@ -36,16 +36,15 @@ from codegen_mcp.api import session as api
 from tests.support.control_plane import free_port
 from tests.support.node_stack import SandboxStack
 
-T = TypeVar("T")
-
 REPO = Path(__file__).resolve().parents[2]
 KIND_TOOLS = ("docker", "kind", "kubectl", "helm")
 
 # Why a scenario cannot run on the local real cluster (the host release).
 NO_CHART_HERE = (
-    "the chart's Deployments are not installed on the local real cluster: their Pods must reach the API server, "
-    "which listens on 127.0.0.1 only, out of reach of the local node's Pods (../shared/k8s/README.md), so the "
-    "operator and the coordinator run on the host instead (tests/support/node_stack.py); `make e2e` checks them on kind"
+    "the chart's Deployments run no Pods on the local real cluster: their Pods must reach the API server, which "
+    "listens on 127.0.0.1 only, out of reach of the local node's Pods (../shared/k8s/README.md), so the operator and "
+    "the coordinator run on the host instead, as the chart's ServiceAccounts (tests/support/node_stack.py); "
+    "`make e2e` checks the Deployments on kind"
 )
 NO_NETWORK_POLICY_HERE = (
     "the local node's CNI (bridge + host-local, tests/support/node.py) stores NetworkPolicy but does not enforce "
@@ -90,18 +89,6 @@ def kind_problem() -> str | None:
 
 
 # --- small helpers on any cluster --------------------------------------------------------------------------
-
-
-def eventually(probe: Callable[[], T | None], *, timeout: float, interval: float = 1.0, what: str) -> T:
-    """Call `probe` until it returns something truthy; fail after `timeout` seconds naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {result!r})")
-        time.sleep(interval)
 
 
 def unique(prefix: str) -> str:
@@ -316,18 +303,17 @@ class ChartRelease(Release):
 
 @dataclass
 class HostRelease(Release):
-    """`SandboxStack` on the local node: the operator and the coordinator as host processes, asking for `token`."""
+    """`SandboxStack` on the local node: the chart's operator and coordinator as host processes."""
 
     cluster: AClusterManager
     stack: SandboxStack
-    token: str
     namespace: str = field(init=False)
 
     def __post_init__(self) -> None:
         self.namespace = self.stack.namespace
 
     def auth_token(self) -> str | None:
-        return self.token
+        return self.stack.auth_token
 
     def coordinator_url(self) -> contextlib.AbstractContextManager[str]:
         assert self.stack.coordinator is not None, "the stack is not started"

@@ -8,12 +8,11 @@ show is skipped with the reason. Every wait is bounded.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shlex
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -22,11 +21,12 @@ import pytest
 import yaml
 from mcp import ClientSession
 from mcp.client.sse import sse_client
-from mcp.client.streamable_http import streamable_http_client
 from pytest_kubernetes.providers.base import AClusterManager
 
 from codegen_mcp.api import session as api
 from codegen_mcp.api.tools import TOOLS
+from tests.support.mcp_client import bearer, call, mcp_session, text_of
+from tests.support.waiting import wait_for
 
 from .release import (
     NO_CHART_HERE,
@@ -35,7 +35,6 @@ from .release import (
     Release,
     apply,
     delete,
-    eventually,
     exec_python,
     get,
     list_objects,
@@ -49,6 +48,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 TOOL_NAMES = {t.name for t in TOOLS}  # what the coordinator serves: every tool of the shared model
 SANDBOX_UID = 10001
+MCP_TIMEOUT = httpx2.Timeout(30.0, read=300.0)
 EXAMPLE = REPO / "examples" / "codegensession.yaml"
 
 
@@ -179,7 +179,7 @@ def test_example_session_becomes_a_locked_down_sandbox_and_is_cleaned_up(
         if release.sandboxes_reach_pypi():  # spec.packages (requests==2.32.3) is installed at start, from the index
             check = "import subprocess; print(subprocess.run(['/workspace/.venv/bin/python', '-c', "
             check += "'import requests; print(requests.__version__)'], capture_output=True, text=True).stdout)"
-            eventually(
+            wait_for(
                 lambda: "2.32.3" in exec_python(cluster, api.sandbox_pod_name(name), check, namespace),
                 timeout=240,
                 interval=5,
@@ -216,7 +216,7 @@ def test_ttl_expiry_deletes_the_session(release: Release, sessions: list[tuple[s
     cluster, namespace = release.cluster, release.namespace
     ttl = 20
     name = create_session(release, sessions, "e2e-ttl", ttlSeconds=ttl)
-    expires = eventually(
+    expires = wait_for(
         lambda: ((get(cluster, "codegensession", name, namespace) or {}).get("status") or {}).get("expiresAt"),
         timeout=60,
         interval=1,
@@ -260,7 +260,7 @@ def test_network_policy_keeps_sandboxes_apart(release: Release, sessions: list[t
 @pytest.fixture
 def coordinator_url(release: Release) -> Iterator[str]:
     with release.coordinator_url() as url:
-        eventually(lambda: _healthy(url), timeout=30, interval=0.5, what="the coordinator's /healthz")
+        wait_for(lambda: _healthy(url), timeout=30, interval=0.5, what="the coordinator's /healthz")
         yield url
 
 
@@ -272,32 +272,6 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def _headers(token: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-@contextlib.asynccontextmanager
-async def mcp_http(url: str, token: str | None) -> AsyncIterator[ClientSession]:
-    timeout = httpx2.Timeout(30.0, read=300.0)
-    async with (
-        httpx2.AsyncClient(headers=_headers(token), timeout=timeout) as http,
-        streamable_http_client(f"{url}/mcp", http_client=http) as streams,
-        ClientSession(streams[0], streams[1]) as session,
-    ):
-        await session.initialize()
-        yield session
-
-
-def text_of(result: Any) -> str:
-    return "\n".join(c.text for c in result.content if getattr(c, "type", None) == "text")
-
-
-async def call(session: ClientSession, tool: str, **arguments: Any) -> Any:
-    result = await session.call_tool(tool, arguments)
-    assert not result.is_error, f"{tool} failed: {text_of(result)}"
-    return result
-
-
 def session_names(release: Release) -> set[str]:
     return {s["metadata"]["name"] for s in list_objects(release.cluster, "codegensession", release.namespace)}
 
@@ -306,7 +280,7 @@ async def test_mcp_client_runs_every_tool_in_a_sandbox_pod(release: Release, coo
     token = release.auth_token()
     before = session_names(release)
     with anyio.fail_after(600):
-        async with mcp_http(coordinator_url, token) as s:
+        async with mcp_session(coordinator_url, token, timeout=MCP_TIMEOUT) as s:
             assert {t.name for t in (await s.list_tools()).tools} == TOOL_NAMES
 
             assert text_of(await call(s, "echo", message="hello from kind")) == "hello from kind"
@@ -362,7 +336,7 @@ async def test_sse_transport_and_bearer_auth(release: Release, coordinator_url: 
     token = release.auth_token()
     with anyio.fail_after(400):
         async with (
-            sse_client(f"{coordinator_url}/sse", headers=_headers(token)) as streams,
+            sse_client(f"{coordinator_url}/sse", headers=bearer(token)) as streams,
             ClientSession(streams[0], streams[1]) as s,
         ):
             await s.initialize()

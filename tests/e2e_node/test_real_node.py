@@ -2,7 +2,9 @@
 
 Nothing is played here: the operator builds the Pod (builders.py) and the real kubelet runs it with runc from
 the sandbox image built without Docker (`make sandbox-image-offline`), so the security context is the one the
-kernel enforces. Skipped, saying exactly what is missing, where a node cannot start (tests/support/node.py).
+kernel enforces. The operator and the coordinator run with the Helm chart's settings and ServiceAccount tokens
+(tests/support/node_stack.py), so the chart's RBAC is what lets them do it. Skipped, saying exactly what is
+missing, where a node cannot start (tests/support/node.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from mcp import ClientSession
 from mcp.types import CallToolResult
 
 from codegen_mcp.api import session as api
+from tests.support import mcp_client
+from tests.support.chart import FORBIDDEN
 from tests.support.node_stack import SandboxStack
 from tests.support.waiting import eventually
 
@@ -50,9 +54,7 @@ print(json.dumps({
 
 async def call(session: ClientSession, tool: str, **arguments: Any) -> CallToolResult:
     with anyio.fail_after(CALL_TIMEOUT):
-        result = await session.call_tool(tool, arguments)
-    assert not result.is_error, f"{tool} failed: {result.content}"
-    return result
+        return await mcp_client.call(session, tool, **arguments)
 
 
 def stdout_of(result: CallToolResult) -> str:
@@ -88,6 +90,8 @@ async def test_code_runs_in_a_real_pod_as_the_unprivileged_sandbox(stack: Sandbo
         assert pod["spec"]["nodeName"] == stack.node.name
         [container] = pod["spec"]["containers"]
         assert container["image"] == stack.sandbox_image and container["imagePullPolicy"] == "Never"
+        assert stack.installed is not None
+        assert pod["spec"]["serviceAccountName"] == stack.installed.sandbox.name, "the chart's token-less identity"
         assert stack.node.subnet is not None
         assert ipaddress.ip_address(pod["status"]["podIP"]) in stack.node.subnet, "an address on the node's bridge"
 
@@ -136,6 +140,10 @@ async def test_a_deleted_pod_is_replaced_and_the_workspace_survives(stack: Sandb
         status = the_session(stack).get("status") or {}
         assert status.get("restartCount", 0) >= 1, status
     await gone(stack)
+    # All of it with the chart's RBAC: neither the operator nor the coordinator was refused anything.
+    assert stack.operator is not None and stack.operator.refusals() == []
+    assert stack.coordinator is not None
+    assert not FORBIDDEN.search(stack.coordinator.log_path.read_text(errors="replace"))
 
 
 async def test_a_volume_that_ignores_fsgroup_fails_the_session_with_the_storage_problem(stack: SandboxStack) -> None:

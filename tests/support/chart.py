@@ -1,11 +1,12 @@
 """The Helm chart installed for real, and the identities it creates, for tests on the real control plane.
 
 `install_release` runs `helm install` through helm-python-sdk (Helm v4's own install action, CRDs included)
-with the admin's kubeconfig; `installed_chart` wraps it with fresh namespaces, workspace volumes and a full
-clean-up. `Identity` is one ServiceAccount of the release: a token from the TokenRequest API, a kubeconfig
-holding only that token, and plain requests that return the server's answer, 403 included. `deployment_env`
-turns a rendered Deployment's env into the environment its Pod would get, so the operator (`running_operator`)
-and the coordinator run here, on the host, with the chart's settings and the chart's identities.
+with the admin's kubeconfig; `installed_chart` wraps it with fresh namespaces, a `Placement` for the sandbox Pods
+(the kubelet harness's node by default, a real node in tests/support/node_stack.py) and a full clean-up.
+`Identity` is one ServiceAccount of the release: a token from the TokenRequest API, a kubeconfig holding only that
+token, and plain requests that return the server's answer, 403 included. `deployment_env` turns a rendered
+Deployment's env into the environment its Pod would get, so the operator (`running_operator`) and the coordinator
+(`running_coordinator`) run here, on the host, with the chart's settings and the chart's identities.
 `OPERATOR_NEEDS` / `COORDINATOR_NEEDS` list every right each component's code uses, and the call that uses it.
 """
 
@@ -27,17 +28,19 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
 from codegen_mcp.api import session as api
 from codegen_mcp.operator.settings import OperatorSettings
-from tests.support.control_plane import ControlPlane, free_port
+from tests.support.control_plane import ControlPlane, free_port, tail, terminate
+from tests.support.coordinator import CoordinatorProcess, print_log_tail, start_coordinator, stop_process
 from tests.support.real_cluster import RealCluster, api_path
+from tests.support.waiting import wait_for
 
 G = api.GROUP
 CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
@@ -45,7 +48,6 @@ CHART_CRDS = ("codegensessions.codegen-mcp.io", "kopfpeerings.kopf.dev", "cluste
 WORKSPACE_VOLUMES = 6  # static volumes, one per workspace claim a module makes (each is used once: Retain)
 # Every refusal names itself: the API's "... is forbidden: User ..." and kopf's APIForbiddenError.
 FORBIDDEN = re.compile("forbidden", re.IGNORECASE)
-T = TypeVar("T")
 CHART_DIR = Path(__file__).resolve().parents[2] / "helm" / "codegen-mcp"
 TOKEN_SECONDS = 3600
 # Rights every authenticated user has (system:basic-user): asking what one may do. Not granted by the chart.
@@ -311,18 +313,6 @@ PEERING_NEEDS: dict[Right, str] = {
 # --- a release for a test module --------------------------------------------------------------------------------
 
 
-def wait_for(probe: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.1) -> T:
-    """A bounded wait for fixtures, which run outside the test's event loop."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = probe()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {found!r})")
-        time.sleep(interval)
-
-
 def session_body(name: str, **spec: Any) -> dict[str, Any]:
     return {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name}, "spec": spec}
 
@@ -336,6 +326,56 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass
+class Placement:
+    """Where a release's sandbox Pods go: the node `sessions.nodeSelector` names, and the values that fit it
+    (its workspace StorageClass; for a real node, the image it holds)."""
+
+    node: str
+    values: dict[str, Any]
+
+
+@contextlib.contextmanager
+def harness_placement(admin: RealCluster, volumes: int = WORKSPACE_VOLUMES) -> Iterator[Placement]:
+    """For the kubelet harness (tests/support/kubelet.py) registered under `Placement.node`.
+
+    Workspaces: static hostPath volumes in a folder of their own, bound by the real PV controller and mounted by the
+    harness; unlike provisioned ones they leave nothing behind on the host. The agents listen on a free port: each
+    Pod of the harness has its own loopback IP, but the port is the operator's.
+    """
+    tag = uuid.uuid4().hex[:6]
+    node, storage_class = f"chart-{tag}-node", f"chart-{tag}-workspaces"
+    root = Path(tempfile.mkdtemp(prefix="codegen-mcp-chart-volumes-"))
+    root.chmod(0o711)
+    names = [f"chart-{tag}-workspace-{n}" for n in range(volumes)]
+    try:
+        admin.request("POST", "/apis/storage.k8s.io/v1/storageclasses", {
+            "metadata": {"name": storage_class}, "provisioner": "kubernetes.io/no-provisioner",
+        })  # fmt: skip
+        for volume in names:
+            (root / volume).mkdir()
+            admin.request("POST", "/api/v1/persistentvolumes", {
+                "metadata": {"name": volume},
+                "spec": {
+                    "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                    "persistentVolumeReclaimPolicy": "Retain", "storageClassName": storage_class,
+                    "hostPath": {"path": str(root / volume), "type": "Directory"},
+                },
+            })  # fmt: skip
+        yield Placement(node, {
+            "operator": {"extraEnv": [{"name": "CODEGEN_OPERATOR_AGENT_PORT", "value": str(free_port())}]},
+            "sessions": {
+                "nodeSelector": {"kubernetes.io/hostname": node},
+                "workspace": {"storageClassName": storage_class, "size": "64Mi"},
+            },
+        })  # fmt: skip
+    finally:
+        for volume in names:
+            admin.request("DELETE", f"/api/v1/persistentvolumes/{volume}")
+        admin.request("DELETE", f"/apis/storage.k8s.io/v1/storageclasses/{storage_class}")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
 class Installed:
     plane: ControlPlane
     admin: RealCluster
@@ -344,7 +384,6 @@ class Installed:
     extra_ns: str | None  # also watched by the operator (operator.watchNamespaces), when the layout has one
     outside_ns: str  # watched by no one
     node: str  # the node sandbox Pods are pinned to (sessions.nodeSelector)
-    agent_port: int
     coordinator: Identity
     operator: Identity
     sandbox: Identity  # what sandbox Pods run as (no token is mounted: this one comes from the TokenRequest API)
@@ -367,114 +406,98 @@ class Installed:
         }.get(plural, ("", "v1"))
         return self.admin.read(group, version, plural, namespace or self.sessions_ns, name)
 
+    def auth_token(self) -> str | None:
+        """The first bearer token the coordinator accepts (from the chart's auth Secret); None with auth off."""
+        env = deployment_env(self.release.find("Deployment", "-coordinator"), self.admin, pod_name="any")
+        return env.get("CODEGEN_AUTH_TOKENS", "").split(",")[0].strip() or None
+
 
 @contextlib.contextmanager
 def installed_chart(
-    plane: ControlPlane, folder: Path, *, own_sessions_namespace: bool, values: dict[str, Any] | None = None
+    plane: ControlPlane,
+    folder: Path,
+    *,
+    own_sessions_namespace: bool,
+    values: dict[str, Any] | None = None,
+    placement: contextlib.AbstractContextManager[Placement] | None = None,
+    extra_namespace: str | None = None,
 ) -> Iterator[Installed]:
     """The chart installed into fresh namespaces, with what the processes on this host need; all gone after.
 
     `own_sessions_namespace`: sessions in a namespace of their own plus one more watched namespace (the layout
     the README recommends); otherwise the chart's default, sessions in the release namespace.
+    `placement`: where sandbox Pods go; by default the kubelet harness's node (`harness_placement`).
+    `extra_namespace`: an existing namespace to be that one more watched namespace (e.g. `default`, which manifests
+    name), neither made nor deleted here; by default a fresh one.
     """
+    assert own_sessions_namespace or extra_namespace is None, "only the own-sessions layout has an extra namespace"
     admin = RealCluster(plane)
     tag = uuid.uuid4().hex[:6]
     release_ns, outside_ns = f"chart-{tag}-rel", f"chart-{tag}-out"
     sessions_ns, extra_ns = (
-        (f"chart-{tag}-sess", f"chart-{tag}-extra") if own_sessions_namespace else (release_ns, None)
+        (f"chart-{tag}-sess", extra_namespace or f"chart-{tag}-extra") if own_sessions_namespace else (release_ns, None)
     )
-    namespaces = sorted({release_ns, sessions_ns, outside_ns} | ({extra_ns} if extra_ns else set()))
-    node, storage_class = f"chart-{tag}-node", f"chart-{tag}-workspaces"
+    made = sorted({release_ns, sessions_ns, outside_ns} | ({extra_ns} if extra_ns and not extra_namespace else set()))
     created_crds = [name for name in CHART_CRDS if admin.request("GET", f"{CRDS}/{name}") is None]
-    # Workspaces: static hostPath volumes in a folder of this module, bound by the real PV controller and mounted
-    # by the kubelet harness; unlike provisioned ones they leave nothing behind on the host.
-    volumes_root = Path(tempfile.mkdtemp(prefix="codegen-mcp-chart-volumes-"))
-    volumes_root.chmod(0o711)
-    volumes = [f"chart-{tag}-workspace-{n}" for n in range(WORKSPACE_VOLUMES)]
     release: Release | None = None
-    agent_port = free_port()
-    base = {
-        # The Deployments stay at 0 replicas: their processes run on this host (no image can run here).
-        "operator": {
-            "replicas": 0,
-            "expiryCheckSeconds": 1,
-            # A free port for the agents (each Pod of the kubelet harness listens on its own loopback IP).
-            "extraEnv": [{"name": "CODEGEN_OPERATOR_AGENT_PORT", "value": str(agent_port)}],
-        },
+    base: dict[str, Any] = {
+        # The Deployments stay at 0 replicas: their processes run on this host (their Pods could not reach the API
+        # server, which listens on 127.0.0.1).
+        "operator": {"replicas": 0, "expiryCheckSeconds": 1},
         "coordinator": {"replicas": 0},
-        "sessions": {
-            "nodeSelector": {"kubernetes.io/hostname": node},
-            "workspace": {"storageClassName": storage_class, "size": "64Mi"},
-            "readyTimeoutSeconds": 60,
-        },
+        "sessions": {"readyTimeoutSeconds": 60},
     }
     if own_sessions_namespace:
         base = merge(base, {"operator": {"watchNamespaces": [extra_ns]}, "sessions": {"namespace": sessions_ns}})
-    try:
-        for namespace in namespaces:
-            admin.request("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
-        admin.request("POST", "/apis/storage.k8s.io/v1/storageclasses", {
-            "metadata": {"name": storage_class}, "provisioner": "kubernetes.io/no-provisioner",
-        })  # fmt: skip
-        for volume in volumes:
-            (volumes_root / volume).mkdir()
-            admin.request("POST", "/api/v1/persistentvolumes", {
-                "metadata": {"name": volume},
-                "spec": {
-                    "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
-                    "persistentVolumeReclaimPolicy": "Retain", "storageClassName": storage_class,
-                    "hostPath": {"path": str(volumes_root / volume), "type": "Directory"},
-                },
-            })  # fmt: skip
-        began = time.monotonic()
-        release = install_release(plane, f"cg-{tag}", release_ns, merge(base, values or {}))
-        print(f"helm install took {time.monotonic() - began:.2f} s (CRDs it created: {created_crds})")
-        # A CRD just created answers 429 "storage is (re)initializing" for a moment.
-        sessions = api_path(G, api.VERSION, api.PLURAL, sessions_ns)
-        wait_for(lambda: _lists(admin, sessions), timeout=30, what="sessions served")
-        wait_for_garbage_collector(admin, outside_ns)
-        yield Installed(
-            plane=plane,
-            admin=admin,
-            release=release,
-            sessions_ns=sessions_ns,
-            extra_ns=extra_ns,
-            outside_ns=outside_ns,
-            node=node,
-            agent_port=agent_port,
-            coordinator=identity(plane, admin, release_ns, release.service_account("coordinator"), folder),
-            operator=identity(plane, admin, release_ns, release.service_account("operator"), folder),
-            sandbox=identity(plane, admin, sessions_ns, release.sandbox_service_account(), folder),
-        )
-    finally:
-        for namespace in namespaces:
-            # Sessions, and any Pod left on a node that is gone (a node must confirm a graceful deletion).
-            admin.request(
-                "DELETE", api_path(G, api.VERSION, api.PLURAL, namespace), {"propagationPolicy": "Background"}
+    with placement or harness_placement(admin) as where:
+        try:
+            for namespace in made:
+                admin.request("POST", "/api/v1/namespaces", {"metadata": {"name": namespace}})
+            began = time.monotonic()
+            release = install_release(plane, f"cg-{tag}", release_ns, merge(merge(base, where.values), values or {}))
+            took = time.monotonic() - began
+            print(f"helm install took {took:.2f} s (CRDs it created: {created_crds})", file=sys.stderr)
+            # A CRD just created answers 429 "storage is (re)initializing" for a moment.
+            sessions = api_path(G, api.VERSION, api.PLURAL, sessions_ns)
+            wait_for(lambda: _lists(admin, sessions), timeout=30, what="sessions served")
+            wait_for_garbage_collector(admin, outside_ns)
+            yield Installed(
+                plane=plane,
+                admin=admin,
+                release=release,
+                sessions_ns=sessions_ns,
+                extra_ns=extra_ns,
+                outside_ns=outside_ns,
+                node=where.node,
+                coordinator=identity(plane, admin, release_ns, release.service_account("coordinator"), folder),
+                operator=identity(plane, admin, release_ns, release.service_account("operator"), folder),
+                sandbox=identity(plane, admin, sessions_ns, release.sandbox_service_account(), folder),
             )
-            admin.request("DELETE", f"/api/v1/namespaces/{namespace}/pods", {"gracePeriodSeconds": 0})
-        left: list[str] = []
-        if release is not None:
-            uninstall_release(plane, release)
-            left = [object_path(d) for d in release.manifest if admin.request("GET", object_path(d)) is not None]
-        for namespace in namespaces:
-            admin.request("DELETE", f"/api/v1/namespaces/{namespace}")
-        # Leave the cluster as it was: no kopf peering CRDs (other tests' operators peer only when they exist),
-        # gone from discovery too, which is what operators look at.
-        peering_crds = [name for name in created_crds if name.endswith(".kopf.dev")]
-        for name in peering_crds:
-            admin.request("DELETE", f"{CRDS}/{name}")
-        if peering_crds:
-            wait_for(
-                lambda: admin.request("GET", "/apis/kopf.dev/v1") is None,
-                timeout=60,
-                what="the kopf.dev API to leave discovery",
-            )
-        for volume in volumes:
-            admin.request("DELETE", f"/api/v1/persistentvolumes/{volume}")
-        admin.request("DELETE", f"/apis/storage.k8s.io/v1/storageclasses/{storage_class}")
-        shutil.rmtree(volumes_root, ignore_errors=True)
-        assert not left, f"helm uninstall left {left}"
+        finally:
+            for namespace in sorted({*made, *([extra_ns] if extra_ns else [])}):
+                admin.request(
+                    "DELETE", api_path(G, api.VERSION, api.PLURAL, namespace), {"propagationPolicy": "Background"}
+                )
+            for namespace in made:  # any Pod left on a node that is gone (a node must confirm a graceful deletion)
+                admin.request("DELETE", f"/api/v1/namespaces/{namespace}/pods", {"gracePeriodSeconds": 0})
+            left: list[str] = []
+            if release is not None:
+                uninstall_release(plane, release)
+                left = [object_path(d) for d in release.manifest if admin.request("GET", object_path(d)) is not None]
+            for namespace in made:
+                admin.request("DELETE", f"/api/v1/namespaces/{namespace}")
+            # Leave the cluster as it was: no kopf peering CRDs (other tests' operators peer only when they exist),
+            # gone from discovery too, which is what operators look at.
+            peering_crds = [name for name in created_crds if name.endswith(".kopf.dev")]
+            for name in peering_crds:
+                admin.request("DELETE", f"{CRDS}/{name}")
+            if peering_crds:
+                wait_for(
+                    lambda: admin.request("GET", "/apis/kopf.dev/v1") is None,
+                    timeout=60,
+                    what="the kopf.dev API to leave discovery",
+                )
+            assert not left, f"helm uninstall left {left}"
 
 
 def wait_for_garbage_collector(admin: RealCluster, namespace: str) -> None:
@@ -505,7 +528,19 @@ def _lists(admin: RealCluster, path: str) -> bool:
         raise
 
 
-# --- the operator as a process ------------------------------------------------------------------------------------
+# --- the operator and the coordinator as processes on this host ----------------------------------------------------
+
+
+def _without(args: list[str], flags: tuple[str, ...]) -> list[str]:
+    """`args` minus each of `flags` and the value after it."""
+    kept: list[str] = []
+    rest = iter(args)
+    for arg in rest:
+        if arg in flags:
+            next(rest, None)
+        else:
+            kept.append(arg)
+    return kept
 
 
 @dataclass
@@ -515,6 +550,9 @@ class OperatorProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, lines: int = 60) -> str:
+        return tail(self.log_path, lines)
 
     def refusals(self) -> list[str]:
         return [line for line in self.log().splitlines() if FORBIDDEN.search(line)]
@@ -546,14 +584,34 @@ def running_operator(installed: Installed, folder: Path) -> Iterator[OperatorPro
     running = OperatorProcess(proc, log_path)
     try:
         wait_for(lambda: proc.poll() is not None or _answers(liveness), timeout=60, what="the operator's liveness")
-        assert proc.poll() is None, f"the operator exited ({proc.returncode}):\n{running.log()[-3000:]}"
+        assert proc.poll() is None, f"the operator exited ({proc.returncode}):\n{running.log_tail()}"
         yield running
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
-        print("--- operator log (last 40 lines) ---\n" + "\n".join(running.log().splitlines()[-40:]))
+        terminate(proc, grace=20, sig=signal.SIGINT)
+        print(f"--- operator log (last 40 lines) ---\n{running.log_tail(40)}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def running_coordinator(installed: Installed, folder: Path) -> Iterator[CoordinatorProcess]:
+    """`codegen-mcp serve` with the chart's Deployment env and args, as the chart's coordinator ServiceAccount.
+
+    Only where the Pod listens and keeps its files is changed: the host's coordinator serves on a free loopback port
+    and keeps its state and audit log in `folder`.
+    """
+    deployment = installed.release.find("Deployment", "-coordinator")
+    env = deployment_env(deployment, installed.admin, pod_name="coordinator-on-the-host")
+    state = folder / "coordinator"
+    state.mkdir()
+    env["CODEGEN_AUDIT_LOG"] = str(state / "audit.jsonl")  # the chart's path is an emptyDir in the Pod
+    env["CODEGEN_K8S_KUBECONFIG"] = str(installed.coordinator.kubeconfig)
+    for key in [k for k in os.environ if k.startswith("CODEGEN_") and k not in env]:
+        env[key] = ""  # nothing from this shell's environment leaks in
+    command, *args = container_args(deployment)
+    assert command == "serve", command
+    args = _without(args, ("--host", "--port"))  # start_coordinator's 127.0.0.1 and a free port instead
+    coordinator = start_coordinator(state, *args, env={**env, "KUBECONFIG": "/nonexistent"})
+    try:
+        yield coordinator
+    finally:
+        stop_process(coordinator.proc)
+        print_log_tail(coordinator)
