@@ -240,7 +240,7 @@ async def test_artifact_list_and_upload(coordinator: CoordinatorProcess) -> None
         relisted = (await call(s, "artifact.list", limit=1)).structured_content
         assert relisted["total"] == 2 and relisted["truncated"] and relisted["artifacts"][0]["uri"] == by_path["uri"]
 
-        assert "art_doesnotexist" in await refused(s, "artifact.upload", artifact_id="art_doesnotexist")
+        assert "art_0000000000000000" in await refused(s, "artifact.upload", artifact_id="art_0000000000000000")
 
 
 # --- errors and audit ---------------------------------------------------------------------------------
@@ -272,7 +272,7 @@ async def test_bad_arguments_get_one_clear_sentence(coordinator: CoordinatorProc
 
 async def test_the_planned_tools_are_audited(coordinator: CoordinatorProcess) -> None:
     async with mcp_session(coordinator) as s:
-        await s.call_tool("artifact.upload", {"artifact_id": "art_audited"})
+        await s.call_tool("artifact.upload", {"artifact_id": "art_00000000a0d17ed0"})
         await call(s, "artifact.list", limit=3)
 
     def entries() -> list[dict[str, Any]]:
@@ -281,5 +281,9 @@ async def test_the_planned_tools_are_audited(coordinator: CoordinatorProcess) ->
     with anyio.fail_after(10):
         while not [e for e in entries() if e["tool"] == "artifact.list"]:
             await anyio.sleep(0.05)
-    upload = [e for e in entries() if e["tool"] == "artifact.upload" and e["args"].get("artifact_id") == "art_audited"]
+    upload = [
+        e
+        for e in entries()
+        if e["tool"] == "artifact.upload" and e["args"].get("artifact_id") == "art_00000000a0d17ed0"
+    ]
     assert upload and upload[-1]["outcome"] == "error" and upload[-1]["error_code"] == "artifact_not_found"

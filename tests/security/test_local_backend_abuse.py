@@ -4,6 +4,7 @@ Each test here reproduces a finding of issue 10 that once held on the local back
 A. a 2,000-deep tree in the workspace made the session's deletion raise `RecursionError` (left on disk);
 F. a named workspace got another uid after a restart, and its old uid went to an unrelated session;
 G. per-session folders (and processes) of a killed coordinator were never removed;
+H. `task_id` / `artifact_id` went unchecked into the agent's URL (`../../healthz` reached `/healthz`);
 I. two coordinators on one host handed out the same uids.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -22,9 +24,13 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from mcp import ClientSession
+from pydantic import ValidationError
 
 from codegen_mcp.api.errors import SandboxUnavailable
+from codegen_mcp.api.tools import ARTIFACT_ID_PATTERN, TASK_ID_PATTERN, ArtifactGetArgs, TaskIdArgs
 from codegen_mcp.coordinator.backends import cleanup
 from codegen_mcp.coordinator.backends.cleanup import kill_processes_of, processes_of, remove_tree
 from codegen_mcp.coordinator.backends.uids import UidRegistry, UidTaken
@@ -376,6 +382,58 @@ async def test_a_process_left_by_run_code_dies_with_its_session_and_with_a_kille
     with running(root, "state", "--sandbox", "none") as cp:
         assert not session_dirs(cp, "s-")
         await eventually(lambda: not processes_of(uid), timeout=10, what=f"uid {uid}'s processes to be killed")
+
+
+# --- H: ids are checked by format before any request ------------------------------------------------------
+
+FORGED_IDS = [
+    ("task.get_status", {"task_id": "../../healthz"}),
+    ("task.get_status", {"task_id": "..%2F..%2Fhealthz"}),
+    ("task.get_status", {"task_id": "task_0123456789abcdef/../../../healthz"}),
+    ("task.get_status", {"task_id": "task_0123456789ABCDEF"}),
+    ("task.get_status", {"task_id": "task_0123456789abcdef\n"}),
+    ("task.get_result", {"task_id": "../../healthz", "wait_s": 0}),
+    ("task.get_result", {"task_id": "task_0123456789abcdef?wait_s=300"}),
+    ("artifact.get", {"artifact_id": "../healthz"}),
+    ("artifact.get", {"artifact_id": "art_0123456789abcdef/../../tasks/x"}),
+    ("artifact.upload", {"artifact_id": "../../v1/echo"}),
+    ("artifact.list", {"task_id": "../x"}),
+]
+
+
+async def test_forged_ids_are_refused_before_any_request_reaches_a_sandbox(root: Path) -> None:
+    with running(root) as cp:
+        async with mcp_session(cp) as s:
+            for tool, args in FORGED_IDS:
+                result = await s.call_tool(tool, args)
+                text = text_of(result)
+                assert result.is_error, (tool, args, text)
+                name = "task_id" if "task_id" in args else "artifact_id"
+                assert f"`{name}`" in text and "16 hex digits" in text and "\n" not in text, (tool, text)
+            # No sandbox was even opened: nothing was sent anywhere.
+            assert session_dirs(cp) == []
+            # A well-formed id that is not there reaches the agent, and gets its own answer.
+            missing = await s.call_tool("task.get_status", {"task_id": "task_0000000000000000"})
+            assert missing.is_error and "task_0000000000000000" in text_of(missing)
+            # The ids the agent hands out are what the format allows.
+            made = await call(s, "run.python", code="open('out.txt', 'w').write('x')")
+            view = made.structured_content
+            assert re.fullmatch(TASK_ID_PATTERN, view["task_id"])
+            [artifact] = view["run"]["artifacts"]
+            assert re.fullmatch(ARTIFACT_ID_PATTERN, artifact["artifact_id"])
+            await call(s, "task.get_status", task_id=view["task_id"])
+            await call(s, "artifact.get", artifact_id=artifact["artifact_id"])
+
+
+@given(st.text(max_size=80))
+def test_only_ids_of_the_agents_format_are_accepted(candidate: str) -> None:
+    for model, field, pattern in ((TaskIdArgs, "task_id", TASK_ID_PATTERN), (ArtifactGetArgs, "artifact_id", None)):
+        pattern = pattern or ARTIFACT_ID_PATTERN
+        if re.fullmatch(pattern, candidate):
+            model.model_validate({field: candidate})
+        else:
+            with pytest.raises(ValidationError):
+                model.model_validate({field: candidate})
 
 
 # --- I: two coordinators on one host never share a uid ----------------------------------------------------

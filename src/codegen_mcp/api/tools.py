@@ -7,11 +7,12 @@ own edge (it must never trust its caller blindly). Field descriptions are writte
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Limits that apply on both sides. Per-session settings may lower (never raise) the runtime ones.
 MAX_PATH_LENGTH = 4096
@@ -39,6 +40,35 @@ class _Args(BaseModel):
 class _Result(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
+
+# The ids the agent hands out (sandbox_agent/tasks.py and artifacts.py: a prefix and 8 random bytes in hex).
+# An id from a caller goes into the agent's URL (/v1/tasks/{task_id}), so it is checked against exactly this
+# format first, on both sides: `../../healthz` must never become a request.
+TASK_ID_PATTERN = r"^task_[0-9a-f]{16}$"
+ARTIFACT_ID_PATTERN = r"^art_[0-9a-f]{16}$"
+
+
+def _id_format(pattern: str, kind: str, prefix: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if re.fullmatch(pattern, value) is None:
+            shown = value if len(value) <= 40 else value[:40] + "…"
+            raise ValueError(
+                f"must be {kind} id as a tool returned it: {prefix} and 16 hex digits, e.g. {prefix}3f2a9c0d1b4e5f67 "
+                f"(not {shown!r})"
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+TaskId = Annotated[
+    str, Field(json_schema_extra={"pattern": TASK_ID_PATTERN}), _id_format(TASK_ID_PATTERN, "a task", "task_")
+]
+ArtifactId = Annotated[
+    str,
+    Field(json_schema_extra={"pattern": ARTIFACT_ID_PATTERN}),
+    _id_format(ARTIFACT_ID_PATTERN, "an artifact", "art_"),
+]
 
 WorkspacePath = Annotated[
     str,
@@ -255,9 +285,7 @@ class TaskView(_Result):
 
 
 class TaskIdArgs(_Args):
-    task_id: str = Field(
-        min_length=1,
-        max_length=64,
+    task_id: TaskId = Field(
         description="The task_id returned by run.python, pkg.install, test.run, lint.check or git.clone.",
     )
 
@@ -270,7 +298,7 @@ class TaskResultArgs(TaskIdArgs):
 
 
 class ArtifactGetArgs(_Args):
-    artifact_id: str = Field(min_length=1, max_length=64, description="An artifact_id from a run.python result.")
+    artifact_id: ArtifactId = Field(description="An artifact_id from a run.python result or artifact.list.")
 
 
 class ArtifactContent(_Result):
@@ -513,7 +541,7 @@ class GitCommitResult(_Result):
 
 
 class ArtifactListArgs(_Args):
-    task_id: str | None = Field(None, min_length=1, max_length=64, description="Only the artifacts this task produced.")
+    task_id: TaskId | None = Field(None, description="Only the artifacts this task produced.")
     limit: int = Field(100, ge=1, le=1000, description="At most this many, newest first.")
 
 
@@ -524,8 +552,8 @@ class ArtifactListResult(_Result):
 
 
 class ArtifactUploadArgs(_Args):
-    artifact_id: str | None = Field(
-        None, min_length=1, max_length=64, description="The artifact to upload. Give exactly one of this or `path`."
+    artifact_id: ArtifactId | None = Field(
+        None, description="The artifact to upload. Give exactly one of this or `path`."
     )
     path: str | None = Field(
         None,

@@ -29,6 +29,7 @@ from codegen_mcp.api.tools import (
     DEFAULT_INSTALL_TIMEOUT_S,
     MAX_WAIT_S,
     MAX_WRITE_BYTES,
+    ArtifactGetArgs,
     ArtifactListArgs,
     ArtifactListResult,
     ArtifactUploadArgs,
@@ -366,9 +367,10 @@ async def list_artifacts(request: web.Request) -> web.Response:
 
 async def get_artifact(request: web.Request) -> web.Response:
     store = request.app[AGENT].artifacts
-    artifact_id = request.match_info["artifact_id"]
-    if len(artifact_id) > 64:
-        raise InvalidArgument("`artifact_id` must have at most 64 characters")
+    try:
+        artifact_id = ArtifactGetArgs(artifact_id=request.match_info["artifact_id"]).artifact_id
+    except ValidationError as err:
+        raise InvalidArgument(validation_sentence(err)) from None
     return model_response(await asyncio.to_thread(store.content, artifact_id))
 
 

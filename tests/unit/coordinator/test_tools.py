@@ -29,7 +29,11 @@ NOW = datetime(2026, 11, 25, tzinfo=UTC)
             {"path": "a", "content": "x", "encoding": "rot13"},
             "`encoding`: input should be 'utf-8' or 'base64'",
         ),
-        ("task.get_result", {"task_id": "t", "wait_s": 1e9}, "`wait_s`: input should be less than or equal to 300"),
+        (
+            "task.get_result",
+            {"task_id": "task_0123456789abcdef", "wait_s": 1e9},
+            "`wait_s`: input should be less than or equal to 300",
+        ),
     ],
 )
 def test_bad_arguments_become_one_sentence(tool: str, arguments: dict[str, object], expected: str) -> None:

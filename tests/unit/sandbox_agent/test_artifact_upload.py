@@ -111,7 +111,8 @@ async def test_the_store_namespace_and_prefix_shape_the_key(make_client: MakeCli
 @pytest.mark.parametrize(
     ("body", "status", "code"),
     [
-        ({"artifact_id": "art_doesnotexist"}, 404, "artifact_not_found"),
+        ({"artifact_id": "art_0000000000000000"}, 404, "artifact_not_found"),
+        ({"artifact_id": "../../healthz"}, 400, "invalid_argument"),
         ({}, 400, "invalid_argument"),
         ({"artifact_id": "art_x", "path": "a.txt"}, 400, "invalid_argument"),
         ({"path": "../etc/passwd"}, 403, "path_outside_workspace"),

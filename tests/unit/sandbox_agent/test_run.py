@@ -291,13 +291,13 @@ async def test_cancel(runner: AgentClient) -> None:
 
 
 async def test_unknown_task_and_bad_wait(client: AgentClient) -> None:
-    resp = await client.get("/v1/tasks/task_0000")
+    resp = await client.get("/v1/tasks/task_0000000000000000")
     assert resp.status == 404
     assert (await resp.json())["error"]["code"] == "task_not_found"
-    resp = await client.post("/v1/tasks/task_0000/cancel")
+    resp = await client.post("/v1/tasks/task_0000000000000000/cancel")
     assert resp.status == 404
     for bad in ("soon", "-1", "nan"):
-        resp = await client.get("/v1/tasks/task_0000", params={"wait_s": bad})
+        resp = await client.get("/v1/tasks/task_0000000000000000", params={"wait_s": bad})
         assert resp.status == 400
         assert "`wait_s`" in (await resp.json())["error"]["message"]
     resp = await client.get("/v1/tasks/" + "t" * 65)
@@ -399,7 +399,7 @@ async def test_artifacts_are_produced_fetchable_and_survive_a_restart(
 
 
 async def test_artifact_errors(client: AgentClient, workspace: Path) -> None:
-    resp = await client.get("/v1/artifacts/art_missing")
+    resp = await client.get("/v1/artifacts/art_0000000000000000")
     assert resp.status == 404 and (await resp.json())["error"]["code"] == "artifact_not_found"
     resp = await client.post("/v1/artifacts", json={"path": "../etc/passwd"})
     assert resp.status == 403
