@@ -177,7 +177,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix="codegen-mcp-bench-node-"))
     folder.chmod(0o711)
     figures: dict[str, Any] = {}
-    plane = ControlPlane(assets, folder / "plane")
+    plane = ControlPlane(assets, folder / "plane", crds=(REPO / "crds" / "codegensession.yaml",))
     try:
         began = time.monotonic()
         await asyncio.to_thread(plane.start)
