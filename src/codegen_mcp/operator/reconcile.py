@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -244,40 +245,17 @@ class SessionReconciler:
         delay = min(self.settings.restart_backoff_seconds * 2.0**restarts, self.settings.restart_backoff_max_seconds)
         return max(0.0, float((obs.since - now()).total_seconds()) + delay)
 
-    async def _waiting_to_restart(
-        self, body: dict[str, Any], session: builders.SessionRef, obs: st.PodObservation, wait: float
-    ) -> None:
+    async def _record_pod(
+        self,
+        body: dict[str, Any],
+        session: builders.SessionRef,
+        obs: st.PodObservation,
+        message: Callable[[SessionStatus], str],
+        *,
+        gave_up: bool = False,
+    ) -> dict[str, Any] | None:
+        """Write what the Pod looks like now, with a message of the moment's own (given the new status)."""
         generation = body["metadata"].get("generation")
-
-        def mutate(_b: dict[str, Any], status: SessionStatus) -> SessionStatus:
-            new = st.apply_observations(
-                status, pod=obs, claim=None, agent_port=self.settings.agent_port, now=now(), generation=generation
-            )
-            new.message = f"the sandbox Pod failed ({obs.reason}: {obs.message}); recreating it in {wait:.0f} s"
-            return new
-
-        await self.kube.update_status(session.namespace, session.name, mutate)
-
-    async def _count_restart(self, body: dict[str, Any], session: builders.SessionRef, pod: dict[str, Any]) -> None:
-        obs = st.observe_pod(pod)
-        generation = body["metadata"].get("generation")
-
-        def mutate(_b: dict[str, Any], status: SessionStatus) -> SessionStatus:
-            new = st.apply_observations(
-                status, pod=obs, claim=None, agent_port=self.settings.agent_port, now=now(), generation=generation
-            )
-            new.message = f"recreated the sandbox Pod on the same workspace (restart {new.restart_count})"
-            return new
-
-        written = await self.kube.update_status(session.namespace, session.name, mutate)
-        restarts = SessionStatus.model_validate((written or {}).get("status") or {}).restart_count
-        await self._event(
-            body, NORMAL, Reason.POD_RECREATED, f"recreated sandbox Pod {pod['metadata']['name']} (restart {restarts})"
-        )
-
-    async def _give_up(self, body: dict[str, Any], session: builders.SessionRef, obs: st.PodObservation) -> None:
-        generation = body["metadata"].get("generation")
-        limit = self.settings.max_pod_restarts
 
         def mutate(_b: dict[str, Any], status: SessionStatus) -> SessionStatus:
             new = st.apply_observations(
@@ -287,12 +265,44 @@ class SessionReconciler:
                 agent_port=self.settings.agent_port,
                 now=now(),
                 generation=generation,
-                gave_up=True,
+                gave_up=gave_up,
             )
-            new.message = f"{obs.reason}: {obs.message} (gave up after {limit} restarts)"
+            new.message = message(new)
             return new
 
-        written = await self.kube.update_status(session.namespace, session.name, mutate)
+        return await self.kube.update_status(session.namespace, session.name, mutate)
+
+    async def _waiting_to_restart(
+        self, body: dict[str, Any], session: builders.SessionRef, obs: st.PodObservation, wait: float
+    ) -> None:
+        await self._record_pod(
+            body,
+            session,
+            obs,
+            lambda _new: f"the sandbox Pod failed ({obs.reason}: {obs.message}); recreating it in {wait:.0f} s",
+        )
+
+    async def _count_restart(self, body: dict[str, Any], session: builders.SessionRef, pod: dict[str, Any]) -> None:
+        written = await self._record_pod(
+            body,
+            session,
+            st.observe_pod(pod),
+            lambda new: f"recreated the sandbox Pod on the same workspace (restart {new.restart_count})",
+        )
+        restarts = SessionStatus.model_validate((written or {}).get("status") or {}).restart_count
+        await self._event(
+            body, NORMAL, Reason.POD_RECREATED, f"recreated sandbox Pod {pod['metadata']['name']} (restart {restarts})"
+        )
+
+    async def _give_up(self, body: dict[str, Any], session: builders.SessionRef, obs: st.PodObservation) -> None:
+        limit = self.settings.max_pod_restarts
+        written = await self._record_pod(
+            body,
+            session,
+            obs,
+            lambda _new: f"{obs.reason}: {obs.message} (gave up after {limit} restarts)",
+            gave_up=True,
+        )
         if written is not None and (body.get("status") or {}).get("phase") != Phase.FAILED:
             await self._event(
                 body, WARNING, Reason.RESTART_LIMIT, f"sandbox Pod failed {limit + 1} times ({obs.reason}); giving up"
