@@ -20,6 +20,9 @@ MAX_WRITE_BYTES = 16 * 1024 * 1024
 DEFAULT_READ_LIMIT = 1024 * 1024
 MAX_READ_LIMIT = 16 * 1024 * 1024
 MAX_TIMEOUT_S = 3600.0
+# Where the coordinator saves a run's whole stdout/stderr when its result had to be cut (in the workspace; the
+# agent keeps it out of git.commit like its other own folders).
+OUTPUT_FOLDER = ".codegen-output"
 MAX_WAIT_S = 300.0
 DEFAULT_RUN_TIMEOUT_S = 60.0
 DEFAULT_WAIT_S = 30.0

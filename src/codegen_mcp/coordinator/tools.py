@@ -28,6 +28,7 @@ from pydantic import BaseModel, ValidationError
 from codegen_mcp.api.errors import CodegenError, ErrorCode, SandboxUnavailable
 from codegen_mcp.api.tools import (
     DEFAULT_READ_LIMIT,
+    OUTPUT_FOLDER,
     TOOLS,
     TOOLS_BY_NAME,
     ArtifactContent,
@@ -84,8 +85,6 @@ WRITE_LIMIT = (
     f"fs.write takes at most 3 MiB ({MAX_WRITE_CONTENT_BYTES} bytes) of content per call; "
     "write a bigger file in parts with append=true"
 )
-# Where a run's whole stdout/stderr is saved when its result had to be cut.
-OUTPUT_FOLDER = ".codegen-output"
 
 
 def list_tools() -> list[types.Tool]:

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from codegen_mcp.api.errors import CodegenError, ErrorCode, InvalidArgument, NotFound
 from codegen_mcp.api.tools import (
+    OUTPUT_FOLDER,
     GitCloneArgs,
     GitCloneResult,
     GitCommitArgs,
@@ -494,6 +495,8 @@ class GitOps:
             if folder != repo and is_inside(repo, folder)
         ]
         patterns.append(f"/{_JUNIT_GLOB}")
+        if repo == self.workspace.root:
+            patterns.append(f"/{OUTPUT_FOLDER}/")  # cut run output the coordinator saved for fs.read
         path = self.executor.state_dir / f"git-exclude-{secrets.token_hex(4)}"
         path.write_text("\n".join(patterns) + "\n", encoding="utf-8")
         os.chmod(path, 0o644)

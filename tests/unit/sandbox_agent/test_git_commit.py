@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from codegen_mcp.api.errors import InvalidArgument
-from codegen_mcp.api.tools import GitCommitResult, GitFileChange
+from codegen_mcp.api.tools import OUTPUT_FOLDER, GitCommitResult, GitFileChange
 from codegen_mcp.sandbox_agent.gitops import check_author, diffstat, parse_name_status, parse_numstat
 
 from .conftest import AgentClient, MakeClient
@@ -61,6 +61,8 @@ async def test_init_commit_and_nothing_to_commit(make_client: MakeClient, sandbo
     client = await make_client(sandbox=sandbox_mode)
     await write(client, "src/app.py", "print('hi')\n")
     await write(client, "README.md", "# demo\n\nhello\n")
+    # Where the coordinator saves a cut run's whole output: never committed either.
+    await write(client, f"{OUTPUT_FOLDER}/task_0123456789abcdef.stdout", "y" * 1000)
 
     status, data = await commit(client, message="first")
     assert status == 404 and data["error"]["code"] == "not_found"
