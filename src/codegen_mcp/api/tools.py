@@ -127,7 +127,10 @@ class FsWriteArgs(_Args):
     path: WorkspacePath
     content: str = Field(
         validation_alias=AliasChoices("content", "contents"),
-        description="What to write: text, or base64 when `encoding` is base64. `contents` is accepted too.",
+        description=(
+            "What to write: text, or base64 when `encoding` is base64. `contents` is accepted too. At most 3 MiB "
+            "per call over MCP; write a bigger file in parts with `append`."
+        ),
     )
     encoding: Encoding = Field(Encoding.UTF8, description="How `content` is encoded: utf-8 (text) or base64.")
     append: bool = Field(False, description="Append to the file instead of replacing it.")
