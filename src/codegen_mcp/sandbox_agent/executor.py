@@ -56,6 +56,7 @@ from codegen_mcp.sandbox_agent.isolation import (
     is_within,
     unreachable_parent,
 )
+from codegen_mcp.sandbox_agent.netns import pip_network
 from codegen_mcp.sandbox_agent.settings import AgentSettings
 from codegen_mcp.sandbox_agent.tasks import Outcome, Task
 from codegen_mcp.sandbox_agent.workspace import Owner
@@ -969,18 +970,23 @@ class Executor:
 
         task.message = "pip install " + " ".join(specs)
         try:
-            result = await supervise(
+            # The network through a user-mode stack in the jail's own namespace: not the host's loopback.
+            async with pip_network(argv, popen_kwargs, jailed=jail is not None, network=offline is None) as (
                 argv,
-                env=env,
-                cwd=self.install_home,
-                stdin=None,
-                timeout_s=timeout_s,
-                cancel=task.cancel_requested,
-                stdout=log_capture,
-                stderr=None,
-                popen_kwargs=popen_kwargs,
-                on_stdout=count,
-            )
+                popen_kwargs,
+            ):
+                result = await supervise(
+                    argv,
+                    env=env,
+                    cwd=self.install_home,
+                    stdin=None,
+                    timeout_s=timeout_s,
+                    cancel=task.cancel_requested,
+                    stdout=log_capture,
+                    stderr=None,
+                    popen_kwargs=popen_kwargs,
+                    on_stdout=count,
+                )
         except (OSError, subprocess.SubprocessError) as err:
             raise start_failure("pip", err) from None
         installed = await asyncio.to_thread(self.installed_versions, [r.name for r in requirements])

@@ -1,7 +1,7 @@
 """The jail's minimal root, staging for 0700 parents, and pkg.install confined like run code.
 
 The install tests need no package index on the internet: a throw-away sdist with an in-tree PEP 517 backend
-(no setuptools to fetch) is served from 127.0.0.1 as a PEP 503 simple index. Its build step is the code under
+(no setuptools to fetch) is found in a local find-links folder. Its build step is the code under
 suspicion: it records who and where it ran into the wheel it builds, and the tests read that record back.
 """
 
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import functools
-import http.server
 import io
 import json
 import os
@@ -19,7 +17,6 @@ import stat
 import sys
 import tarfile
 import tempfile
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -270,28 +267,17 @@ def build_probe_sdist(folder: Path, check: list[str]) -> Path:
     return sdist
 
 
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        pass
-
-
 @pytest.fixture
-def local_index(tmp_path: Path, outside: Path) -> Iterator[tuple[str, Path]]:
-    """A PEP 503 simple index on 127.0.0.1 (a directory listing per project); yields its URL and a folder
-    the probe's build step reports on (outside every workspace)."""
-    project = tmp_path / "index" / "simple" / PROBE
-    project.mkdir(parents=True)
+def local_index(base_dir: Path, outside: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path]:
+    """The probe's sdist in a local find-links folder the sandbox uid can read (pip gets no index: the jail's
+    network cannot reach the host's 127.0.0.1); returns a closed index URL and a folder the probe's build step
+    reports on (outside every workspace)."""
+    project = Path(tempfile.mkdtemp(prefix="links-", dir=base_dir))
+    project.chmod(0o755)
     build_probe_sdist(project, [str(outside), "/work", "/root"])
-    handler = functools.partial(QuietHandler, directory=str(tmp_path / "index"))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/simple", outside
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    monkeypatch.setenv("PIP_FIND_LINKS", str(project))  # read by create_app from os.environ
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    return "http://127.0.0.1:9/simple", outside
 
 
 async def install(client: AgentClient, packages: str) -> TaskView:

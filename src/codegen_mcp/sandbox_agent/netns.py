@@ -1,0 +1,203 @@
+"""pip's network: outbound through a user-mode stack in the jail's own network namespace, never the host's loopback.
+
+A jail with `--share-net` shares the host's network namespace, so a package's build step could reach anything
+listening on the host's 127.0.0.1 (the coordinator, agents, other local services). Instead, the pip jail keeps
+bwrap's own (empty) network namespace and slirp4netns gives it a tap device with a default route through a
+user-mode TCP/IP stack (10.0.2.0/24, DNS forwarded at 10.0.2.3), started with `--disable-host-loopback` so the
+gateway does not lead to the host's loopback either.
+
+The order: bwrap reports its child's pid on `--info-fd` and waits on `--block-fd`; the agent attaches
+slirp4netns to `/proc/<pid>/ns/net`, waits for its ready byte, then lets bwrap go on. If slirp4netns cannot
+attach, bwrap is released anyway and pip runs with loopback only: the install fails, the host stays closed.
+
+pasta (Debian's passt) is not used: the version Debian 12 ships cannot start as the sandbox uid where
+/dev/net/tun is 0600 ("Failed to open tun socket in namespace"), and as root it switches itself to nobody.
+Without slirp4netns (or without the jail) pip keeps today's behaviour, the host's network, and a line saying so
+is logged once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import AsyncIterator, Mapping, Sequence
+
+log = logging.getLogger(__name__)
+
+SHARE_NET = "--share-net"
+# How long bwrap may take to report its child, and slirp4netns to configure the namespace.
+ATTACH_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 5.0
+FALLBACK = "pip keeps the host's network namespace, so package builds can reach services on the host's loopback"
+_warned: set[str] = set()
+
+
+def find_slirp4netns() -> str | None:
+    return shutil.which("slirp4netns")
+
+
+def fallback_reason(*, jailed: bool, slirp: str | None) -> str | None:
+    """Why pip cannot have its own user-mode network here (None when it can)."""
+    if not jailed:
+        return f"no bubblewrap jail is in force: {FALLBACK}"
+    if slirp is None:
+        return f"slirp4netns is not installed (Debian package slirp4netns): {FALLBACK}"
+    return None
+
+
+def _warn_once(reason: str) -> None:
+    if reason not in _warned:
+        _warned.add(reason)
+        log.warning("pkg.install network: %s", reason)
+
+
+def slirp_command(slirp: str, child_pid: int, ready_fd: int, exit_fd: int, *, root: bool) -> list[str]:
+    """slirp4netns attached to the network namespace of `child_pid`, with the host's loopback refused."""
+    cmd = [
+        slirp,
+        "--configure",
+        "--mtu=65520",
+        "--disable-host-loopback",
+        f"--ready-fd={ready_fd}",
+        f"--exit-fd={exit_fd}",
+    ]
+    if root:
+        cmd.append("--enable-sandbox")  # its own mount namespace, capabilities dropped once the tap is open
+    else:
+        # Without root, slirp4netns needs the jail's user namespace to configure the network namespace.
+        cmd.append(f"--userns-path=/proc/{child_pid}/ns/user")
+    return [*cmd, "--netns-type=path", f"/proc/{child_pid}/ns/net", "tap0"]
+
+
+def own_network_argv(bwrap_argv: Sequence[str], info_fd: int, block_fd: int) -> list[str]:
+    """The bwrap command without `--share-net`, reporting its child on `info_fd` and waiting on `block_fd`."""
+    end = bwrap_argv.index("--") if "--" in bwrap_argv else len(bwrap_argv)
+    options = [a for a in bwrap_argv[1:end] if a != SHARE_NET]
+    return [bwrap_argv[0], "--info-fd", str(info_fd), "--block-fd", str(block_fd), *options, *bwrap_argv[end:]]
+
+
+@contextlib.asynccontextmanager
+async def _pipe_reader(fd: int) -> AsyncIterator[asyncio.StreamReader]:
+    """An asyncio reader over (a duplicate of) the read end `fd`: cancellable, unlike a read in a thread."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(os.dup(fd), "rb", buffering=0)
+    )
+    try:
+        yield reader
+    finally:
+        transport.close()
+
+
+async def _read_child_pid(fd: int) -> int:
+    """The `child-pid` bwrap writes (as JSON) on its info fd."""
+    async with _pipe_reader(fd) as reader:
+        data = b""
+        while True:
+            chunk = await reader.read(4096)
+            if not chunk:
+                raise OSError("bwrap ended before it reported its child")
+            data += chunk
+            with contextlib.suppress(ValueError):
+                return int(json.loads(data)["child-pid"])
+
+
+class _Attachment:
+    def __init__(self, slirp: str) -> None:
+        self.slirp = slirp
+        self.info_r, self.info_w = os.pipe()
+        self.block_r, self.block_w = os.pipe()
+        self.exit_r, self.exit_w = os.pipe()
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def attach(self) -> None:
+        """Start slirp4netns on the jail's namespace, then release bwrap (also when attaching failed)."""
+        try:
+            pid = await _read_child_pid(self.info_r)
+            ready_r, ready_w = os.pipe()
+            try:
+                self.proc = await asyncio.create_subprocess_exec(
+                    *slirp_command(self.slirp, pid, ready_w, self.exit_r, root=os.geteuid() == 0),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.PIPE,
+                    pass_fds=(ready_w, self.exit_r),
+                    start_new_session=True,
+                )
+                os.close(ready_w)
+                ready_w = -1
+                async with _pipe_reader(ready_r) as reader:
+                    ready = await reader.read(1)
+            finally:
+                os.close(ready_r)
+                if ready_w >= 0:
+                    os.close(ready_w)
+            if ready != b"1":
+                err = b""
+                if self.proc.stderr is not None:
+                    with contextlib.suppress(TimeoutError):
+                        err = await asyncio.wait_for(self.proc.stderr.read(2000), 1.0)
+                raise OSError(f"slirp4netns did not configure the network: {err.decode(errors='replace').strip()}")
+        except OSError as exc:
+            log.warning("pkg.install network: %s; pip runs without the network", exc)
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        if self.block_w >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self.block_w, b"1")
+            os.close(self.block_w)
+            self.block_w = -1
+
+    async def stop(self) -> None:
+        self.release()
+        os.close(self.exit_w)  # slirp4netns ends when its exit fd closes
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        for fd in (self.info_r, self.info_w, self.block_r, self.exit_r):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+@contextlib.asynccontextmanager
+async def pip_network(
+    argv: Sequence[str], popen_kwargs: Mapping[str, object], *, jailed: bool, network: bool
+) -> AsyncIterator[tuple[list[str], dict[str, object]]]:
+    """argv and popen kwargs for pip with outbound networking but not the host's loopback, where possible.
+
+    `argv` is the jail's command (with `--share-net` when `network`); outside this block slirp4netns is gone.
+    Without the network nothing changes; where no user-mode stack can be had, today's behaviour is kept.
+    """
+    if not network:
+        yield list(argv), dict(popen_kwargs)
+        return
+    slirp = find_slirp4netns()
+    reason = fallback_reason(jailed=jailed, slirp=slirp)
+    if reason is not None or slirp is None:
+        _warn_once(reason or FALLBACK)
+        yield list(argv), dict(popen_kwargs)
+        return
+    att = _Attachment(slirp)
+    kwargs = dict(popen_kwargs)
+    kwargs["pass_fds"] = (*tuple(kwargs.get("pass_fds", ())), att.info_w, att.block_r)  # type: ignore[arg-type]
+    task = asyncio.create_task(asyncio.wait_for(att.attach(), ATTACH_TIMEOUT_S))
+    try:
+        yield own_network_argv(argv, att.info_w, att.block_r), kwargs
+    finally:
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await task
+        await att.stop()
