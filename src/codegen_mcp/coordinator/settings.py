@@ -42,6 +42,23 @@ class LocalBackendSettings(BaseSettings):
     memory_bytes: int | None = None
     max_processes: int | None = None
     output_cap_bytes: int | None = None
+    session_memory_bytes: int | None = Field(
+        3 * 1024**3,
+        ge=64 * 1024**2,
+        description="Memory cap of a whole session (its agent and every process it runs, tmpfs pages included), "
+        "enforced by a cgroup v1 memory controller where there is one; None: no per-session cap.",
+    )
+    session_max_processes: int | None = Field(
+        512,
+        ge=16,
+        description="Tasks (processes and threads) of a whole session, agent included: the cgroup's pids.max.",
+    )
+    cgroup_root: Path = Field(Path("/sys/fs/cgroup"), description="Where the cgroup v1 hierarchies are mounted.")
+    cgroup_parent: str = Field(
+        "codegen-mcp",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Per-session groups live in <cgroup_root>/<controller>/<cgroup_parent>/<state-hash>/<session>.",
+    )
 
 
 def _split_list(value: Any) -> Any:

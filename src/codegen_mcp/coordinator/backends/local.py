@@ -43,6 +43,7 @@ from pathlib import Path
 from codegen_mcp.api.errors import SandboxUnavailable
 from codegen_mcp.coordinator.agent_client import AgentClient, AgentEndpoint
 from codegen_mcp.coordinator.backends.base import Backend, Sandbox, is_named_workspace
+from codegen_mcp.coordinator.backends.cgroups import SessionCgroups
 from codegen_mcp.coordinator.backends.cleanup import kill_processes_of, remove_tree
 from codegen_mcp.coordinator.backends.uids import UidRegistry
 from codegen_mcp.coordinator.settings import CoordinatorSettings
@@ -158,6 +159,13 @@ class LocalBackend(Backend):
         )
         self._sandbox_mode = "none"
         self._isolation = "rlimits"
+        self._cgroups = SessionCgroups(
+            root=self._local.cgroup_root,
+            parent=self._local.cgroup_parent,
+            state_dir=self._root,
+            memory_bytes=self._local.session_memory_bytes,
+            max_pids=self._local.session_max_processes,
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -169,6 +177,7 @@ class LocalBackend(Backend):
         os.chmod(self._sessions_dir, 0o711)  # noqa: S103 - traverse-only, see above
         if self._registry is not None:
             await asyncio.to_thread(self._registry.prepare)
+        await asyncio.to_thread(self._start_cgroups)
         await asyncio.to_thread(self._sweep)
         if self._registry is not None:
             freed = await asyncio.to_thread(self._registry.prune)
@@ -188,6 +197,8 @@ class LocalBackend(Backend):
             # the jail, the agent mounts the workspace for it).
             self._check_traversable(self._sessions_dir)
         parts = ["bwrap namespaces (net, pid, mount, ipc, uts, user)"] if reason is None else []
+        if self._cgroups.found:
+            parts.append(self._cgroups.describe())
         parts.append("rlimits (memory, cpu, processes, file size)")
         if self._registry is not None:
             parts.append(f"a uid per sandbox from {self._local.sandbox_uid_base} (registry {self._registry.directory})")
@@ -201,6 +212,9 @@ class LocalBackend(Backend):
 
     async def aclose(self) -> None:
         await asyncio.gather(*(self._stop(sid) for sid in list(self._procs)), return_exceptions=True)
+        if self._cgroups.found:
+            await asyncio.to_thread(self._cgroups.sweep)  # groups of sandboxes stopped above without a close
+            await asyncio.to_thread(self._cgroups.close)
         while self._locks:
             os.close(self._locks.popitem()[1])
 
@@ -232,6 +246,21 @@ class LocalBackend(Backend):
         except BaseException:
             await self._discard(sandbox_id, session_dir)
             raise
+
+    def _start_cgroups(self) -> None:
+        """Find the cgroup controllers here and say which cap is a cgroup's and which falls back to rlimits."""
+        missing = self._cgroups.detect()
+        found = ", ".join(f"{ctl} ({path})" for ctl, path in self._cgroups.found.items()) or "none"
+        fallback = {
+            "memory": "per-process RLIMIT_AS only, no per-session memory cap",
+            "pids": "RLIMIT_NPROC of the session's uid only (none when code runs as root)",
+        }
+        log.info("local backend: cgroup controllers found: %s", found)
+        for ctl, why in missing.items():
+            log.warning("local backend: cgroup %s controller unusable (%s): %s", ctl, why, fallback[ctl])
+        swept = self._cgroups.sweep()
+        if swept:
+            log.warning("removed %d empty per-session cgroups left by a coordinator that stopped uncleanly", swept)
 
     async def revive(self, sandbox: Sandbox) -> Sandbox:
         await self._stop(sandbox.sandbox_id)
@@ -287,6 +316,8 @@ class LocalBackend(Backend):
         uid = self._uids.pop(sandbox_id, None)
         lock = self._locks.pop(sandbox_id, None)
         try:
+            if self._cgroups.found:
+                await asyncio.to_thread(self._cgroups.remove, sandbox_id)
             if uid is not None:
                 await asyncio.to_thread(self._kill_processes, uid, session_dir)
             if self._keeps(sandbox_id):
@@ -384,6 +415,8 @@ class LocalBackend(Backend):
             argv += ["--unix-socket", str(socket_path)]
         else:
             argv += ["--host", "127.0.0.1", "--port", "0"]
+        if self._cgroups.found:
+            await asyncio.to_thread(self._cgroups.create, sandbox_id)
         log_file = (session_dir / "agent.log").open("ab")
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -397,6 +430,14 @@ class LocalBackend(Backend):
         finally:
             log_file.close()
         (session_dir / _AGENT_PID).write_text(f"{proc.pid}\n")
+        if self._cgroups.found:
+            # Before it serves anything (it prints LISTENING first), so every run and pip it starts is inside.
+            try:
+                self._cgroups.add(sandbox_id, proc.pid)
+            except OSError:
+                proc.kill()
+                await proc.wait()
+                raise
         assert proc.stdout is not None
         try:
             async with asyncio.timeout(self._local.agent_start_timeout_s):

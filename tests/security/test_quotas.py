@@ -1,0 +1,160 @@
+"""Per-session caps on the local backend, tried as an attacker would (issue 10, finding B).
+
+Before: eight processes of 1 GiB each took 8 GiB of host memory (RLIMIT_AS is per process), and a fork bomb
+was held only by the uid's RLIMIT_NPROC. Now a per-session cgroup (v1 memory + pids) holds the whole session
+at `session_memory_bytes` / `session_max_processes`, and the session keeps working afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import ClientSession
+
+from codegen_mcp.coordinator.backends.cgroups import SessionCgroups
+from codegen_mcp.coordinator.backends.cleanup import remove_tree
+from tests.integration.conftest import mcp_session
+from tests.support.coordinator import CoordinatorProcess, print_log_tail, start_coordinator, state_root, stop_process
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.timeout(60)
+
+GiB = 1024**3
+MiB = 1024**2
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def _v1_controller_writable(name: str) -> bool:
+    return (CGROUP / name / "cgroup.procs").exists() and os.access(CGROUP / name, os.W_OK)
+
+
+needs_memory_cgroup = pytest.mark.skipif(
+    not _v1_controller_writable("memory"),
+    reason="no writable cgroup v1 memory hierarchy at /sys/fs/cgroup/memory (not root, or no such controller)",
+)
+needs_pids_cgroup = pytest.mark.skipif(
+    not _v1_controller_writable("pids"),
+    reason="no writable cgroup v1 pids hierarchy at /sys/fs/cgroup/pids (not root, or no such controller)",
+)
+
+
+@contextlib.contextmanager
+def coordinator(env: dict[str, str]) -> Iterator[CoordinatorProcess]:
+    for root in state_root():
+        (root / "state").mkdir()
+        cp = start_coordinator(root / "state", env={"CODEGEN_LOCAL_UID_REGISTRY_DIR": str(root / "uids"), **env})
+        try:
+            yield cp
+        finally:
+            stop_process(cp.proc)
+            print_log_tail(cp)
+            remove_tree(root / "state")
+
+
+def session_groups(controller: str, cp: CoordinatorProcess) -> list[Path]:
+    """The per-session groups of this coordinator (its folder in the hierarchy is named by its state folder)."""
+    base = CGROUP / controller / "codegen-mcp" / hashlib.sha256(str(cp.state_dir.resolve()).encode()).hexdigest()[:10]
+    return [g for g in base.iterdir() if g.is_dir()] if base.exists() else []
+
+
+async def run(session: ClientSession, code: str) -> dict[str, Any]:
+    result = await session.call_tool("run.python", {"code": textwrap.dedent(code), "wait_s": 40})
+    assert not result.is_error, result.content
+    run_result: dict[str, Any] = result.structured_content["run"]  # type: ignore[index]
+    return run_result
+
+
+async def still_works(session: ClientSession) -> None:
+    after = await run(session, "print(6 * 7)")
+    assert after["exit_code"] == 0 and after["stdout"].strip() == "42", after
+
+
+EIGHT_GIBS = """
+import json, subprocess, sys
+child = "b = b'x' * (1 << 30); print('held', flush=True); sys.stdin.read()"
+procs = [subprocess.Popen([sys.executable, "-c", "import sys; " + child], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) for _ in range(8)]
+held = sum(p.stdout.readline().strip() == "held" for p in procs)  # a killed child gives EOF: ''
+for p in procs:
+    try:
+        p.stdin.close()
+    except OSError:
+        pass
+codes = [p.wait() for p in procs]
+print(json.dumps({"held": held, "codes": codes}))
+"""
+
+
+@needs_memory_cgroup
+async def test_eight_processes_of_1_gib_are_held_at_the_session_memory_cap() -> None:
+    cap = 1536 * MiB
+    env = {
+        "CODEGEN_LOCAL_MEMORY_BYTES": str(2 * GiB),  # per process: each 1 GiB allocation is allowed alone
+        "CODEGEN_LOCAL_SESSION_MEMORY_BYTES": str(cap),
+    }
+    with coordinator(env) as cp:
+        async with mcp_session(cp) as s:
+            out = await run(s, EIGHT_GIBS)
+            report = json.loads(out["stdout"].strip().splitlines()[-1])
+            groups = session_groups("memory", cp)
+            peak = max((int((g / "memory.max_usage_in_bytes").read_text()) for g in groups), default=None)
+            print(f"8 x 1 GiB: {report['held']} held at once; session peak {peak} bytes, cap {cap}")
+            assert report["held"] * GiB <= cap, f"{report['held']} GiB held at once with a {cap // MiB} MiB cap"
+            assert peak is not None and peak <= cap
+            await still_works(s)
+        await eventually(lambda: not any(g.exists() for g in groups), what="the session's cgroup to be removed")
+
+
+FORK_BOMB = """
+import os, time
+children, error = [], None
+while len(children) < 2000:
+    try:
+        pid = os.fork()
+    except OSError as err:
+        error = err.strerror
+        break
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    children.append(pid)
+for pid in children:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+print(len(children), error)
+"""
+
+
+@needs_pids_cgroup
+async def test_a_fork_bomb_is_held_at_the_session_pids_max() -> None:
+    cap = 64
+    with coordinator({"CODEGEN_LOCAL_SESSION_MAX_PROCESSES": str(cap)}) as cp:
+        async with mcp_session(cp) as s:
+            out = await run(s, FORK_BOMB)
+            forked, _, error = out["stdout"].strip().partition(" ")
+            print(f"fork bomb: {forked} forks before '{error}'; pids.max {cap}")
+            assert int(forked) < cap, f"{forked} processes forked with a per-session cap of {cap}"
+            assert error == "Resource temporarily unavailable"
+            [group] = [g for g in session_groups("pids", cp) if (g / "pids.max").read_text().strip() == str(cap)]
+            await still_works(s)
+        await eventually(lambda: not group.exists(), what="the session's cgroup to be removed")
+        assert cp.proc.poll() is None
+
+
+def test_without_the_controllers_each_cap_says_why_it_falls_back(tmp_path: Path) -> None:
+    """No v1 hierarchy (a container, cgroup v2 only): nothing is pretended, each missing controller has a reason."""
+    groups = SessionCgroups(root=tmp_path, parent="codegen-mcp", state_dir=tmp_path, memory_bytes=GiB, max_pids=64)
+    missing = groups.detect()
+    assert groups.found == {}
+    assert missing == {
+        "memory": f"no v1 memory hierarchy at {tmp_path / 'memory'}",
+        "pids": f"no v1 pids hierarchy at {tmp_path / 'pids'}",
+    }
