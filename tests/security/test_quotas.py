@@ -2,7 +2,9 @@
 
 Before: eight processes of 1 GiB each took 8 GiB of host memory (RLIMIT_AS is per process), and a fork bomb
 was held only by the uid's RLIMIT_NPROC. Now a per-session cgroup (v1 memory + pids) holds the whole session
-at `session_memory_bytes` / `session_max_processes`, and the session keeps working afterwards.
+at `session_memory_bytes` / `session_max_processes`, and the session keeps working afterwards. And 2 GiB of
+files (each under the per-file limit) plus anything written to the jail's /tmp counted against no quota; now
+both live on one loop-mounted disk of `disk_quota_bytes`, and a run that fills it is stopped with a message.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from mcp import ClientSession
 
 from codegen_mcp.coordinator.backends.cgroups import SessionCgroups
 from codegen_mcp.coordinator.backends.cleanup import remove_tree
+from codegen_mcp.sandbox_agent.isolation import Jail
 from tests.integration.conftest import mcp_session
 from tests.support.coordinator import CoordinatorProcess, print_log_tail, start_coordinator, state_root, stop_process
 from tests.support.waiting import eventually
@@ -43,6 +46,10 @@ needs_memory_cgroup = pytest.mark.skipif(
 needs_pids_cgroup = pytest.mark.skipif(
     not _v1_controller_writable("pids"),
     reason="no writable cgroup v1 pids hierarchy at /sys/fs/cgroup/pids (not root, or no such controller)",
+)
+needs_loop_mounts = pytest.mark.skipif(
+    os.geteuid() != 0 or not Path("/dev/loop-control").exists(),
+    reason="a per-session disk is a loop-mounted image: needs root and /dev/loop-control",
 )
 
 
@@ -158,3 +165,52 @@ def test_without_the_controllers_each_cap_says_why_it_falls_back(tmp_path: Path)
         "memory": f"no v1 memory hierarchy at {tmp_path / 'memory'}",
         "pids": f"no v1 pids hierarchy at {tmp_path / 'pids'}",
     }
+
+
+DISK_FILLER = """
+import errno, os
+chunk = b"x" * (8 << 20)
+written, error = 0, None
+for where in ("/tmp", "."):  # the jail's /tmp first, then the workspace: one quota for both
+    for i in range(20):  # 160 MiB each, in 8 MiB files: each far below the per-file limit
+        try:
+            with open(os.path.join(where, f"fill-{i}"), "wb") as f:
+                f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            written += len(chunk)
+        except OSError as err:
+            error = errno.errorcode[err.errno]
+            break
+    if error:
+        break
+print(written, error)
+"""
+
+
+@needs_loop_mounts
+async def test_writing_past_the_disk_quota_is_stopped_and_the_session_lives() -> None:
+    quota = 256 * MiB
+    with coordinator({"CODEGEN_LOCAL_DISK_QUOTA_BYTES": str(quota)}) as cp:
+        async with mcp_session(cp) as s:
+            out = await run(s, DISK_FILLER)
+            written, _, error = out["stdout"].strip().partition(" ")
+            print(f"disk filler: {int(written) // MiB} MiB written before {error}; quota {quota // MiB} MiB")
+            assert int(written) <= quota, f"{int(written) // MiB} MiB written with a {quota // MiB} MiB disk quota"
+            assert error == "ENOSPC"
+            assert "disk quota" in out["stderr"], out["stderr"]
+            cleaned = await run(
+                s, "import glob, os\nfor p in glob.glob('/tmp/fill-*') + glob.glob('fill-*'): os.remove(p)"
+            )
+            assert cleaned["exit_code"] == 0, cleaned
+            await still_works(s)
+
+
+def test_the_jail_binds_the_session_disk_as_tmp_instead_of_a_tmpfs(tmp_path: Path) -> None:
+    """/tmp in the jail is the session disk's folder (counted in the quota), not an unlimited tmpfs."""
+    jail = Jail(bwrap="bwrap", tmp_dir=tmp_path / "tmp", system=())
+    argv = jail.command(["true"], binds=[], chdir=tmp_path).argv
+    assert ["--bind", str(tmp_path / "tmp"), "/tmp"] == argv[argv.index("/tmp") - 2 : argv.index("/tmp") + 1]
+    assert "--tmpfs" not in argv
+    staged = jail.command(["true"], binds=[], chdir=tmp_path, stage=True)
+    assert staged.staged == (tmp_path / "tmp",)

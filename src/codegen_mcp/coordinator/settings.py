@@ -53,6 +53,12 @@ class LocalBackendSettings(BaseSettings):
         ge=16,
         description="Tasks (processes and threads) of a whole session, agent included: the cgroup's pids.max.",
     )
+    disk_quota_bytes: int | None = Field(
+        2 * 1024**3,
+        ge=64 * 1024**2,
+        description="Disk of a whole session, its workspace (venv included) and the jail's /tmp together: a "
+        "size-limited ext4 image loop-mounted per session (root only); writes past it fail with ENOSPC. None: none.",
+    )
     cgroup_root: Path = Field(Path("/sys/fs/cgroup"), description="Where the cgroup v1 hierarchies are mounted.")
     cgroup_parent: str = Field(
         "codegen-mcp",

@@ -479,7 +479,13 @@ async def decide_sandbox(settings: AgentSettings, agent: Agent) -> Sandbox:
     jail: Jail | None = None
     if bwrap is not None:
         hide_files: tuple[Path, ...] = (settings.token_file,) if settings.token_file is not None else ()
-        jail = Jail(bwrap=bwrap, network=settings.network, hide_paths=tuple(settings.hide_paths), hide_files=hide_files)
+        jail = Jail(
+            bwrap=bwrap,
+            network=settings.network,
+            hide_paths=tuple(settings.hide_paths),
+            hide_files=hide_files,
+            tmp_dir=settings.tmp_dir,
+        )
         reason = await probe_bwrap(jail, identity, agent.workspace.root)
     if reason is None:
         return Sandbox(identity=identity, jail=jail)

@@ -43,6 +43,7 @@ from packaging.utils import canonicalize_name
 
 from codegen_mcp.api.errors import CodegenError, ErrorCode, InvalidArgument, SandboxUnavailable
 from codegen_mcp.api.tools import InstalledPackage, PkgInstallResult, RunResult, TaskState
+from codegen_mcp.sandbox_agent import diskquota
 from codegen_mcp.sandbox_agent.artifacts import ArtifactStore, take_snapshot
 from codegen_mcp.sandbox_agent.isolation import (
     CPU_SLACK_S,
@@ -839,19 +840,20 @@ class Executor:
 
         cap = self.settings.output_cap_bytes
         try:
-            result = await supervise(
-                argv,
-                env=env,
-                cwd=self.root,
-                stdin=stdin.encode("utf-8", errors="replace") if stdin is not None else None,
-                timeout_s=timeout_s,
-                cancel=task.cancel_requested,
-                stdout=Captured(cap=cap),
-                stderr=Captured(cap=cap),
-                popen_kwargs=popen_kwargs,
-                on_stdout=count_out,
-                on_stderr=count_err,
-            )
+            async with diskquota.guard(self.settings.tmp_dir, task.cancel_requested) as disk_full:
+                result = await supervise(
+                    argv,
+                    env=env,
+                    cwd=self.root,
+                    stdin=stdin.encode("utf-8", errors="replace") if stdin is not None else None,
+                    timeout_s=timeout_s,
+                    cancel=task.cancel_requested,
+                    stdout=Captured(cap=cap),
+                    stderr=Captured(cap=cap),
+                    popen_kwargs=popen_kwargs,
+                    on_stdout=count_out,
+                    on_stderr=count_err,
+                )
         except (OSError, subprocess.SubprocessError) as err:
             raise start_failure("Python in the sandbox", err) from None
         finally:
@@ -859,16 +861,22 @@ class Executor:
                 with contextlib.suppress(OSError):
                     script.unlink()
         artifacts = await asyncio.to_thread(self.artifacts.collect, before, task.task_id)
+        stderr = result.stderr.text()
+        quota_note = diskquota.message(self.settings.tmp_dir) if self.settings.tmp_dir and disk_full.is_set() else None
+        if quota_note is not None:
+            stderr = f"{stderr.rstrip()}\n{quota_note}\n".lstrip()
         run = RunResult(
             exit_code=result.exit_code,
             stdout=result.stdout.text(),
-            stderr=result.stderr.text(),
+            stderr=stderr,
             stdout_truncated=result.stdout.truncated,
             stderr_truncated=result.stderr.truncated,
             duration_s=result.duration_s,
             timed_out=result.timed_out,
             artifacts=artifacts,
         )
+        if quota_note is not None:
+            return Outcome(TaskState.FAILED, run=run, error=quota_note)
         if result.cancelled:
             return Outcome(TaskState.CANCELLED, run=run, error="cancelled on request")
         if result.timed_out:

@@ -270,6 +270,7 @@ class Jail:
     network: bool = False
     hide_paths: tuple[Path, ...] = ()
     hide_files: tuple[Path, ...] = ()
+    tmp_dir: Path | None = None  # bound as /tmp (shared by the session's runs); None: a fresh tmpfs per run
     system: tuple[Mount, ...] = field(default_factory=host_system_mounts)
 
     def shows(self, path: Path) -> bool:
@@ -320,7 +321,11 @@ class Jail:
                 cmd += ["--symlink", mount.target, str(mount.dest)]
             else:
                 cmd += ["--ro-bind", str(mount.source), str(mount.target)]
-        cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]  # noqa: S108 - the jail's own tmpfs
+        cmd += ["--proc", "/proc", "--dev", "/dev"]
+        if self.tmp_dir is not None:
+            cmd += ["--bind", source(self.tmp_dir), "/tmp"]  # noqa: S108 - the session's own /tmp folder
+        else:
+            cmd += ["--tmpfs", "/tmp"]  # noqa: S108 - the jail's own tmpfs
         for mount in binds:
             if isinstance(mount, Link):
                 cmd += ["--symlink", mount.target, str(mount.dest)]

@@ -43,6 +43,11 @@ class AgentSettings(BaseSettings):
     network: bool = Field(
         False, description="Let run code reach the network (bwrap mode only; pods use NetworkPolicy)."
     )
+    tmp_dir: Path | None = Field(
+        None,
+        description="A folder bound as /tmp in the jail (the local backend's per-session disk, so /tmp counts "
+        "against the session's disk quota); default: a fresh tmpfs per run.",
+    )
     hide_paths: list[Path] = Field(
         default_factory=list, description="Host folders hidden from run code (e.g. other sessions' state)."
     )

@@ -42,6 +42,7 @@ from pathlib import Path
 
 from codegen_mcp.api.errors import SandboxUnavailable
 from codegen_mcp.coordinator.agent_client import AgentClient, AgentEndpoint
+from codegen_mcp.coordinator.backends import disks
 from codegen_mcp.coordinator.backends.base import Backend, Sandbox, is_named_workspace
 from codegen_mcp.coordinator.backends.cgroups import SessionCgroups
 from codegen_mcp.coordinator.backends.cleanup import kill_processes_of, remove_tree
@@ -166,6 +167,8 @@ class LocalBackend(Backend):
             memory_bytes=self._local.session_memory_bytes,
             max_pids=self._local.session_max_processes,
         )
+        self._disk_quota: int | None = None  # set at start when per-session disks work here
+        self._disks: set[str] = set()  # sandboxes whose workspace and /tmp are on their quota disk
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -199,6 +202,13 @@ class LocalBackend(Backend):
         parts = ["bwrap namespaces (net, pid, mount, ipc, uts, user)"] if reason is None else []
         if self._cgroups.found:
             parts.append(self._cgroups.describe())
+        quota = self._local.disk_quota_bytes
+        no_disk = "disabled by settings" if quota is None else disks.available()
+        if no_disk is None and quota is not None:
+            self._disk_quota = quota
+            parts.append(f"a {quota // 2**20} MiB disk per session (workspace + /tmp)")
+        else:
+            log.warning("local backend: no per-session disk quota (%s): only the per-file size limit", no_disk)
         parts.append("rlimits (memory, cpu, processes, file size)")
         if self._registry is not None:
             parts.append(f"a uid per sandbox from {self._local.sandbox_uid_base} (registry {self._registry.directory})")
@@ -242,6 +252,8 @@ class LocalBackend(Backend):
             (session_dir / "workspace").mkdir(mode=0o700, exist_ok=True)
             if self._registry is not None:
                 self._uids[sandbox_id] = await asyncio.to_thread(self._claim_uid, self._registry, session_dir)
+            if self._disk_quota is not None:
+                await asyncio.to_thread(self._attach_disk, sandbox_id, session_dir, self._disk_quota)
             return await self._launch(sandbox_id, session_dir)
         except BaseException:
             await self._discard(sandbox_id, session_dir)
@@ -290,6 +302,14 @@ class LocalBackend(Backend):
                     f"(e.g. /var/lib/codegen-mcp) or run `chmod o+x {parent}`"
                 )
 
+    def _attach_disk(self, sandbox_id: str, session_dir: Path, quota: int) -> None:
+        try:
+            disks.attach(session_dir, quota, self._uids.get(sandbox_id))
+        except (disks.DiskError, OSError) as err:
+            log.warning("sandbox %s runs without a disk quota: %s", sandbox_id, err)
+            return
+        self._disks.add(sandbox_id)
+
     @staticmethod
     def _claim_uid(registry: UidRegistry, session_dir: Path) -> int:
         """The folder's uid: the one it had (a named workspace after a restart), else a free one, recorded."""
@@ -320,6 +340,8 @@ class LocalBackend(Backend):
                 await asyncio.to_thread(self._cgroups.remove, sandbox_id)
             if uid is not None:
                 await asyncio.to_thread(self._kill_processes, uid, session_dir)
+            self._disks.discard(sandbox_id)
+            await asyncio.to_thread(self._detach_disk, session_dir)
             if self._keeps(sandbox_id):
                 return  # the folder stays, and with it its uid
             try:
@@ -333,6 +355,13 @@ class LocalBackend(Backend):
         finally:
             if lock is not None:
                 os.close(lock)
+
+    @staticmethod
+    def _detach_disk(session_dir: Path) -> None:
+        try:
+            disks.detach(session_dir)
+        except disks.DiskError:
+            log.exception("could not unmount the disk of %s", session_dir)
 
     @staticmethod
     def _kill_processes(uid: int, session_dir: Path) -> None:
@@ -362,6 +391,7 @@ class LocalBackend(Backend):
                 uids = registry.owned(session_dir) if registry is not None else []
                 for uid in uids:
                     self._kill_processes(uid, session_dir)
+                self._detach_disk(session_dir)
                 if self._keeps(session_dir.name):
                     continue
                 remove_tree(session_dir)
@@ -392,6 +422,8 @@ class LocalBackend(Backend):
             CODEGEN_AGENT_ARTIFACT_STORE_NAMESPACE=sandbox_id,
             CODEGEN_AGENT_DEVTOOLS_WHEELHOUSE=str(self._root / "wheelhouse"),
         )
+        if sandbox_id in self._disks:
+            env["CODEGEN_AGENT_TMP_DIR"] = str(disks.tmp_dir(workspace.parent))
         uid = self._uids.get(sandbox_id)
         if uid is not None:
             env["CODEGEN_AGENT_SANDBOX_UID"] = str(uid)
