@@ -47,7 +47,7 @@ def control_plane() -> Iterator[ControlPlane]:
     """A real etcd + kube-apiserver + controller-manager + scheduler from KUBEBUILDER_ASSETS, once per test run."""
     problem = assets_problem()
     if problem is not None:
-        pytest.skip(f"needs a real Kubernetes control plane: {problem}")
+        pytest.skip(reason=f"needs a real Kubernetes control plane: {problem}")
     root = Path(tempfile.mkdtemp(prefix="codegen-mcp-k8s-"))
     plane = ControlPlane(Path(os.environ[ASSETS_ENV]), root, crds=(REPO / "crds" / "codegensession.yaml",))
     try:

@@ -99,7 +99,7 @@ def small_filesystem(path: Path, size: str) -> Iterator[Path]:
     try:
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0711", "tmpfs", str(path)], check=True)
     except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {exc}")
+        pytest.skip(reason=f"cannot mount a small tmpfs to fill (needs root): {exc}")
     try:
         yield path
     finally:

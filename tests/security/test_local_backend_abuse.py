@@ -284,7 +284,7 @@ def test_remove_tree_as_a_plain_user_clears_folders_their_owner_locked(root: Pat
     if IS_ROOT:  # run as nobody, with the system python (the default one may sit in a 0700 home)
         python, user = "/usr/bin/python3", 65534
         if not os.access(python, os.X_OK):
-            pytest.skip("needs /usr/bin/python3 to run as an unprivileged uid")
+            pytest.skip(reason="needs /usr/bin/python3 to run as an unprivileged uid")
         os.chown(root / "plain", 65534, 65534)
     done = subprocess.run(
         [python, "-c", script], capture_output=True, text=True, timeout=30, check=False, user=user, cwd="/"

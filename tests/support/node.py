@@ -653,7 +653,7 @@ def real_node(request: pytest.FixtureRequest) -> Iterator[Node]:
     """
     problem = node_problem()
     if problem is not None:
-        pytest.skip(f"needs a real node: {problem}")
+        pytest.skip(reason=f"needs a real node: {problem}")
     control_plane: ControlPlane = request.getfixturevalue("control_plane")
     pause = pause_image_tar(os.environ.get(ASSETS_ENV))
     assert pause is not None
