@@ -16,11 +16,10 @@ import json
 import logging
 import os
 import re
-import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,27 +92,10 @@ def build_probe_sdist(folder: Path, port: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def base_dir() -> Iterator[Path]:
-    """A 0755 folder in the system temp dir: the sandbox uid (65534 under root) must read what is here."""
-    path = Path(tempfile.mkdtemp(prefix="cg-pipnet-tests-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
 def venv(base_dir: Path) -> Path:
     path = base_dir / "venv"
     subprocess.run([default_base_python(None), "-m", "venv", "--without-pip", str(path)], check=True, timeout=120)
     return path
-
-
-@pytest.fixture
-def workspace(base_dir: Path) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="ws-", dir=base_dir))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
