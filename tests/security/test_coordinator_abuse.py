@@ -23,6 +23,7 @@ from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
+from tests.integration.test_http_security import HEADERS, INIT  # one bare initialize request for both
 from tests.support.coordinator import (
     CoordinatorProcess,
     print_log_tail,
@@ -36,13 +37,6 @@ pytestmark = pytest.mark.timeout(180)
 
 # The official Python client refuses one server-sent event over 1 MiB (`max_sse_event_size`).
 CLIENT_EVENT_LIMIT = 1024 * 1024
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bare", "version": "1"}},
-}
-HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
 def text_of(result: Any) -> str:

@@ -12,15 +12,12 @@ from tests.support.operator import OperatorThread
 from tests.support.waiting import eventually
 
 from ..conftest import mcp_session
-from .conftest import NS, Kubectl, StartCoordinator
+from .conftest import Kubectl, StartCoordinator
+from .test_kubernetes_backend import sessions
 
 pytestmark = pytest.mark.timeout(150)
 
 MISSING_IMAGE = "registry.example/not-there:1"
-
-
-def sessions(cluster: ClusterEmulator) -> list[dict]:
-    return cluster.list_objects(api.GROUP, api.VERSION, api.PLURAL, NS)
 
 
 async def test_closing_a_session_whose_sandbox_never_started_deletes_its_codegensession(
