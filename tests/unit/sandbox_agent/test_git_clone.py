@@ -30,7 +30,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from codegen_mcp.api.errors import InvalidArgument
 from codegen_mcp.api.tools import TaskView
 from codegen_mcp.sandbox_agent.app import create_app
-from codegen_mcp.sandbox_agent.gitops import (
+from codegen_mcp.sandbox_agent.gitcheck import (
     check_clone_url,
     check_ref,
     clone_progress,

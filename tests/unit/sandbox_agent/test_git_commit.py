@@ -9,7 +9,7 @@ import pytest
 
 from codegen_mcp.api.errors import InvalidArgument
 from codegen_mcp.api.tools import OUTPUT_FOLDER, GitCommitResult, GitFileChange
-from codegen_mcp.sandbox_agent.gitops import check_author, diffstat, parse_name_status, parse_numstat
+from codegen_mcp.sandbox_agent.gitcheck import check_author, diffstat, parse_name_status, parse_numstat
 
 from .conftest import AgentClient, MakeClient
 
