@@ -8,8 +8,12 @@ condition.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import IntEnum, StrEnum
 from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 
 class ErrorCode(StrEnum):
@@ -117,3 +121,58 @@ class NotFound(CodegenError):
 
 class SandboxUnavailable(CodegenError):
     code = ErrorCode.SANDBOX_UNAVAILABLE
+
+
+# pydantic's messages that read as a rule once "`field` must" replaces their start.
+_RULE_STARTS = ("Input should", "String should", "Value should", "List should", "Dictionary should", "Tuple should")
+MAX_PROBLEMS = 5  # a body with a thousand wrong keys still gets a sentence, not a page
+
+
+def validation_sentence(exc: ValidationError, *, prefix: str = "", model: type[BaseModel] | None = None) -> str:
+    """One line saying what is wrong with each field pydantic refused, e.g. "`timeout_s` must be greater than 0".
+
+    The one formatter for every edge: the agent's and the coordinator's tool arguments (`model` lists the accepted
+    names after an unknown one), the operator's session spec (`prefix="spec"`), the agent's own settings.
+    Problems are joined by "; ", one per field, at most `MAX_PROBLEMS`.
+    """
+    problems: dict[str, str] = {}
+    for error in exc.errors(include_url=False):
+        where = _location((prefix, *error["loc"]) if prefix else error["loc"])
+        if where not in problems:
+            problems[where] = _problem(error, where)
+            if model is not None and error["type"] == "extra_forbidden" and len(error["loc"]) == 1:
+                problems[where] += f" (accepted: {', '.join(f'`{name}`' for name in model.model_fields)})"
+                model = None  # said once
+    shown = list(problems.values())[:MAX_PROBLEMS]
+    hidden = len(problems) - len(shown)
+    return "; ".join(shown) + (f"; and {hidden} more" if hidden else "")
+
+
+def _location(loc: Sequence[int | str]) -> str:
+    """`a.b[0].c`: how a reader writes a path into nested JSON."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{_name(part)}" if text else _name(part))
+    return text
+
+
+def _name(key: str) -> str:
+    """A key as sent, but printable and short: it may be anything a caller typed."""
+    shown = key if key.isprintable() else key.encode("unicode_escape").decode("ascii")
+    return shown if len(shown) <= 60 else shown[:60] + "…"
+
+
+def _problem(error: ErrorDetails, where: str) -> str:
+    message = " ".join(str(error["msg"]).removeprefix("Value error, ").split())  # one line, whatever it says
+    if error["type"] == "missing":
+        return f"`{where}` is required"
+    if error["type"] == "extra_forbidden":
+        return f"`{where}` is unknown"
+    if not where:
+        return message
+    for start in _RULE_STARTS:
+        if message.startswith(start):
+            return f"`{where}` must{message[len(start) :]}"
+    if message.startswith("must "):
+        return f"`{where}` {message}"
+    return f"`{where}`: {message}"

@@ -20,7 +20,6 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -463,13 +462,3 @@ def check_session_name(name: str) -> str | None:
     if not re.match(NAME_PATTERN, name):
         return "metadata.name must be lowercase letters, digits and '-', starting and ending with a letter or digit"
     return None
-
-
-def describe_validation_error(exc: ValidationError, prefix: str = "spec") -> str:
-    """One readable sentence per problem: `spec.workspace.size: 'lots' is not a Kubernetes quantity`."""
-    parts: list[str] = []
-    for error in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in (prefix, *error["loc"]) if p != "")
-        message = str(error["msg"]).removeprefix("Value error, ")
-        parts.append(f"{loc}: {message}")
-    return "; ".join(parts)

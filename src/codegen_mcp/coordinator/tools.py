@@ -25,7 +25,7 @@ from typing import Any
 import mcp_types as types
 from pydantic import BaseModel, ValidationError
 
-from codegen_mcp.api.errors import CodegenError, ErrorCode, SandboxUnavailable
+from codegen_mcp.api.errors import CodegenError, ErrorCode, SandboxUnavailable, validation_sentence
 from codegen_mcp.api.tools import (
     DEFAULT_READ_LIMIT,
     OUTPUT_FOLDER,
@@ -107,20 +107,6 @@ def list_tools() -> list[types.Tool]:
     ]
 
 
-def validation_message(exc: ValidationError) -> str:
-    """One sentence from pydantic's first error: which argument, and what is allowed."""
-    err = exc.errors(include_url=False)[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    msg = str(err["msg"])
-    if err["type"] == "missing":
-        return f"the argument `{loc}` is required"
-    if err["type"] == "extra_forbidden":
-        return f"`{loc}` is not an argument of this tool"
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
-    return f"`{loc}`: {msg[0].lower() + msg[1:]}" if loc else msg[0].lower() + msg[1:]
-
-
 def error_result(message: str) -> types.CallToolResult:
     text = message[0].upper() + message[1:]
     if not text.endswith("."):
@@ -133,7 +119,8 @@ def parse_arguments(spec: ToolSpec, arguments: dict[str, Any] | None) -> BaseMod
         return spec.args.model_validate(arguments or {})
     except ValidationError as exc:
         raise CodegenError(
-            f"invalid arguments for {spec.name}: {validation_message(exc)}", code=ErrorCode.INVALID_ARGUMENT
+            f"invalid arguments for {spec.name}: {validation_sentence(exc, model=spec.args)}",
+            code=ErrorCode.INVALID_ARGUMENT,
         ) from None
 
 

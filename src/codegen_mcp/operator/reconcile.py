@@ -18,6 +18,7 @@ import kopf
 from pydantic import ValidationError
 
 from codegen_mcp.api import session as api
+from codegen_mcp.api.errors import validation_sentence
 from codegen_mcp.api.session import Phase, Reason, SessionSpec, SessionStatus
 from codegen_mcp.operator import builders
 from codegen_mcp.operator import status as st
@@ -59,7 +60,7 @@ def validate(body: dict[str, Any]) -> tuple[SessionSpec | None, str]:
     try:
         return SessionSpec.model_validate(body.get("spec") or {}), ""
     except ValidationError as exc:
-        return None, api.describe_validation_error(exc)
+        return None, validation_sentence(exc, prefix="spec")
 
 
 def temporary(exc: KubeError, what: str) -> kopf.TemporaryError:

@@ -14,6 +14,7 @@ import yaml
 from pydantic import ValidationError
 
 from codegen_mcp.api import session as api
+from codegen_mcp.api.errors import validation_sentence
 from codegen_mcp.operator.builders import SessionRef, build_children
 from codegen_mcp.operator.settings import OperatorSettings
 
@@ -40,7 +41,7 @@ def render_documents(documents: list[Any], settings: OperatorSettings) -> list[d
         try:
             spec = api.SessionSpec.model_validate(doc.get("spec") or {})
         except ValidationError as exc:
-            raise RenderError(f"{name}: {api.describe_validation_error(exc)}") from exc
+            raise RenderError(f"{name}: {validation_sentence(exc, prefix='spec')}") from exc
         ref = SessionRef(
             name=name,
             namespace=str(meta.get("namespace") or "default"),

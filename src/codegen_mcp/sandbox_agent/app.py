@@ -24,7 +24,14 @@ from packaging.requirements import Requirement
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from codegen_mcp import __version__
-from codegen_mcp.api.errors import CodegenError, ErrorCode, InvalidArgument, NotFound, SandboxUnavailable
+from codegen_mcp.api.errors import (
+    CodegenError,
+    ErrorCode,
+    InvalidArgument,
+    NotFound,
+    SandboxUnavailable,
+    validation_sentence,
+)
 from codegen_mcp.api.tools import (
     DEFAULT_INSTALL_TIMEOUT_S,
     MAX_WAIT_S,
@@ -129,36 +136,6 @@ PLANNED = web.AppKey("codegen_planned_tools", PlannedTools)
 # --- errors ---------------------------------------------------------------------------------------------
 
 
-def _loc(loc: tuple[int | str, ...]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def validation_sentence(err: ValidationError, model: type[BaseModel] | None = None) -> str:
-    """One sentence from the first pydantic error, e.g. "`timeout_s` must be greater than 0"."""
-    first = err.errors(include_url=False)[0]
-    name = _loc(tuple(first["loc"]))
-    msg = str(first["msg"])
-    kind = first["type"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
-    if kind == "missing":
-        return f"`{name}` is required"
-    if kind == "extra_forbidden":
-        allowed = ""
-        if model is not None:
-            allowed = "; accepted: " + ", ".join(f"`{f}`" for f in model.model_fields)
-        return f"`{name}` is not an accepted argument{allowed}"
-    if not name:
-        return msg
-    for prefix in ("Input should", "String should", "Value should", "List should", "Dictionary should"):
-        if msg.startswith(prefix):
-            return f"`{name}` must{msg[len(prefix) :]}"
-    return f"`{name}`: {msg}"
-
-
 def error_response(err: CodegenError) -> web.Response:
     headers = {"WWW-Authenticate": "Bearer"} if err.code is ErrorCode.UNAUTHORIZED else None
     return web.json_response(err.to_dict(), status=err.code.http_status, headers=headers)
@@ -221,7 +198,7 @@ async def read_args(request: web.Request, model: type[M]) -> M:
     try:
         return model.model_validate(body)
     except ValidationError as err:
-        raise InvalidArgument(validation_sentence(err, model)) from None
+        raise InvalidArgument(validation_sentence(err, model=model)) from None
 
 
 def model_response(model: BaseModel, status: int = 200) -> web.Response:
@@ -356,7 +333,7 @@ async def list_artifacts(request: web.Request) -> web.Response:
     try:
         args = ArtifactListArgs.model_validate(query)
     except ValidationError as err:
-        raise InvalidArgument(validation_sentence(err, ArtifactListArgs)) from None
+        raise InvalidArgument(validation_sentence(err, model=ArtifactListArgs)) from None
     items = request.app[AGENT].artifacts.list()
     if args.task_id is not None:
         items = [a for a in items if a.task_id == args.task_id]

@@ -17,22 +17,22 @@ NOW = datetime(2026, 11, 25, tzinfo=UTC)
 @pytest.mark.parametrize(
     ("tool", "arguments", "expected"),
     [
-        ("echo", {}, "the argument `message` is required"),
-        ("echo", {"message": "x", "bogus": 1}, "`bogus` is not an argument of this tool"),
+        ("echo", {}, "`message` is required"),
+        ("echo", {"message": "x", "bogus": 1}, "`bogus` is unknown (accepted: `message`)"),
         ("run.python", {}, "give exactly one of `code` or `file`"),
         ("run.python", {"code": "1", "file": "a.py"}, "give exactly one of `code` or `file`"),
-        ("run.python", {"code": "1", "timeout_s": 0}, "`timeout_s`: input should be greater than 0"),
-        ("fs.read", {"path": ""}, "`path`: string should have at least 1 character"),
-        ("fs.read", {"path": "a", "limit": 0}, "`limit`: input should be greater than or equal to 1"),
+        ("run.python", {"code": "1", "timeout_s": 0}, "`timeout_s` must be greater than 0"),
+        ("fs.read", {"path": ""}, "`path` must have at least 1 character"),
+        ("fs.read", {"path": "a", "limit": 0}, "`limit` must be greater than or equal to 1"),
         (
             "fs.write",
             {"path": "a", "content": "x", "encoding": "rot13"},
-            "`encoding`: input should be 'utf-8' or 'base64'",
+            "`encoding` must be 'utf-8' or 'base64'",
         ),
         (
             "task.get_result",
             {"task_id": "task_0123456789abcdef", "wait_s": 1e9},
-            "`wait_s`: input should be less than or equal to 300",
+            "`wait_s` must be less than or equal to 300",
         ),
     ],
 )

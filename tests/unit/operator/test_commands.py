@@ -86,7 +86,7 @@ def test_render_refuses_an_invalid_session(
     with pytest.raises(SystemExit) as exit_info:
         render.main(["-f", str(bad)])
     assert exit_info.value.code == 2
-    assert "spec.ttlSeconds: Input should be greater than or equal to 1" in capsys.readouterr().err
+    assert "`spec.ttlSeconds` must be greater than or equal to 1" in capsys.readouterr().err
 
 
 def test_render_needs_a_session(settings: OperatorSettings) -> None:

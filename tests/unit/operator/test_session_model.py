@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from codegen_mcp.api import session as api
+from codegen_mcp.api.errors import validation_sentence
 
 
 @pytest.mark.parametrize(
@@ -43,13 +44,13 @@ def test_defaults() -> None:
 
 
 INVALID: list[tuple[dict[str, Any], str]] = [
-    ({"workspace": {"size": "lots"}}, "spec.workspace.size: 'lots' is not a Kubernetes quantity"),
-    ({"workspace": {"size": "1Ki"}}, "spec.workspace.size: '1Ki' is too small for a workspace"),
-    ({"network": {"egress": "everywhere"}}, "spec.network.egress: Input should be 'none', 'packages' or 'open'"),
-    ({"network": {"allowCIDRs": ["10.0.0.1/8"]}}, "spec.network.allowCIDRs.0: '10.0.0.1/8' is not a CIDR"),
-    ({"network": {"allowPorts": [70000]}}, "spec.network.allowPorts.0: Input should be less than or equal to 65535"),
-    ({"ttlSeconds": 0}, "spec.ttlSeconds: Input should be greater than or equal to 1"),
-    ({"idleTimeoutSeconds": "soon"}, "spec.idleTimeoutSeconds: Input should be a valid integer"),
+    ({"workspace": {"size": "lots"}}, "`spec.workspace.size`: 'lots' is not a Kubernetes quantity"),
+    ({"workspace": {"size": "1Ki"}}, "`spec.workspace.size`: '1Ki' is too small for a workspace"),
+    ({"network": {"egress": "everywhere"}}, "`spec.network.egress` must be 'none', 'packages' or 'open'"),
+    ({"network": {"allowCIDRs": ["10.0.0.1/8"]}}, "`spec.network.allowCIDRs[0]`: '10.0.0.1/8' is not a CIDR"),
+    ({"network": {"allowPorts": [70000]}}, "`spec.network.allowPorts[0]` must be less than or equal to 65535"),
+    ({"ttlSeconds": 0}, "`spec.ttlSeconds` must be greater than or equal to 1"),
+    ({"idleTimeoutSeconds": "soon"}, "`spec.idleTimeoutSeconds` must be a valid integer"),
     ({"env": [{"name": "CODEGEN_AGENT_TOKEN", "value": "x"}]}, "'CODEGEN_AGENT_TOKEN' is reserved"),
     ({"env": [{"name": "A"}, {"name": "A"}]}, "env names must be unique; repeated: A"),
     ({"packages": ["rich"], "network": {"egress": "none"}}, "packages need network.egress 'packages' or 'open'"),
@@ -57,9 +58,9 @@ INVALID: list[tuple[dict[str, Any], str]] = [
         {"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}},
         "requests.cpu (2) must not exceed limits.cpu (1)",
     ),
-    ({"imagePullPolicy": "Sometimes"}, "spec.imagePullPolicy: Input should be 'Always', 'IfNotPresent' or 'Never'"),
-    ({"runtimeClassName": "Not_Valid"}, "spec.runtimeClassName: String should match pattern"),
-    ({"colour": "blue"}, "spec.colour: Extra inputs are not permitted"),
+    ({"imagePullPolicy": "Sometimes"}, "`spec.imagePullPolicy` must be 'Always', 'IfNotPresent' or 'Never'"),
+    ({"runtimeClassName": "Not_Valid"}, "`spec.runtimeClassName` must match pattern"),
+    ({"colour": "blue"}, "`spec.colour` is unknown"),
 ]
 
 
@@ -67,7 +68,7 @@ INVALID: list[tuple[dict[str, Any], str]] = [
 def test_invalid_specs_say_what_is_wrong(spec: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError) as info:
         api.SessionSpec.model_validate(spec)
-    assert message in api.describe_validation_error(info.value)
+    assert message in validation_sentence(info.value, prefix="spec")
 
 
 @pytest.mark.parametrize(

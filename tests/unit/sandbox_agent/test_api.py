@@ -179,7 +179,7 @@ BAD_ARGUMENTS: list[tuple[str, Any, str]] = [
     ("/v1/fs/read", {"path": ""}, "`path` must have at least 1 character"),
     ("/v1/fs/read", {"path": "a", "limit": 0}, "`limit` must be greater than or equal to 1"),
     ("/v1/fs/read", {"path": "a", "offset": -1}, "`offset` must be greater than or equal to 0"),
-    ("/v1/fs/read", {"path": "a", "bogus": 1}, "`bogus` is not an accepted argument"),
+    ("/v1/fs/read", {"path": "a", "bogus": 1}, "`bogus` is unknown (accepted: `path`, `offset`, `limit`)"),
     ("/v1/fs/read", {"path": "a\x00b"}, "NUL"),
     ("/v1/fs/read", {"path": "x" * 300}, "longer than 255 bytes"),
     ("/v1/fs/write", {"path": "a"}, "`content` is required"),

@@ -7,11 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel, ValidationError
 
 from codegen_mcp.api.errors import CodegenError, ErrorCode, InvalidArgument
-from codegen_mcp.api.tools import FsReadArgs, RunPythonArgs, TaskKind, TaskState
-from codegen_mcp.sandbox_agent.app import validation_sentence
+from codegen_mcp.api.tools import TaskKind, TaskState
 from codegen_mcp.sandbox_agent.executor import (
     BasePython,
     Captured,
@@ -92,22 +90,6 @@ def test_pip_error_sentence() -> None:
         == "pip could not install 'nonexistent-pkg-xyz': No matching distribution found"
     )
     assert pip_error_sentence("ERROR: disk full\n", ["a", "b"]) == "pip could not install 'a' 'b': disk full"
-
-
-def _error(model: type[BaseModel], **body: object) -> ValidationError:
-    with pytest.raises(ValidationError) as info:
-        model.model_validate(body)
-    return info.value
-
-
-def test_validation_sentences() -> None:
-    assert validation_sentence(_error(RunPythonArgs, code="1", timeout_s=0)) == "`timeout_s` must be greater than 0"
-    assert validation_sentence(_error(RunPythonArgs)) == "give exactly one of `code` or `file`"
-    assert validation_sentence(_error(FsReadArgs)) == "`path` is required"
-    assert (
-        validation_sentence(_error(FsReadArgs, path="a", x=1), FsReadArgs)
-        == "`x` is not an accepted argument; accepted: `path`, `offset`, `limit`"
-    )
 
 
 def test_captured_keeps_the_head_or_the_tail() -> None:

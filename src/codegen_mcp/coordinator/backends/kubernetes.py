@@ -25,7 +25,7 @@ from kubernetes_asyncio import watch as k8s_watch
 from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from codegen_mcp.api.errors import CodegenError, ErrorCode, SandboxUnavailable
+from codegen_mcp.api.errors import CodegenError, ErrorCode, SandboxUnavailable, validation_sentence
 from codegen_mcp.api.session import (
     ANNOTATION_MCP_SESSION,
     API_VERSION,
@@ -38,7 +38,6 @@ from codegen_mcp.api.session import (
     VERSION,
     Phase,
     SessionSpec,
-    describe_validation_error,
 )
 from codegen_mcp.coordinator.agent_client import AgentClient, AgentEndpoint
 from codegen_mcp.coordinator.backends.base import Backend, Sandbox
@@ -107,7 +106,8 @@ def check_template(template: KubernetesBackendSettings) -> None:
     try:
         SessionSpec.model_validate(spec)
     except ValidationError as exc:
-        raise ValueError(f"the CODEGEN_K8S_* session template is invalid: {describe_validation_error(exc)}") from None
+        problem = validation_sentence(exc, prefix="spec")
+        raise ValueError(f"the CODEGEN_K8S_* session template is invalid: {problem}") from None
 
 
 class ActivityThrottle:
