@@ -13,10 +13,10 @@ import hashlib
 import hmac
 import logging
 import re
-import secrets
 import time
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
@@ -26,7 +26,8 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from mcp_types import LoggingLevel
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
@@ -43,6 +44,13 @@ from codegen_mcp.coordinator.agent_client import AgentUnreachable
 from codegen_mcp.coordinator.audit import AuditLog
 from codegen_mcp.coordinator.backends import Backend, create_backend
 from codegen_mcp.coordinator.backends.base import NAMED_WORKSPACE_PREFIX
+from codegen_mcp.coordinator.mcp_sessions import (
+    MCP_SESSION_ID_HEADER,
+    McpSessions,
+    OneConnection,
+    StreamableSessions,
+    at_least,
+)
 from codegen_mcp.coordinator.metrics import Metrics
 from codegen_mcp.coordinator.sessions import Handshakes, SessionManager
 from codegen_mcp.coordinator.settings import CoordinatorSettings
@@ -52,7 +60,6 @@ log = logging.getLogger(__name__)
 SERVER_NAME = "codegen-mcp"
 # How long a tool result may wait for its audit record to reach the disk.
 AUDIT_WAIT_S = 1.0
-_SESSION_KEY = "codegen_mcp.session_key"
 INSTRUCTIONS = (
     "Each MCP session gets its own isolated Python workspace. Write files with fs.write, run code with "
     "run.python (it runs in the workspace folder, in the session's own virtualenv), install packages with "
@@ -63,7 +70,6 @@ INSTRUCTIONS = (
 
 
 WORKSPACE_HEADER = "Codegen-Workspace"
-MCP_SESSION_ID_HEADER = "mcp-session-id"
 _WORKSPACE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
@@ -115,8 +121,13 @@ class Coordinator:
     def __init__(self, settings: CoordinatorSettings, backend: Backend | None = None) -> None:
         self.settings = settings
         self.backend = backend or create_backend(settings)
+        self.streamable = StreamableSessions()
         self.sessions = SessionManager(
-            self.backend, idle_timeout_s=settings.session_idle_timeout_s, max_sessions=settings.max_sessions
+            self.backend,
+            idle_timeout_s=settings.session_idle_timeout_s,
+            max_sessions=settings.max_sessions,
+            # A streamable-HTTP session's key is its id: once its sandbox idled out, the SDK has let it go too.
+            on_close=self.streamable.forget,
         )
         self.handshakes = Handshakes(
             per_client=settings.max_handshakes_per_client,
@@ -159,7 +170,26 @@ class Coordinator:
 
     # -- MCP sessions ----------------------------------------------------------------------------
 
-    def session_key(self, ctx: ServerRequestContext[Any, Any]) -> str:
+    @contextlib.asynccontextmanager
+    async def one_connection(self, server: Server[McpSessions]) -> AsyncIterator[McpSessions]:
+        """The MCP server's lifespan where `Server.run` enters it once per connection: its one session."""
+        session = OneConnection()
+        try:
+            yield session
+        finally:
+            self._close_in_background(session.session_key)
+
+    @contextlib.asynccontextmanager
+    async def streamable_sessions(self, server: Server[McpSessions]) -> AsyncIterator[McpSessions]:
+        """The MCP server's lifespan where the streamable-HTTP manager enters it, once for all its sessions."""
+        yield self.streamable
+
+    def streamable_session_ended(self, session_id: str) -> None:
+        """A streamable-HTTP session was DELETEd: its sandbox ends too."""
+        self.streamable.forget(session_id)
+        self._close_in_background(session_id)
+
+    def session_key(self, ctx: ServerRequestContext[McpSessions, Any]) -> str:
         """The key of the sandbox this request uses.
 
         By default one per MCP session, closed when the session ends. A client may instead name a workspace
@@ -175,30 +205,42 @@ class Coordinator:
                 f"`{WORKSPACE_HEADER}` header or connect with version {HANDSHAKE_PROTOCOL_VERSIONS[-1]}",
                 code=ErrorCode.SESSION_REQUIRED,
             )
-        # The SDK exposes the per-connection state only on the session object (mcp 2.3).
-        connection = ctx.session._connection  # noqa: SLF001
-        key = connection.state.get(_SESSION_KEY)
-        if key is None:
-            key = connection.session_id or "c-" + secrets.token_hex(8)
-            connection.state[_SESSION_KEY] = key
-            connection.exit_stack.push_async_callback(self._session_ended, key)
-        return str(key)
+        return ctx.lifespan_context.key(ctx)
 
-    async def _session_ended(self, key: str) -> None:
-        # Close in the background: connection teardown must not wait for a sandbox to stop.
+    def _close_in_background(self, key: str) -> None:
+        # Connection teardown must not wait for a sandbox to stop.
         task = asyncio.create_task(self.sessions.close(key), name=f"close-{key}")
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
+    async def notify(self, ctx: ServerRequestContext[McpSessions, Any], level: LoggingLevel, message: str) -> None:
+        """Tell the client of this request what happens to its session, at or above the level it set.
+
+        Rides the request's own stream. On 2026-07-28 connections the SDK also drops notices the request
+        did not opt in to, as that version's spec asks.
+        """
+        if not at_least(level, ctx.lifespan_context.log_level(ctx)):
+            return
+        with warnings.catch_warnings():
+            # `send_log_message` is deprecated upstream (SEP-2577) with the rest of the logging capability.
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            sending = ctx.session.send_log_message(
+                level, message, logger=SERVER_NAME, related_request_id=ctx.request_id
+            )
+        try:
+            await sending
+        except Exception as exc:  # a notice is advisory: a closed stream must not fail the call
+            log.debug("log notice to the client not sent: %s", exc)
+
     # -- MCP handlers ----------------------------------------------------------------------------
 
     async def list_tools(
-        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+        self, ctx: ServerRequestContext[McpSessions, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
         return types.ListToolsResult(tools=tools.list_tools())
 
     async def call_tool(
-        self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+        self, ctx: ServerRequestContext[McpSessions, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         if params.name not in TOOLS_BY_NAME:
             # An unknown tool is a protocol error (JSON-RPC -32602), not a tool result, per the MCP spec.
@@ -219,12 +261,15 @@ class Coordinator:
             async def progress(done: float, total: float | None, message: str) -> None:
                 await ctx.session.report_progress(done, total, message)
 
+            async def notice(level: LoggingLevel, message: str) -> None:
+                await self.notify(ctx, level, message)
+
             handshake = handshake_id(ctx)
             for attempt in (1, 2):
                 try:
                     # A first call may wait long for its sandbox: its session is not idle meanwhile.
                     with self.handshakes.serving(handshake):
-                        async with self.sessions.use(key) as sandbox:
+                        async with self.sessions.use(key, notice) as sandbox:
                             sandbox_id = sandbox.sandbox_id
                             self.handshakes.promote(handshake)
                             result = await tools.call_tool(
@@ -241,6 +286,7 @@ class Coordinator:
                     if attempt == 2:
                         raise
                     log.info("sandbox of session %s unreachable; reconnecting", key)
+                    await notice("warning", "your sandbox did not answer; reconnecting and sending the call again")
             if result.is_error:
                 outcome = "error"
             return result
@@ -253,7 +299,9 @@ class Coordinator:
         except Exception:
             outcome, code = "error", ErrorCode.INTERNAL.value
             log.exception("tool %s failed unexpectedly", params.name)
-            return tools.error_result("the server hit an internal error running this tool; it was logged")
+            message = "the server hit an internal error running this tool; it was logged"
+            await self.notify(ctx, "error", f"{params.name}: {message}")
+            return tools.error_result(message)
         finally:
             self.metrics.observe_call(params.name, outcome, time.monotonic() - started)
             recorded = self.audit.record(
@@ -270,7 +318,9 @@ class Coordinator:
                 # call answers anyway, and the audit log reports the records it lost.
                 await self.audit.written_within(recorded, AUDIT_WAIT_S)
 
-    async def discover(self, ctx: ServerRequestContext[Any, Any], params: types.RequestParams) -> types.DiscoverResult:
+    async def discover(
+        self, ctx: ServerRequestContext[McpSessions, Any], params: types.RequestParams
+    ) -> types.DiscoverResult:
         # Advertise only session-based (handshake) versions: auto-negotiating clients then fall back to
         # `initialize`, which gives the MCP session a sandbox is bound to.
         return types.DiscoverResult(
@@ -280,9 +330,10 @@ class Coordinator:
         )
 
     async def set_logging_level(
-        self, ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams
+        self, ctx: ServerRequestContext[McpSessions, Any], params: types.SetLevelRequestParams
     ) -> types.EmptyResult:
-        logging.getLogger("codegen_mcp").debug("client asked for log level %s", params.level)
+        """`logging/setLevel`: this session's client gets log notices at `params.level` and above only."""
+        ctx.lifespan_context.set_log_level(ctx, params.level)
         return types.EmptyResult()
 
 
@@ -290,16 +341,24 @@ def server_capabilities(ctx: ServerRequestContext[Any, Any]) -> types.ServerCapa
     return types.ServerCapabilities(tools=types.ToolsCapability(list_changed=False))
 
 
-def create_server(coordinator: Coordinator) -> Server[Any]:
-    """The MCP protocol side: tools/list and tools/call backed by `coordinator`."""
+Lifespan = Callable[[Server[McpSessions]], AbstractAsyncContextManager[McpSessions]]
+
+
+def create_server(coordinator: Coordinator, lifespan: Lifespan | None = None) -> Server[McpSessions]:
+    """The MCP protocol side: tools/list and tools/call backed by `coordinator`.
+
+    `lifespan` is where the server's handlers find the MCP session of a request (see `mcp_sessions`): by
+    default one per connection, as `Server.run` enters it (SSE, stdio, in-process clients).
+    """
     with warnings.catch_warnings():
         # `logging/setLevel` is deprecated upstream (SEP-2577) but clients and the conformance suite still use it.
         warnings.simplefilter("ignore")
-        server: Server[Any] = Server(
+        server: Server[McpSessions] = Server(
             SERVER_NAME,
             version=__version__,
             title="CodeGen-MCP",
             instructions=INSTRUCTIONS,
+            lifespan=lifespan or coordinator.one_connection,
             on_list_tools=coordinator.list_tools,
             on_call_tool=coordinator.call_tool,
             on_set_logging_level=coordinator.set_logging_level,
@@ -326,12 +385,14 @@ class HandshakeTracker:
     """In front of the streamable-HTTP transport: tells `Handshakes` of the MCP sessions it opens and ends.
 
     A request without a session id may open one (an `initialize`): its client's oldest handshakes beyond
-    the bound are ended first. Ending one is what a client does to end its session: an HTTP DELETE.
+    the bound are ended first. Ending one is what a client does to end its session: an HTTP DELETE. Every
+    session ended so, by its client or by this tracker, is reported to `ended` (its id).
     """
 
-    def __init__(self, app: ASGIApp, handshakes: Handshakes) -> None:
+    def __init__(self, app: ASGIApp, handshakes: Handshakes, ended: Callable[[str], None]) -> None:
         self.app = app
         self.handshakes = handshakes
+        self.ended = ended
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -346,9 +407,13 @@ class HandshakeTracker:
                     await self.app(scope, receive, send)
                 return
             self.handshakes.seen(session_id)  # a GET stream held open is no activity: it does not count as busy
-            await self.app(scope, receive, send)
-            if method == "DELETE":
-                self.handshakes.forget(session_id)
+            if method != "DELETE":
+                await self.app(scope, receive, send)
+                return
+            status = await _status_of(self.app, scope, receive, send)
+            self.handshakes.forget(session_id)
+            if status is not None and status < 400:
+                self.ended(session_id)
             return
         version = headers.get("mcp-protocol-version")
         if method != "POST" or (version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS):
@@ -382,19 +447,31 @@ class HandshakeTracker:
             "client": ("127.0.0.1", 0),
             "server": ("127.0.0.1", 0),
         }
-        status: int | None = None
 
         async def receive() -> Message:
             return {"type": "http.request", "body": b"", "more_body": False}
 
         async def send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
+            pass
 
-        await self.app(scope, receive, send)
+        status = await _status_of(self.app, scope, receive, send)
         if status not in (200, 404):  # 404: it had ended already
             log.warning("ending MCP session %s answered HTTP %s", session_id, status)
+        self.ended(session_id)
+
+
+async def _status_of(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> int | None:
+    """Serve one request with `app`; the HTTP status it answered (None if it sent no response)."""
+    status: int | None = None
+
+    async def watch(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        await send(message)
+
+    await app(scope, receive, watch)
+    return status
 
 
 class ExplainTooLarge:
@@ -440,6 +517,43 @@ class ExplainTooLarge:
         await send({"type": "http.response.body", "body": body})
 
 
+class SseEndpoint:
+    """GET /sse: one MCP connection over the SSE transport, served as a plain ASGI app.
+
+    An SSE connection is a handshake too until one of its tool calls holds a sandbox. Its id is the
+    `session_id` its `endpoint` event tells the client to post messages with.
+    """
+
+    def __init__(self, transport: SseServerTransport, server: Server[McpSessions], handshakes: Handshakes) -> None:
+        self.transport = transport
+        self.server = server
+        self.handshakes = handshakes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client, connection = client_of(scope), anyio.CancelScope()
+        opened: list[str] = []
+
+        async def end() -> None:
+            connection.cancel()
+
+        async def watch(message: Message) -> None:
+            if not opened and message["type"] == "http.response.body":
+                found = _SSE_ENDPOINT_SESSION.search(message.get("body", b""))
+                if found is not None:
+                    opened.append(found.group(1).decode())
+                    self.handshakes.opened(opened[0], client, end)
+            await send(message)
+
+        await self.handshakes.make_room(client)
+        try:
+            with connection:
+                async with self.transport.connect_sse(scope, receive, watch) as (read, write):
+                    await self.server.run(read, write, self.server.create_initialization_options())
+        finally:
+            for handshake in opened:
+                self.handshakes.forget(handshake)
+
+
 OPEN_PATHS = frozenset({"/healthz", "/metrics"})  # probes and scrapes: no session data behind them
 
 
@@ -473,7 +587,7 @@ class BearerTokenMiddleware:
 def create_app(settings: CoordinatorSettings, backend: Backend | None = None) -> Starlette:
     """The HTTP app: streamable HTTP at /mcp, SSE at /sse (+ /messages/), health at /healthz."""
     coordinator = Coordinator(settings, backend)
-    server = create_server(coordinator)
+    server = create_server(coordinator, coordinator.streamable_sessions)
     security = transport_security(settings)
     server.streamable_http_app(
         streamable_http_path="/mcp",
@@ -487,36 +601,13 @@ def create_app(settings: CoordinatorSettings, backend: Backend | None = None) ->
         host=settings.host,
     )
     streamable = ExplainTooLarge(
-        HandshakeTracker(StreamableHTTPASGIApp(server.session_manager), coordinator.handshakes)
+        HandshakeTracker(
+            StreamableHTTPASGIApp(server.session_manager),
+            coordinator.handshakes,
+            coordinator.streamable_session_ended,
+        )
     )
     sse = SseServerTransport("/messages/", security_settings=security, max_request_body_size=tools.MAX_REQUEST_BYTES)
-
-    async def handle_sse(request: Request) -> Response:
-        # An SSE connection is a handshake too until one of its tool calls holds a sandbox. Its id is the
-        # `session_id` its `endpoint` event tells the client to post messages with.
-        client, connection = client_of(request.scope), anyio.CancelScope()
-        opened: list[str] = []
-
-        async def end() -> None:
-            connection.cancel()
-
-        async def send(message: Message) -> None:
-            if not opened and message["type"] == "http.response.body":
-                found = _SSE_ENDPOINT_SESSION.search(message.get("body", b""))
-                if found is not None:
-                    opened.append(found.group(1).decode())
-                    coordinator.handshakes.opened(opened[0], client, end)
-            await request._send(message)  # noqa: SLF001
-
-        await coordinator.handshakes.make_room(client)
-        try:
-            with connection:
-                async with sse.connect_sse(request.scope, request.receive, send) as (read, write):
-                    await server.run(read, write, server.create_initialization_options())
-        finally:
-            for handshake in opened:
-                coordinator.handshakes.forget(handshake)
-        return Response()
 
     async def healthz(request: Request) -> Response:
         # Degraded is still 200: tool calls work, and restarting the coordinator would not give the disk room.
@@ -543,7 +634,7 @@ def create_app(settings: CoordinatorSettings, backend: Backend | None = None) ->
 
     routes: list[BaseRoute] = [
         Route("/mcp", endpoint=streamable),
-        Route("/sse", endpoint=handle_sse, methods=["GET"]),
+        Route("/sse", endpoint=SseEndpoint(sse, create_server(coordinator), coordinator.handshakes), methods=["GET"]),
         Mount("/messages/", app=ExplainTooLarge(sse.handle_post_message)),
         Route("/healthz", endpoint=healthz, methods=["GET"]),
         Route("/metrics", endpoint=metrics, methods=["GET"]),

@@ -13,11 +13,20 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
+from mcp_types import LoggingLevel
+
 from codegen_mcp.api.errors import CodegenError, ErrorCode, SandboxUnavailable
 from codegen_mcp.coordinator.agent_client import AgentUnreachable
-from codegen_mcp.coordinator.backends.base import Backend, Sandbox
+from codegen_mcp.coordinator.backends.base import Backend, Sandbox, is_named_workspace
 
 log = logging.getLogger(__name__)
+
+# Tells the session's client what happens to its sandbox (an MCP log notice): a level and a sentence.
+Notice = Callable[[LoggingLevel, str], Awaitable[None]]
+
+
+async def _no_notice(level: LoggingLevel, message: str) -> None:
+    pass
 
 
 @dataclass(eq=False)
@@ -32,10 +41,18 @@ class SessionEntry:
 class SessionManager:
     """Maps MCP session keys to sandboxes. One per coordinator process."""
 
-    def __init__(self, backend: Backend, *, idle_timeout_s: float, max_sessions: int) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        idle_timeout_s: float,
+        max_sessions: int,
+        on_close: Callable[[str], None] | None = None,
+    ) -> None:
         self._backend = backend
         self._idle_timeout_s = idle_timeout_s
         self._max_sessions = max_sessions
+        self._on_close = on_close  # told of each session key closed, to forget what else was kept for it
         self._entries: dict[str, SessionEntry] = {}
         self._reaper: asyncio.Task[None] | None = None
 
@@ -50,9 +67,13 @@ class SessionManager:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
-        await asyncio.gather(*(self._detach(key) for key in list(self._entries)), return_exceptions=True)
+        await asyncio.gather(*(self._shut_down(key) for key in list(self._entries)), return_exceptions=True)
 
-    async def _detach(self, key: str) -> None:
+    async def _shut_down(self, key: str) -> None:
+        """At shutdown a session's own sandbox ends with it; a named workspace's is let go, to be found again."""
+        if not is_named_workspace(key):
+            await self.close(key)
+            return
         entry = self._entries.pop(key, None)
         if entry is not None and entry.sandbox is not None:
             await self._backend.detach(entry.sandbox)
@@ -61,7 +82,7 @@ class SessionManager:
         entry = self._entries.get(key)
         return entry.sandbox.sandbox_id if entry and entry.sandbox else None
 
-    async def acquire(self, key: str) -> Sandbox:
+    async def acquire(self, key: str, notice: Notice = _no_notice) -> Sandbox:
         """The session's working sandbox: created on first use, revived (same workspace) if it stopped."""
         entry = self._entries.get(key)
         if entry is None:
@@ -75,18 +96,21 @@ class SessionManager:
         async with entry.lock:
             if entry.sandbox is None:
                 log.info("opening a sandbox for session %s", key)
+                await notice("info", "starting a sandbox for this session; its first call may take a while")
                 # A failed open keeps the entry: the backend may have made something for the session (on
                 # kubernetes its CodegenSession) that closing the session must delete. The next call retries.
                 entry.sandbox = await self._backend.open(key)
                 log.info("session %s → sandbox %s (%s)", key, entry.sandbox.sandbox_id, entry.sandbox.where)
             elif not entry.sandbox.alive:
+                reason = entry.sandbox.exit_reason or "it stopped answering"
+                await notice("warning", f"your sandbox stopped ({reason}); starting it again with your workspace")
                 entry.sandbox = await self._backend.revive(entry.sandbox)
             return entry.sandbox
 
     @contextlib.asynccontextmanager
-    async def use(self, key: str) -> AsyncIterator[Sandbox]:
+    async def use(self, key: str, notice: Notice = _no_notice) -> AsyncIterator[Sandbox]:
         """Hold a session's sandbox for one call; a sandbox that dies under it becomes a clear error."""
-        sandbox = await self.acquire(key)
+        sandbox = await self.acquire(key, notice)
         entry = self._entries[key]
         entry.calls_in_flight += 1
         try:
@@ -114,6 +138,8 @@ class SessionManager:
         entry = self._entries.pop(key, None)
         if entry is None:
             return
+        if self._on_close is not None:
+            self._on_close(key)
         async with entry.lock:  # an open in progress ends first, so whatever it made is closed too
             sandbox, entry.sandbox = entry.sandbox, None
             if sandbox is not None:

@@ -9,7 +9,7 @@ import pytest
 
 from codegen_mcp.api.errors import SandboxUnavailable
 from codegen_mcp.coordinator.agent_client import AgentClient, AgentEndpoint
-from codegen_mcp.coordinator.backends.base import Backend, Sandbox
+from codegen_mcp.coordinator.backends.base import NAMED_WORKSPACE_PREFIX, Backend, Sandbox
 from codegen_mcp.coordinator.sessions import SessionManager
 from tests.support.waiting import eventually
 
@@ -25,6 +25,7 @@ class RecordingBackend(Backend):
         self.deleted = 0
         self.failures_left = 0  # how many opens fail (after creating the resource), e.g. an unpullable image
         self.gate: asyncio.Event | None = None  # when set, opens wait for it before answering
+        self.detached: set[str] = set()
 
     async def start(self) -> None:
         pass
@@ -56,6 +57,10 @@ class RecordingBackend(Backend):
 
     async def close_unopened(self, session_key: str) -> None:
         self._delete(session_key)
+
+    async def detach(self, sandbox: Sandbox) -> None:
+        await sandbox.client.aclose()
+        self.detached.add(sandbox.sandbox_id)
 
     def _delete(self, key: str) -> None:
         if key in self.resources:
@@ -132,3 +137,32 @@ async def test_a_failed_session_left_alone_is_reaped_at_idle_timeout(backend: Re
         assert len(manager) == 0
     finally:
         await manager.aclose()
+
+
+async def test_at_shutdown_a_sessions_own_sandbox_ends_and_a_named_workspace_is_let_go(
+    backend: RecordingBackend,
+) -> None:
+    closed: list[str] = []
+    manager = SessionManager(backend, idle_timeout_s=3600, max_sessions=10, on_close=closed.append)
+    await manager.acquire("c-0123")
+    await manager.acquire(f"{NAMED_WORKSPACE_PREFIX}abcd-project")
+    await manager.aclose()
+    assert backend.resources == {f"{NAMED_WORKSPACE_PREFIX}abcd-project"}  # found again after a restart
+    assert backend.detached == {f"{NAMED_WORKSPACE_PREFIX}abcd-project"}
+    assert closed == ["c-0123"]
+
+
+async def test_the_client_is_told_when_its_sandbox_starts_and_when_it_restarts(
+    backend: RecordingBackend, manager: SessionManager
+) -> None:
+    notices: list[tuple[str, str]] = []
+
+    async def notice(level: str, message: str) -> None:
+        notices.append((level, message))
+
+    sandbox = await manager.acquire("s1", notice)
+    await manager.acquire("s1", notice)  # a working sandbox: nothing to say
+    sandbox.alive, sandbox.exit_reason = False, "exit code 137"
+    await manager.acquire("s1", notice)
+    assert [level for level, _ in notices] == ["info", "warning"]
+    assert "exit code 137" in notices[1][1] and "workspace" in notices[1][1]
