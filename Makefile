@@ -64,10 +64,13 @@ test-operator: install-dev ## Operator tests: real kopf against the API emulator
 bench: install ## Print round-trip figures (coordinator vs a bare MCP server)
 	$(BIN)/python bench/roundtrip.py
 
+bench-security: install-dev ## As root: attack a local coordinator (paths, races, bombs, quotas, floods) and print the figures
+	$(BIN)/python bench/security.py
+
 bench-cluster: install-dev ## Real control plane: its start time; session create → Ready → first call (KUBEBUILDER_ASSETS)
 	$(BIN)/python bench/control_plane.py
 
-.PHONY: help install install-dev run test lint fmt bench bench-cluster conformance-install conformance crd test-operator
+.PHONY: help install install-dev run test lint fmt bench bench-security bench-cluster conformance-install conformance crd test-operator
 
 include mk/cluster.mk
 include mk/node.mk

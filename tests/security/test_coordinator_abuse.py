@@ -23,7 +23,8 @@ from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from tests.integration.test_http_security import HEADERS, INIT  # one bare initialize request for both
+from tests.integration.test_http_security import HEADERS
+from tests.support.attacks import CLIENT_EVENT_LIMIT, bare_initialize, metric, wire_size
 from tests.support.coordinator import (
     CoordinatorProcess,
     print_log_tail,
@@ -35,9 +36,6 @@ from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(180)
 
-# The official Python client refuses one server-sent event over 1 MiB (`max_sse_event_size`).
-CLIENT_EVENT_LIMIT = 1024 * 1024
-
 
 def text_of(result: Any) -> str:
     return "\n".join(c.text for c in result.content if getattr(c, "type", None) == "text")
@@ -47,11 +45,6 @@ async def call(session: ClientSession, tool: str, **arguments: Any) -> Any:
     result = await session.call_tool(tool, arguments)
     assert not result.is_error, f"{tool} failed: {text_of(result)}"
     return result
-
-
-def wire_size(result: Any) -> int:
-    """Bytes of the result as the server sends it (JSON, text and structured content together)."""
-    return len(result.model_dump_json(by_alias=True, exclude_none=True).encode())
 
 
 @contextlib.asynccontextmanager
@@ -124,13 +117,6 @@ async def health(cp: CoordinatorProcess) -> dict[str, Any]:
     return body
 
 
-async def metric(cp: CoordinatorProcess, name: str) -> float:
-    async with httpx.AsyncClient(base_url=cp.url, timeout=10) as http:
-        text = (await http.get("/metrics")).text
-    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
-    return float(samples[name])
-
-
 async def test_a_full_state_disk_degrades_the_audit_log_loudly_but_every_call_still_answers() -> None:
     for root in state_root():
         with small_filesystem(root / "state", "24m") as state, running_coordinator(state) as cp:
@@ -184,12 +170,6 @@ def two_slot_coordinator() -> Iterator[CoordinatorProcess]:
         env = {"CODEGEN_MAX_SESSIONS": "2"}
         with running_coordinator(state, env=env) as cp:
             yield cp
-
-
-async def bare_initialize(http: httpx.AsyncClient) -> str:
-    response = await http.post("/mcp", json=INIT, headers=HEADERS)
-    assert response.status_code == 200, response.text
-    return response.headers["mcp-session-id"]
 
 
 async def still_open(http: httpx.AsyncClient, session_id: str) -> bool:

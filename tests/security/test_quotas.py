@@ -10,29 +10,33 @@ both live on one loop-mounted disk of `disk_quota_bytes`, and a run that fills i
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from mcp import ClientSession
 
 from codegen_mcp.coordinator.backends.cgroups import SessionCgroups
 from codegen_mcp.coordinator.backends.cleanup import remove_tree
 from codegen_mcp.sandbox_agent.isolation import Jail
 from tests.integration.conftest import mcp_session
+from tests.support.attacks import (
+    CGROUP,
+    DISK_FILLER,
+    FORK_BOMB,
+    REMOVE_DISK_FILLER,
+    GiB,
+    MiB,
+    memory_hog,
+    run_code,
+    session_groups,
+    still_works,
+)
 from tests.support.coordinator import CoordinatorProcess, print_log_tail, start_coordinator, state_root, stop_process
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
-
-GiB = 1024**3
-MiB = 1024**2
-CGROUP = Path("/sys/fs/cgroup")
 
 
 def _v1_controller_writable(name: str) -> bool:
@@ -66,40 +70,6 @@ def coordinator(env: dict[str, str]) -> Iterator[CoordinatorProcess]:
             remove_tree(root / "state")
 
 
-def session_groups(controller: str, cp: CoordinatorProcess) -> list[Path]:
-    """The per-session groups of this coordinator (its folder in the hierarchy is named by its state folder)."""
-    base = CGROUP / controller / "codegen-mcp" / hashlib.sha256(str(cp.state_dir.resolve()).encode()).hexdigest()[:10]
-    return [g for g in base.iterdir() if g.is_dir()] if base.exists() else []
-
-
-async def run(session: ClientSession, code: str) -> dict[str, Any]:
-    result = await session.call_tool("run.python", {"code": textwrap.dedent(code), "wait_s": 40})
-    assert not result.is_error, result.content
-    run_result: dict[str, Any] = result.structured_content["run"]  # type: ignore[index]
-    return run_result
-
-
-async def still_works(session: ClientSession) -> None:
-    after = await run(session, "print(6 * 7)")
-    assert after["exit_code"] == 0 and after["stdout"].strip() == "42", after
-
-
-EIGHT_GIBS = """
-import json, subprocess, sys
-child = "b = b'x' * (1 << 30); print('held', flush=True); sys.stdin.read()"
-procs = [subprocess.Popen([sys.executable, "-c", "import sys; " + child], stdin=subprocess.PIPE,
-                          stdout=subprocess.PIPE, text=True) for _ in range(8)]
-held = sum(p.stdout.readline().strip() == "held" for p in procs)  # a killed child gives EOF: ''
-for p in procs:
-    try:
-        p.stdin.close()
-    except OSError:
-        pass
-codes = [p.wait() for p in procs]
-print(json.dumps({"held": held, "codes": codes}))
-"""
-
-
 @needs_memory_cgroup
 async def test_eight_processes_of_1_gib_are_held_at_the_session_memory_cap() -> None:
     cap = 1536 * MiB
@@ -109,7 +79,7 @@ async def test_eight_processes_of_1_gib_are_held_at_the_session_memory_cap() -> 
     }
     with coordinator(env) as cp:
         async with mcp_session(cp) as s:
-            out = await run(s, EIGHT_GIBS)
+            out = await run_code(s, memory_hog(8, 1024))
             report = json.loads(out["stdout"].strip().splitlines()[-1])
             groups = session_groups("memory", cp)
             peak = max((int((g / "memory.max_usage_in_bytes").read_text()) for g in groups), default=None)
@@ -120,32 +90,12 @@ async def test_eight_processes_of_1_gib_are_held_at_the_session_memory_cap() -> 
         await eventually(lambda: not any(g.exists() for g in groups), what="the session's cgroup to be removed")
 
 
-FORK_BOMB = """
-import os, time
-children, error = [], None
-while len(children) < 2000:
-    try:
-        pid = os.fork()
-    except OSError as err:
-        error = err.strerror
-        break
-    if pid == 0:
-        time.sleep(30)
-        os._exit(0)
-    children.append(pid)
-for pid in children:
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-print(len(children), error)
-"""
-
-
 @needs_pids_cgroup
 async def test_a_fork_bomb_is_held_at_the_session_pids_max() -> None:
     cap = 64
     with coordinator({"CODEGEN_LOCAL_SESSION_MAX_PROCESSES": str(cap)}) as cp:
         async with mcp_session(cp) as s:
-            out = await run(s, FORK_BOMB)
+            out = await run_code(s, FORK_BOMB)
             forked, _, error = out["stdout"].strip().partition(" ")
             print(f"fork bomb: {forked} forks before '{error}'; pids.max {cap}")
             assert int(forked) < cap, f"{forked} processes forked with a per-session cap of {cap}"
@@ -167,41 +117,18 @@ def test_without_the_controllers_each_cap_says_why_it_falls_back(tmp_path: Path)
     }
 
 
-DISK_FILLER = """
-import errno, os
-chunk = b"x" * (8 << 20)
-written, error = 0, None
-for where in ("/tmp", "."):  # the jail's /tmp first, then the workspace: one quota for both
-    for i in range(20):  # 160 MiB each, in 8 MiB files: each far below the per-file limit
-        try:
-            with open(os.path.join(where, f"fill-{i}"), "wb") as f:
-                f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
-            written += len(chunk)
-        except OSError as err:
-            error = errno.errorcode[err.errno]
-            break
-    if error:
-        break
-print(written, error)
-"""
-
-
 @needs_loop_mounts
 async def test_writing_past_the_disk_quota_is_stopped_and_the_session_lives() -> None:
     quota = 256 * MiB
     with coordinator({"CODEGEN_LOCAL_DISK_QUOTA_BYTES": str(quota)}) as cp:
         async with mcp_session(cp) as s:
-            out = await run(s, DISK_FILLER)
+            out = await run_code(s, DISK_FILLER)
             written, _, error = out["stdout"].strip().partition(" ")
             print(f"disk filler: {int(written) // MiB} MiB written before {error}; quota {quota // MiB} MiB")
             assert int(written) <= quota, f"{int(written) // MiB} MiB written with a {quota // MiB} MiB disk quota"
             assert error == "ENOSPC"
             assert "disk quota" in out["stderr"], out["stderr"]
-            cleaned = await run(
-                s, "import glob, os\nfor p in glob.glob('/tmp/fill-*') + glob.glob('fill-*'): os.remove(p)"
-            )
+            cleaned = await run_code(s, REMOVE_DISK_FILLER)
             assert cleaned["exit_code"] == 0, cleaned
             await still_works(s)
 
