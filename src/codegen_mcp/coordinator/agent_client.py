@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 
+from codegen_mcp.api import routes
 from codegen_mcp.api.errors import CodegenError, ErrorCode, SandboxUnavailable
 from codegen_mcp.coordinator.settings import DEFAULT_AGENT_CONNECT_TIMEOUT_S
 
@@ -102,7 +103,7 @@ class AgentClient:
 
     async def healthy(self, timeout_s: float = 2.0) -> bool:
         try:
-            async with asyncio.timeout(timeout_s), self._session.get(self._base + "/healthz") as resp:
+            async with asyncio.timeout(timeout_s), self._session.get(self._base + routes.HEALTHZ.path) as resp:
                 return resp.status == 200
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False

@@ -12,21 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from codegen_mcp.api.errors import CodegenError, ErrorCode
+from codegen_mcp.api.results import content_bytes
 from codegen_mcp.api.tools import Encoding, FsListResult, FsReadResult, RunResult, TaskKind, TaskState, TaskView
-from codegen_mcp.coordinator.tools import (
-    MAX_WRITE_CONTENT_BYTES,
-    RESULT_BUDGET_BYTES,
-    WRITE_LIMIT,
-    _structured,
-    _text_read,
-    check_write_size,
-    content_bytes,
-    cut_to_fit,
-    fit_content,
-    fit_result,
-    format_task,
-    json_size,
-)
+from codegen_mcp.coordinator.budget import RESULT_BUDGET_BYTES, cut_to_fit, fit_content, fit_result, json_size
+from codegen_mcp.coordinator.tools import MAX_WRITE_CONTENT_BYTES, WRITE_LIMIT, check_write_size, format_result
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 
@@ -61,9 +50,9 @@ def test_a_read_page_of_binary_is_cut_on_whole_base64_quanta_and_says_how_many_b
     assert isinstance(fitted, FsReadResult) and fitted.truncated
     assert base64.b64decode(fitted.content) == blob[: fitted.bytes_read]
     assert content_bytes(fitted.content, Encoding.BASE64) == fitted.bytes_read
-    result = _structured(fitted, _text_read(fitted))
+    result = format_result(fitted)
     assert result_size(result) <= RESULT_BUDGET_BYTES
-    assert f"read on with fs.read path=big.bin offset={fitted.bytes_read}" in _text_read(fitted)
+    assert f"read on with fs.read path=big.bin offset={fitted.bytes_read}" in fitted.reply().text
 
 
 def test_any_other_result_is_cut_by_its_biggest_parts_and_stays_schema_shaped() -> None:
@@ -72,7 +61,7 @@ def test_any_other_result_is_cut_by_its_biggest_parts_and_stays_schema_shaped() 
         for i in range(20_000)
     ]
     listing = FsListResult.model_validate({"path": ".", "entries": entries})
-    big = _structured(listing, "\n".join(e["name"] for e in entries))
+    big = format_result(listing)
     assert result_size(big) > 2 * RESULT_BUDGET_BYTES
 
     fitted = fit_result(big)
@@ -96,10 +85,10 @@ def test_a_run_formats_the_notes_where_its_output_was_cut() -> None:
         run=run,
     )
     note = "[stdout cut at 10 of 600001 bytes to fit the result; …]"
-    text = format_task(view, {"stdout": note}).content[0]
+    text = format_result(view, {"stdout": note}).content[0]
     assert isinstance(text, types.TextContent)
     assert f"Stdout:\n{'y' * 10}\n{note}\nStderr:\n" in text.text
-    plain = format_task(view).content[0]
+    plain = format_result(view).content[0]
     assert isinstance(plain, types.TextContent) and "[stdout truncated]" in plain.text
 
 

@@ -9,7 +9,7 @@ import pytest
 from codegen_mcp.api.errors import CodegenError, ErrorCode
 from codegen_mcp.api.tools import TOOLS_BY_NAME, RunResult, TaskKind, TaskState, TaskView
 from codegen_mcp.coordinator.audit import summarize_arguments
-from codegen_mcp.coordinator.tools import error_result, format_task, list_tools, parse_arguments
+from codegen_mcp.coordinator.tools import error_result, format_result, list_tools, parse_arguments
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 
@@ -71,7 +71,7 @@ def _view(state: TaskState, run: RunResult | None = None) -> TaskView:
 
 def test_a_finished_run_keeps_the_go_originals_text_blocks() -> None:
     run = RunResult(exit_code=1, stdout="out\n", stderr="err\n", duration_s=0.25, stdout_truncated=True)
-    result = format_task(_view(TaskState.FAILED, run))
+    result = format_result(_view(TaskState.FAILED, run))
     text = result.content[0].text
     assert text.startswith("Exit Code: 1\nStdout:\nout\n\n[stdout truncated]\nStderr:\nerr\n")
     assert not result.is_error  # the program failed, the tool did not
@@ -79,14 +79,14 @@ def test_a_finished_run_keeps_the_go_originals_text_blocks() -> None:
 
 
 def test_a_running_task_tells_how_to_fetch_its_result() -> None:
-    result = format_task(_view(TaskState.RUNNING))
+    result = format_result(_view(TaskState.RUNNING))
     assert "task.get_result" in result.content[0].text and "task_1" in result.content[0].text
     assert result.structured_content["state"] == "running"
 
 
 def test_a_timed_out_run_says_so() -> None:
     run = RunResult(exit_code=-9, stdout="", stderr="", duration_s=1.5, timed_out=True)
-    assert "Timed out" in format_task(_view(TaskState.TIMED_OUT, run)).content[0].text
+    assert "Timed out" in format_result(_view(TaskState.TIMED_OUT, run)).content[0].text
 
 
 def test_audit_summary_keeps_sizes_not_contents() -> None:

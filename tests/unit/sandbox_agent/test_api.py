@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 
 from codegen_mcp.api.errors import SandboxUnavailable
-from codegen_mcp.api.tools import FsListResult, FsReadResult, FsWriteResult, HealthView
+from codegen_mcp.api.routes import AGENT_ROUTES
+from codegen_mcp.api.tools import TOOLS, FsListResult, FsReadResult, FsWriteResult, HealthView
 from codegen_mcp.sandbox_agent import app as app_module
 from codegen_mcp.sandbox_agent.app import create_app
+from codegen_mcp.sandbox_agent.handlers import HANDLERS
 
 from .conftest import AgentClient, MakeClient, make_settings
 
@@ -32,6 +34,18 @@ def assert_one_sentence(data: Any, code: str) -> str:
     assert "\n" not in message
     assert "Traceback" not in message and "validation error" not in message.lower()
     return str(message)
+
+
+# --- the one route table ------------------------------------------------------------------------------
+
+
+def test_the_agent_serves_exactly_the_route_table(workspace: Path, shared_venv: Path) -> None:
+    assert len(set(AGENT_ROUTES)) == len(AGENT_ROUTES)
+    assert {spec.route for spec in TOOLS} <= set(AGENT_ROUTES)  # every tool calls a route the agent has
+    assert set(HANDLERS) == set(AGENT_ROUTES)  # every route has its view, and no view is off the table
+    app = create_app(make_settings(workspace, shared_venv))
+    served = {(r.method, r.resource.canonical) for r in app.router.routes() if r.method != "HEAD" and r.resource}
+    assert served == {(route.method, route.path) for route in AGENT_ROUTES}
 
 
 # --- auth and health ------------------------------------------------------------------------------------

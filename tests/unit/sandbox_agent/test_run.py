@@ -15,8 +15,9 @@ from aiohttp import web
 
 from codegen_mcp.api.errors import InvalidArgument, SandboxUnavailable
 from codegen_mcp.api.tools import ArtifactContent, ArtifactInfo, TaskView
-from codegen_mcp.sandbox_agent import app as app_module
-from codegen_mcp.sandbox_agent.app import AGENT, create_app
+from codegen_mcp.sandbox_agent import lifecycle
+from codegen_mcp.sandbox_agent.agent import AGENT
+from codegen_mcp.sandbox_agent.app import create_app
 
 from .conftest import AUTH, AgentClient, MakeClient, make_settings, pypi_reachable
 
@@ -329,7 +330,7 @@ async def test_agent_shutdown_kills_running_children(runner: AgentClient) -> Non
 async def test_auto_falls_back_to_rlimits_when_bwrap_is_missing(
     make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(app_module, "find_bwrap", lambda: None)
+    monkeypatch.setattr(lifecycle, "find_bwrap", lambda: None)
     client = await make_client(sandbox="auto")
     health = await (await client.get("/healthz")).json()
     assert "bwrap" not in health["isolation"] and "rlimits" in health["isolation"]
@@ -340,7 +341,7 @@ async def test_auto_falls_back_to_rlimits_when_bwrap_is_missing(
 async def test_bwrap_asked_for_but_missing_refuses_to_start(
     workspace: Path, shared_venv: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(app_module, "find_bwrap", lambda: None)
+    monkeypatch.setattr(lifecycle, "find_bwrap", lambda: None)
     app_runner = web.AppRunner(create_app(make_settings(workspace, shared_venv, sandbox="bwrap")))
     try:
         with pytest.raises(SandboxUnavailable, match="sandbox=bwrap was asked for"):
