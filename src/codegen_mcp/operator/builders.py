@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from codegen_mcp.api import session as api
+from codegen_mcp.api.agent_settings import AgentSettings
 from codegen_mcp.api.session import EgressMode, SessionSpec
 from codegen_mcp.operator.settings import OperatorSettings
 
@@ -233,41 +234,47 @@ def run_memory_bytes(memory_limit: str) -> int:
 
 
 def agent_env(session: SessionRef, settings: OperatorSettings, memory_limit: str) -> list[dict[str, Any]]:
-    spec = session.spec
     # The root filesystem is read-only: caches and temporary files go to the /tmp emptyDir.
     base = {"HOME": api.TMP_MOUNT_PATH, "TMPDIR": api.TMP_MOUNT_PATH, "PYTHONUNBUFFERED": "1"}
-    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in base.items()]
-    agent: dict[str, str] = {
-        "CODEGEN_AGENT_WORKSPACE": api.WORKSPACE_MOUNT_PATH,
-        "CODEGEN_AGENT_HOST": "0.0.0.0",  # noqa: S104 - the NetworkPolicy admits only the coordinator
-        "CODEGEN_AGENT_PORT": str(settings.agent_port),
-        # The Pod is the sandbox (non-root, no capabilities, seccomp, NetworkPolicy): no nested jail.
-        "CODEGEN_AGENT_SANDBOX": "none",
-        "CODEGEN_AGENT_NETWORK": "false" if spec.network.egress == EgressMode.NONE else "true",
-        "CODEGEN_AGENT_MEMORY_BYTES": str(run_memory_bytes(memory_limit)),
-        "CODEGEN_AGENT_MAX_PROCESSES": str(settings.max_processes),
-    }
-    if spec.network.egress == EgressMode.NONE and not spec.network.allow_cidrs:
-        # Nothing leaves the Pod, so pip cannot reach an index either: pkg.install refuses at once (or uses local
-        # wheel folders) rather than retrying. allowCIDRs may hold a private index: then pip still tries.
-        agent["CODEGEN_AGENT_PIP_NETWORK"] = "false"
-    if spec.env:
-        # spec.env is for the code the agent runs (which gets a clean environment), not for the agent itself.
-        agent["CODEGEN_AGENT_RUN_ENV"] = json.dumps({e.name: e.value for e in spec.env}, sort_keys=True)
-    if spec.packages:
-        agent["CODEGEN_AGENT_PACKAGES"] = " ".join(spec.packages)
-    if settings.pip_index_url:
-        agent["CODEGEN_AGENT_PIP_INDEX_URL"] = settings.pip_index_url
-    agent.update(artifact_store_env(session, settings))
-    env += [{"name": k, "value": v} for k, v in agent.items()]
+    agent = agent_settings(session, settings, memory_limit).to_env()
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in {**base, **agent}.items()]
     env.append(
         {
-            "name": "CODEGEN_AGENT_TOKEN",
+            "name": AgentSettings.env_name("token"),
             "valueFrom": {"secretKeyRef": {"name": api.token_secret_name(session.name), "key": api.TOKEN_SECRET_KEY}},
         }
     )
     env += s3_credentials_env(settings)
     return env
+
+
+def agent_settings(session: SessionRef, settings: OperatorSettings, memory_limit: str) -> AgentSettings:
+    """The sandbox agent's settings, but its token (read from the session's Secret, never put in the Pod spec)."""
+    spec = session.spec
+    no_egress = spec.network.egress == EgressMode.NONE
+    optional: dict[str, Any] = {}
+    if no_egress and not spec.network.allow_cidrs:
+        # Nothing leaves the Pod, so pip cannot reach an index either: pkg.install refuses at once (or uses local
+        # wheel folders) rather than retrying. allowCIDRs may hold a private index: then pip still tries.
+        optional["pip_network"] = False
+    if spec.env:
+        # spec.env is for the code the agent runs (which gets a clean environment), not for the agent itself.
+        optional["run_env"] = {e.name: e.value for e in spec.env}
+    if spec.packages:
+        optional["packages"] = " ".join(spec.packages)
+    return AgentSettings(
+        workspace=Path(api.WORKSPACE_MOUNT_PATH),
+        host="0.0.0.0",  # noqa: S104 - the NetworkPolicy admits only the coordinator
+        port=settings.agent_port,
+        # The Pod is the sandbox (non-root, no capabilities, seccomp, NetworkPolicy): no nested jail.
+        sandbox="none",
+        network=not no_egress,
+        memory_bytes=run_memory_bytes(memory_limit),
+        max_processes=settings.max_processes,
+        pip_index_url=settings.pip_index_url,  # None: unset, pip's default index
+        **optional,
+        **artifact_store_settings(session, settings),
+    )
 
 
 def artifact_store_namespace(session: SessionRef) -> str:
@@ -279,26 +286,24 @@ def artifact_store_namespace(session: SessionRef) -> str:
     return f"{session.namespace}.{session.name}"
 
 
-def artifact_store_env(session: SessionRef, settings: OperatorSettings) -> dict[str, str]:
-    """The agent's artifact.upload store; unset optional values are left to the agent's defaults."""
-    env = {"CODEGEN_AGENT_ARTIFACT_STORE_NAMESPACE": artifact_store_namespace(session)}
+def artifact_store_settings(session: SessionRef, settings: OperatorSettings) -> dict[str, Any]:
+    """The agent's artifact.upload store, as `AgentSettings` fields; unset optional values stay the agent's."""
+    store: dict[str, Any] = {
+        "artifact_store": settings.artifact_store,
+        "artifact_store_namespace": artifact_store_namespace(session),
+    }
     if settings.artifact_store == "local":
-        return {
-            "CODEGEN_AGENT_ARTIFACT_STORE": "local",
-            "CODEGEN_AGENT_ARTIFACT_STORE_DIR": LOCAL_ARTIFACT_STORE_DIR,
-            **env,
-        }
+        return {**store, "artifact_store_dir": Path(LOCAL_ARTIFACT_STORE_DIR)}
     optional = {
-        "CODEGEN_AGENT_S3_ENDPOINT_URL": settings.s3_endpoint_url,
-        "CODEGEN_AGENT_S3_REGION": settings.s3_region,
-        "CODEGEN_AGENT_S3_PREFIX": settings.s3_prefix,
+        "s3_endpoint_url": settings.s3_endpoint_url,
+        "s3_region": settings.s3_region,
+        "s3_prefix": settings.s3_prefix,
     }
     return {
-        "CODEGEN_AGENT_ARTIFACT_STORE": "s3",
-        "CODEGEN_AGENT_S3_BUCKET": str(settings.s3_bucket),
+        **store,
+        "s3_bucket": settings.s3_bucket,
+        "s3_addressing_style": settings.s3_addressing_style,
         **{k: v for k, v in optional.items() if v is not None},
-        "CODEGEN_AGENT_S3_ADDRESSING_STYLE": settings.s3_addressing_style,
-        **env,
     }
 
 

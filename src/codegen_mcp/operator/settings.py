@@ -6,12 +6,13 @@ Lists are comma-separated (`a,b`), maps are `key=value` pairs separated by comma
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from codegen_mcp import __version__
+from codegen_mcp.api.agent_settings import ArtifactStoreKind, S3AddressingStyle
 from codegen_mcp.api.session import DNS_SUBDOMAIN_PATTERN, LABEL_COMPONENT, LABEL_NAME, PullPolicy, Quantity
 
 DEFAULT_IMAGE = f"ghcr.io/codegen-mcp/sandbox:{__version__}"
@@ -132,8 +133,8 @@ class OperatorSettings(BaseSettings):
         description="Never reachable, even with `egress: open` (cloud metadata endpoints).",
     )
 
-    # --- artifact.upload's durable store (passed to each agent as CODEGEN_AGENT_*) ---
-    artifact_store: Literal["local", "s3"] = Field(
+    # --- artifact.upload's durable store (passed to each agent as its `AgentSettings`, see builders) ---
+    artifact_store: ArtifactStoreKind = Field(
         "local",
         description="local: a folder on the session's workspace volume (gone with the volume); "
         "s3: an S3-compatible bucket (what clusters need for uploads to outlive the session).",
@@ -142,7 +143,7 @@ class OperatorSettings(BaseSettings):
     s3_endpoint_url: str | None = Field(None, description="For S3-compatible stores (MinIO, Ceph…); default AWS.")
     s3_region: str | None = Field(None, description="Region of the bucket; default: the agent's (us-east-1).")
     s3_prefix: str | None = Field(None, description="Key prefix of every upload; default: the agent's (codegen-mcp/).")
-    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    s3_addressing_style: S3AddressingStyle = "auto"
     s3_credentials_secret: str | None = Field(
         None,
         max_length=253,

@@ -14,17 +14,18 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from aiohttp import web
-from pydantic import ValidationError
 
+from codegen_mcp.api.agent_settings import AgentSettings, AgentSettingsError
 from codegen_mcp.api.errors import AgentExitCode, CodegenError
 from codegen_mcp.sandbox_agent.app import create_app
-from codegen_mcp.sandbox_agent.settings import AgentSettings
 from codegen_mcp.sandbox_agent.storage import error_reason, workspace_storage_problem, write_termination_message
 
 log = logging.getLogger("codegen_mcp.sandbox_agent")
+# Where a refused setting is reported in a Pod: the settings that could name another file are what failed.
+DEFAULT_TERMINATION_LOG: Path = AgentSettings.model_fields["termination_log"].default
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,13 +66,10 @@ def parse_settings(argv: list[str] | None) -> tuple[AgentSettings, str]:
     parser = build_parser()
     ns = vars(parser.parse_args(argv))
     level = str(ns.pop("log_level", "INFO"))
-    overrides: dict[str, Any] = dict(ns)
     try:
-        return AgentSettings(**overrides), level
-    except ValidationError as err:
-        first = err.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"])
-        parser.error(f"{where}: {first['msg']} (set it with a flag or CODEGEN_AGENT_{where.upper()})")
+        return AgentSettings.from_environ(os.environ, **ns), level
+    except AgentSettingsError as err:  # an unknown CODEGEN_AGENT_* name (a typo) or a bad value
+        fail(str(err), AgentExitCode.USAGE, DEFAULT_TERMINATION_LOG)
 
 
 class CannotListen(Exception):
@@ -113,10 +111,10 @@ async def serve(settings: AgentSettings) -> None:
         await runner.cleanup()
 
 
-def fail(settings: AgentSettings, message: str, code: AgentExitCode) -> NoReturn:
+def fail(message: str, code: AgentExitCode, termination_log: Path | None) -> NoReturn:
     """End the agent with one sentence, on stderr and (in a Pod) as its termination message."""
     print(f"codegen-mcp agent: {message}", file=sys.stderr)
-    write_termination_message(settings.termination_log, message)
+    write_termination_message(termination_log, message)
     raise SystemExit(int(code))
 
 
@@ -125,15 +123,15 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     problem = workspace_storage_problem(settings.workspace)
     if problem is not None:
-        fail(settings, problem, AgentExitCode.WORKSPACE_NOT_WRITABLE)
+        fail(problem, AgentExitCode.WORKSPACE_NOT_WRITABLE, settings.termination_log)
     try:
         asyncio.run(serve(settings))
     except CannotListen as err:
-        fail(settings, str(err), AgentExitCode.FAILED)
+        fail(str(err), AgentExitCode.FAILED, settings.termination_log)
     except CodegenError as err:
-        fail(settings, err.message, AgentExitCode.FAILED)
+        fail(err.message, AgentExitCode.FAILED, settings.termination_log)
     except OSError as err:
-        fail(settings, f"cannot start: {err}", AgentExitCode.FAILED)
+        fail(f"cannot start: {err}", AgentExitCode.FAILED, settings.termination_log)
 
 
 if __name__ == "__main__":

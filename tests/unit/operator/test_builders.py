@@ -11,9 +11,9 @@ import kubernetes_validate
 import pytest
 
 from codegen_mcp.api import session as api
+from codegen_mcp.api.agent_settings import AgentSettings
 from codegen_mcp.operator import builders
 from codegen_mcp.operator.settings import OperatorSettings
-from codegen_mcp.sandbox_agent.settings import AgentSettings
 
 K8S_VERSION = "1.33"
 
@@ -26,6 +26,11 @@ def ref(spec: dict[str, Any] | None = None, name: str = "demo") -> builders.Sess
 
 def env_of(pod: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in pod["spec"]["containers"][0]["env"]}
+
+
+def agent_of(env: dict[str, Any]) -> AgentSettings:
+    """The settings the agent reads from a Pod's environment (a value from a Secret stands for itself)."""
+    return AgentSettings.from_environ({k: v if isinstance(v, str) else "from-a-secret" for k, v in env.items()})
 
 
 SPECS: list[dict[str, Any]] = [
@@ -179,15 +184,30 @@ def test_agent_environment(settings: OperatorSettings) -> None:
     ],
 )
 def test_the_agent_knows_when_pip_has_no_egress(
-    network: dict[str, Any], pip_network: str | None, settings: OperatorSettings, monkeypatch: pytest.MonkeyPatch
+    network: dict[str, Any], pip_network: str | None, settings: OperatorSettings
 ) -> None:
     env = env_of(builders.build_sandbox_pod(ref({"network": network}), settings))
     assert env.get("CODEGEN_AGENT_PIP_NETWORK") == pip_network
     # ...under the name the agent reads.
-    for name, value in env.items():
-        if name.startswith("CODEGEN_AGENT_") and isinstance(value, str):
-            monkeypatch.setenv(name, value)
-    assert AgentSettings().pip_network is (pip_network != "false")
+    assert agent_of(env).pip_network is (pip_network != "false")
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize(
+    "operator",
+    [{}, {"artifact_store": "s3", "s3_bucket": "b", "s3_prefix": "", "pip_index_url": "https://mirror/simple"}],
+)
+def test_the_agent_reads_back_what_the_pod_says(
+    spec: dict[str, Any], operator: dict[str, Any], settings: OperatorSettings
+) -> None:
+    custom = OperatorSettings.model_validate({**settings.model_dump(), **operator})
+    session = ref(spec)
+    pod = builders.build_sandbox_pod(session, custom)
+    agent = agent_of(env_of(pod))  # every CODEGEN_AGENT_* name known, every value accepted
+    memory_limit = pod["spec"]["containers"][0]["resources"]["limits"]["memory"]
+    expected = builders.agent_settings(session, custom, memory_limit)
+    assert agent.model_dump(exclude={"token"}) == expected.model_dump(exclude={"token"})
+    assert agent.token is not None  # from the session's Secret
 
 
 @pytest.mark.parametrize(
@@ -351,9 +371,7 @@ def test_artifact_store_env(
         for key, optional in secret_keys.items()
     }
     # The agent accepts what it is given (its namespace allows no '/').
-    agent = AgentSettings.model_validate(
-        {k.removeprefix("CODEGEN_AGENT_").lower(): v for k, v in literal.items()} | {"workspace": "/workspace"}
-    )
+    agent = agent_of(env)
     assert agent.artifact_store == expected["CODEGEN_AGENT_ARTIFACT_STORE"]
     assert agent.artifact_store_namespace == "team-a.demo"
 

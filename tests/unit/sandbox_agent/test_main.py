@@ -11,8 +11,9 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -28,17 +29,21 @@ from codegen_mcp.sandbox_agent.storage import (
 from .conftest import TOKEN
 
 
-async def start_agent(*args: str) -> tuple[asyncio.subprocess.Process, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEGEN_AGENT_")}
-    proc = await asyncio.create_subprocess_exec(
+def agent_process(*args: str, **env: str) -> Coroutine[Any, Any, asyncio.subprocess.Process]:
+    """`python -m codegen_mcp.sandbox_agent` with these flags, and no CODEGEN_AGENT_* variable but `env`."""
+    return asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "codegen_mcp.sandbox_agent",
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=env,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("CODEGEN_AGENT_")}, **env},
     )
+
+
+async def start_agent(*args: str) -> tuple[asyncio.subprocess.Process, str]:
+    proc = await agent_process(*args)
     assert proc.stdout is not None
     async with asyncio.timeout(30):
         line = (await proc.stdout.readline()).decode().strip()
@@ -99,20 +104,7 @@ async def test_unix_socket(workspace: Path, shared_venv: Path, token_file: Path,
 
 
 async def test_refuses_a_public_address_without_a_token(workspace: Path) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "codegen_mcp.sandbox_agent",
-        "--workspace",
-        str(workspace),
-        "--host",
-        "0.0.0.0",  # noqa: S104
-        "--port",
-        "0",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={k: v for k, v in os.environ.items() if not k.startswith("CODEGEN_AGENT_")},
-    )
+    proc = await agent_process("--workspace", str(workspace), "--host", "0.0.0.0", "--port", "0")  # noqa: S104
     async with asyncio.timeout(30):
         out, err = await proc.communicate()
     assert proc.returncode == 1 and out == b""
@@ -136,8 +128,32 @@ def test_missing_workspace_is_a_usage_error(
     monkeypatch.delenv("CODEGEN_AGENT_WORKSPACE", raising=False)
     with pytest.raises(SystemExit) as info:
         parse_settings([])
-    assert info.value.code == 2
-    assert "workspace" in capsys.readouterr().err
+    assert info.value.code == AgentExitCode.USAGE
+    assert capsys.readouterr().err == "codegen-mcp agent: `CODEGEN_AGENT_WORKSPACE` is required\n"
+
+
+def test_a_bad_value_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CODEGEN_AGENT_MAX_PROCESSES", "many")
+    with pytest.raises(SystemExit) as info:
+        parse_settings(["--workspace", str(tmp_path)])
+    assert info.value.code == AgentExitCode.USAGE
+    sentence = "codegen-mcp agent: `CODEGEN_AGENT_MAX_PROCESSES` must be a valid integer"
+    assert capsys.readouterr().err.startswith(sentence)
+
+
+async def test_a_misspelt_variable_stops_the_agent(workspace: Path) -> None:
+    """A typo would otherwise leave the setting at its default, silently (here: run code's memory cap)."""
+    typo = {"CODEGEN_AGENT_MEMORY_BYTE": str(256 * 1024**2)}
+    proc = await agent_process("--workspace", str(workspace), "--port", "0", **typo)
+    async with asyncio.timeout(60):
+        out, err = await proc.communicate()
+    assert (proc.returncode, out) == (AgentExitCode.USAGE, b"")
+    assert err.decode() == (
+        "codegen-mcp agent: `CODEGEN_AGENT_MEMORY_BYTE` is not an agent setting; "
+        "did you mean `CODEGEN_AGENT_MEMORY_BYTES`?\n"
+    )
 
 
 # --- start-up failures: one sentence, the right exit code, also as the Pod's termination message ---------
@@ -262,21 +278,8 @@ async def test_only_a_failed_listen_says_cannot_listen(workspace: Path, tmp_path
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "codegen_mcp.sandbox_agent",
-            "--workspace",
-            str(workspace),
-            "--port",
-            str(port),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env={
-                **{k: v for k, v in os.environ.items() if not k.startswith("CODEGEN_AGENT_")},
-                "CODEGEN_AGENT_TERMINATION_LOG": str(log),
-            },
-        )
+        args = ("--workspace", str(workspace), "--port", str(port))
+        proc = await agent_process(*args, CODEGEN_AGENT_TERMINATION_LOG=str(log))
         async with asyncio.timeout(60):
             out, err = await proc.communicate()
     sentence = f"cannot listen on 127.0.0.1:{port}: Address already in use"
