@@ -28,9 +28,9 @@ import pytest
 from codegen_mcp.api.tools import TaskView
 from codegen_mcp.sandbox_agent import netns
 from codegen_mcp.sandbox_agent.app import create_app
-from codegen_mcp.sandbox_agent.executor import default_base_python
 from codegen_mcp.sandbox_agent.isolation import find_bwrap
 from codegen_mcp.sandbox_agent.netns import fallback_reason, find_slirp4netns, own_network_argv
+from codegen_mcp.sandbox_agent.venv import default_base_python
 from tests.unit.sandbox_agent.conftest import AUTH, AgentClient, make_settings, pypi_reachable
 
 PROBE_NAME = "codegen-net-probe"
@@ -154,8 +154,10 @@ async def install_probe(
 
 
 def test_the_pip_jail_keeps_its_own_network_namespace() -> None:
-    argv = ["bwrap", "--unshare-all", "--share-net", "--die-with-parent", "--", "python", "--share-net"]
-    expected = ["bwrap", "--info-fd", "7", "--block-fd", "8", "--unshare-all", "--die-with-parent"]
+    # Behind the prefixes a root agent puts before the jail: staging bwrap, setpriv, prlimit.
+    prefix = ["bwrap", "--bind-fd", "3", "/tmp/0", "--", "setpriv", "--reuid=9", "--", "prlimit", "--core=0:0", "--"]
+    argv = [*prefix, "bwrap", "--unshare-all", "--share-net", "--die-with-parent", "--", "python", "--share-net"]
+    expected = [*prefix, "bwrap", "--unshare-all", "--info-fd", "7", "--block-fd", "8", "--die-with-parent"]
     assert own_network_argv(argv, 7, 8) == [*expected, "--", "python", "--share-net"]
 
 

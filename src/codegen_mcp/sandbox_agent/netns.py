@@ -73,11 +73,14 @@ def slirp_command(slirp: str, child_pid: int, ready_fd: int, exit_fd: int, *, ro
     return [*cmd, "--netns-type=path", f"/proc/{child_pid}/ns/net", "tap0"]
 
 
-def own_network_argv(bwrap_argv: Sequence[str], info_fd: int, block_fd: int) -> list[str]:
-    """The bwrap command without `--share-net`, reporting its child on `info_fd` and waiting on `block_fd`."""
-    end = bwrap_argv.index("--") if "--" in bwrap_argv else len(bwrap_argv)
-    options = [a for a in bwrap_argv[1:end] if a != SHARE_NET]
-    return [bwrap_argv[0], "--info-fd", str(info_fd), "--block-fd", str(block_fd), *options, *bwrap_argv[end:]]
+def own_network_argv(argv: Sequence[str], info_fd: int, block_fd: int) -> list[str]:
+    """The jail's command with its `--share-net` replaced: report the child on `info_fd`, wait on `block_fd`.
+
+    The jail's bwrap may come after prefixes (prlimit, a root agent's staging bwrap and setpriv), none of
+    which shares the network, so its first `--share-net` is the jail's own option.
+    """
+    at = list(argv).index(SHARE_NET)
+    return [*argv[:at], "--info-fd", str(info_fd), "--block-fd", str(block_fd), *argv[at + 1 :]]
 
 
 @contextlib.asynccontextmanager
