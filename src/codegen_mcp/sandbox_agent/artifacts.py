@@ -23,7 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from codegen_mcp.api.errors import CodegenError, ErrorCode, NotFound
 from codegen_mcp.api.tools import ArtifactContent, ArtifactInfo
-from codegen_mcp.sandbox_agent.workspace import SKIPPED_DIRS, Workspace, encode_content
+from codegen_mcp.sandbox_agent.workspace import DIR_FLAGS, SKIPPED_DIRS, Workspace, encode_content
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,6 @@ MAX_INDEX_ENTRIES = 10_000
 # File system timestamps are coarser than time.time_ns(): a file written right at the start still counts.
 _MTIME_SLACK_NS = 50_000_000
 _INDEX = TypeAdapter(list[ArtifactInfo])
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ def take_snapshot(root: Path, cap: int = MAX_SNAPSHOT_FILES) -> Snapshot:
     taken_at_ns = time.time_ns()
     files: dict[str, tuple[int, int]] = {}
     complete = True
-    stack: list[tuple[int, str]] = [(os.open(root, _DIR_FLAGS), "")]
+    stack: list[tuple[int, str]] = [(os.open(root, DIR_FLAGS), "")]
     try:
         while stack:
             dir_fd, prefix = stack.pop()
@@ -67,7 +66,7 @@ def take_snapshot(root: Path, cap: int = MAX_SNAPSHOT_FILES) -> Snapshot:
                             if entry.name in SKIPPED_DIRS:
                                 continue
                             try:
-                                stack.append((os.open(entry.name, _DIR_FLAGS, dir_fd=dir_fd), f"{prefix}{entry.name}/"))
+                                stack.append((os.open(entry.name, DIR_FLAGS, dir_fd=dir_fd), f"{prefix}{entry.name}/"))
                             except OSError:
                                 continue
                         elif stat.S_ISREG(st.st_mode):

@@ -35,13 +35,7 @@ from codegen_mcp.api.tools import (
     GitFileChange,
     TaskState,
 )
-from codegen_mcp.sandbox_agent.executor import (
-    GIT_NETWORK_REMEDY,
-    Captured,
-    Executor,
-    ProcessOutcome,
-    network_disabled,
-)
+from codegen_mcp.sandbox_agent.executor import Executor
 from codegen_mcp.sandbox_agent.gitcheck import (
     GitCall,
     check_author,
@@ -56,7 +50,9 @@ from codegen_mcp.sandbox_agent.gitcheck import (
     parse_name_status,
     parse_numstat,
 )
-from codegen_mcp.sandbox_agent.sandboxed import ProgressCaptured, run_sandboxed
+from codegen_mcp.sandbox_agent.process import Captured, ProcessOutcome, ProgressCaptured
+from codegen_mcp.sandbox_agent.requirements import GIT_NETWORK_REMEDY, network_disabled
+from codegen_mcp.sandbox_agent.sandboxed import run_sandboxed
 from codegen_mcp.sandbox_agent.settings import AgentSettings
 from codegen_mcp.sandbox_agent.tasks import Outcome, Task
 from codegen_mcp.sandbox_agent.workspace import Workspace, is_inside

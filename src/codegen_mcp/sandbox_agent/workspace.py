@@ -37,7 +37,8 @@ MAX_COMPONENT_BYTES = 255
 # agent's own bookkeeping are big and not the user's work.
 SKIPPED_DIRS = frozenset({".venv", ".codegen"})
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Opening a folder to walk from: never through a symlink, never inherited by a child.
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _shown(user_path: str) -> str:
@@ -140,18 +141,18 @@ class Workspace:
     def _open_parent(self, path: Path, *, create: bool) -> Iterator[int]:
         """An fd of `path`'s parent, walked from the root without following any symlink."""
         parts = path.relative_to(self.root).parts[:-1]
-        fd = os.open(self.root, _DIR_FLAGS)
+        fd = os.open(self.root, DIR_FLAGS)
         try:
             for part in parts:
                 try:
-                    nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    nxt = os.open(part, DIR_FLAGS, dir_fd=fd)
                 except FileNotFoundError:
                     if not create:
                         raise
                     os.mkdir(part, 0o755, dir_fd=fd)
                     if self.owner is not None:
                         os.chown(part, self.owner.uid, self.owner.gid, dir_fd=fd, follow_symlinks=False)
-                    nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    nxt = os.open(part, DIR_FLAGS, dir_fd=fd)
                 os.close(fd)
                 fd = nxt
             yield fd
@@ -277,7 +278,7 @@ class Workspace:
                             subdirs.append(child.name)
                     for sub in reversed(subdirs):
                         try:
-                            sub_fd = os.open(sub, _DIR_FLAGS, dir_fd=dir_fd)
+                            sub_fd = os.open(sub, DIR_FLAGS, dir_fd=dir_fd)
                         except OSError:
                             continue
                         stack.append((sub_fd, f"{prefix}{sub}/"))

@@ -6,9 +6,11 @@ tests run as root, sandboxed code runs as uid 65534, which cannot traverse pytes
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -18,9 +20,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from codegen_mcp.sandbox_agent.app import create_app
-from codegen_mcp.sandbox_agent.executor import default_base_python
+from codegen_mcp.sandbox_agent.devtools import default_wheelhouse
 from codegen_mcp.sandbox_agent.isolation import find_bwrap
 from codegen_mcp.sandbox_agent.settings import AgentSettings, MiB
+from codegen_mcp.sandbox_agent.venv import default_base_python
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -110,3 +113,36 @@ def pypi_reachable() -> bool:
             return True
     except OSError:
         return False
+
+
+def tool_requirements() -> list[str]:
+    """What the agent installs for test.run and lint.check (its settings' defaults)."""
+    fields = AgentSettings.model_fields
+    return [str(fields[f"{tool}_requirement"].default) for tool in ("pytest", "ruff", "mypy")]
+
+
+@pytest.fixture(scope="session")
+def tool_wheels(base_dir: Path) -> Path:
+    """Real wheels of pytest, ruff and mypy (with their dependencies) for the session venvs' Python.
+
+    Kept in the agents' default wheelhouse (~/.cache/codegen-mcp/wheelhouse), so the package index is asked
+    once per machine (or CI cache): a run that finds them all there does not touch the network. The folder
+    must be readable by the sandbox uid; under a 0700 home the agent copies what it needs (see `pip`).
+    """
+    house = default_wheelhouse(os.environ, base_dir)
+    house.mkdir(parents=True, exist_ok=True)
+    version = subprocess.run(
+        [default_base_python(None), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
+    pip = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet", "--only-binary=:all:"]
+    pip += ["--implementation=cp", f"--python-version={version}", "--dest", str(house), *tool_requirements()]
+    offline = subprocess.run([*pip, "--no-index", "--find-links", str(house)], capture_output=True, timeout=120)
+    if offline.returncode != 0:
+        if not pypi_reachable():
+            pytest.skip(reason=f"no wheels of the dev tools in {house} and no route to the package index")
+        subprocess.run(pip, check=True, capture_output=True, timeout=300)
+    return house

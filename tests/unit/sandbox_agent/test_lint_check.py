@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from codegen_mcp.api.tools import LintDiagnostic, Severity
-from codegen_mcp.sandbox_agent.devtools import (
+from codegen_mcp.sandbox_agent.reports import (
     fixed_between,
     parse_format_text,
     parse_mypy_json,
@@ -132,14 +132,14 @@ def tools_venv(base_dir: Path) -> Path:
 UNCLEAN = "import os\nimport sys\n\n\ndef f(x: int) -> str:\n    return x\n"
 
 
-def lint_settings(base_dir: Path) -> dict[str, Any]:
-    return tool_settings(base_dir, memory_bytes=2 * GiB)
+def lint_settings(base_dir: Path, wheels: Path) -> dict[str, Any]:
+    return tool_settings(base_dir, wheels, memory_bytes=2 * GiB)
 
 
 async def test_ruff_finds_problems_in_both_sandbox_modes(
-    make_client: MakeClient, base_dir: Path, tools_venv: Path, sandbox_mode: str
+    make_client: MakeClient, base_dir: Path, tool_wheels: Path, tools_venv: Path, sandbox_mode: str
 ) -> None:
-    client = await make_client(sandbox=sandbox_mode, venv_dir=tools_venv, **lint_settings(base_dir))
+    client = await make_client(sandbox=sandbox_mode, venv_dir=tools_venv, **lint_settings(base_dir, tool_wheels))
     await write(client, "src/app.py", UNCLEAN)
     view = await start_task(client, "/v1/lint/check", path="src", select=["F", "E"])
     assert view.kind == "lint.check" and view.state == "failed" and view.error is None, view
@@ -154,9 +154,9 @@ async def test_ruff_finds_problems_in_both_sandbox_modes(
 
 
 async def test_fix_applies_safe_fixes_and_says_what_changed(
-    make_client: MakeClient, base_dir: Path, tools_venv: Path
+    make_client: MakeClient, base_dir: Path, tool_wheels: Path, tools_venv: Path
 ) -> None:
-    client = await make_client(venv_dir=tools_venv, **lint_settings(base_dir))
+    client = await make_client(venv_dir=tools_venv, **lint_settings(base_dir, tool_wheels))
     await write(client, "src/app.py", UNCLEAN)
     await write(client, "src/clean.py", "X = 1\n")
     view = await start_task(client, "/v1/lint/check", fix=True, format=True, select=["F"])
@@ -168,8 +168,10 @@ async def test_fix_applies_safe_fixes_and_says_what_changed(
     assert read["content"] == "def f(x: int) -> str:\n    return x\n"
 
 
-async def test_format_check_lists_unformatted_files(make_client: MakeClient, base_dir: Path, tools_venv: Path) -> None:
-    client = await make_client(venv_dir=tools_venv, **lint_settings(base_dir))
+async def test_format_check_lists_unformatted_files(
+    make_client: MakeClient, base_dir: Path, tool_wheels: Path, tools_venv: Path
+) -> None:
+    client = await make_client(venv_dir=tools_venv, **lint_settings(base_dir, tool_wheels))
     await write(client, "ugly.py", "x = {  'a':1 }\n")
     view = await start_task(client, "/v1/lint/check", format=True, select=["F"])
     assert view.lint is not None
@@ -178,8 +180,8 @@ async def test_format_check_lists_unformatted_files(make_client: MakeClient, bas
     assert view.state == "succeeded"  # formatting is a warning, not an error
 
 
-async def test_mypy_type_errors(make_client: MakeClient, base_dir: Path, tools_venv: Path) -> None:
-    client = await make_client(venv_dir=tools_venv, **lint_settings(base_dir))
+async def test_mypy_type_errors(make_client: MakeClient, base_dir: Path, tool_wheels: Path, tools_venv: Path) -> None:
+    client = await make_client(venv_dir=tools_venv, **lint_settings(base_dir, tool_wheels))
     await write(client, "typed.py", 'def f(x: int) -> str:\n    return x\n\n\nf("a")\n')
     view = await start_task(client, "/v1/lint/check", path="typed.py", mypy=True, select=["F"])
     assert view.lint is not None and "mypy" in view.lint.tools, view
@@ -189,9 +191,9 @@ async def test_mypy_type_errors(make_client: MakeClient, base_dir: Path, tools_v
 
 
 async def test_the_projects_own_ruff_config_is_used_and_config_errors_are_one_sentence(
-    make_client: MakeClient, base_dir: Path, tools_venv: Path
+    make_client: MakeClient, base_dir: Path, tool_wheels: Path, tools_venv: Path
 ) -> None:
-    client = await make_client(venv_dir=tools_venv, **lint_settings(base_dir))
+    client = await make_client(venv_dir=tools_venv, **lint_settings(base_dir, tool_wheels))
     await write(client, "mod.py", "import os\n")
     await write(client, "ruff.toml", "[lint]\nignore = ['F401']\n")
     clean = await start_task(client, "/v1/lint/check")

@@ -10,28 +10,13 @@ import pytest
 
 from codegen_mcp.api.errors import CodegenError, ErrorCode, InvalidArgument
 from codegen_mcp.api.tools import TaskKind, TaskState
-from codegen_mcp.sandbox_agent.executor import (
-    BasePython,
-    Captured,
-    parse_base_python,
-    parse_requirements,
-    pip_error_sentence,
-    pip_path_mounts,
-    split_requirements,
-    venv_distributions,
-)
-from codegen_mcp.sandbox_agent.isolation import (
-    Bind,
-    Identity,
-    Jail,
-    Limits,
-    Link,
-    Sandbox,
-    child_env,
-    choose_identity,
-    host_system_mounts,
-)
+from codegen_mcp.sandbox_agent.isolation import Identity, Sandbox, child_env, choose_identity
+from codegen_mcp.sandbox_agent.jail import Bind, Jail, Link, host_system_mounts
+from codegen_mcp.sandbox_agent.pip import pip_path_mounts
+from codegen_mcp.sandbox_agent.process import Captured
+from codegen_mcp.sandbox_agent.requirements import parse_requirements, pip_error_sentence, split_requirements
 from codegen_mcp.sandbox_agent.tasks import Outcome, Task, TaskManager
+from codegen_mcp.sandbox_agent.venv import BasePython, parse_base_python, venv_distributions
 
 
 @pytest.mark.parametrize(
@@ -174,16 +159,10 @@ def test_a_staged_jail_names_its_sources_by_their_staging_place() -> None:
     assert "--ro-bind /tmp/1 /opt/codegen-pip/pip" in joined
     assert "--ro-bind /tmp/2 /srv/state/t.py" in joined
     assert "--ro-bind /usr /usr" in joined  # the system trees are reachable by anyone: never staged
-    identity = Identity(65534, 65534)
-    staged = Sandbox(identity=identity, jail=jail).popen_kwargs(Limits(1, 2, 3, 4, 5), command.staged)
-    # The child stages as root, then switches uid itself.
-    assert "user" not in staged and callable(staged["preexec_fn"]) and staged["start_new_session"] is True
-    sandbox = Sandbox(identity=identity, jail=jail)
+    sandbox = Sandbox(identity=Identity(65534, 65534), jail=jail)
     assert sandbox.describe() == "bwrap+rlimits+uid65534"
     assert Sandbox(identity=None, jail=None).describe() == "rlimits"
-    kwargs = sandbox.popen_kwargs(Limits(1, 2, 3, 4, 5))
-    assert kwargs["user"] == 65534 and kwargs["start_new_session"] is True
-    # Only a child that switches uid needs staging.
+    # Only a child that switches uid needs staging (how it is started: test_isolation.py).
     assert sandbox.jail_command(["x"], binds=binds, chdir=Path("/")).staged
     assert not Sandbox(identity=None, jail=jail).jail_command(["x"], binds=binds, chdir=Path("/")).staged
 

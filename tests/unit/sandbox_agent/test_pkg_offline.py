@@ -21,7 +21,7 @@ import pytest
 
 from codegen_mcp.api.tools import TaskView
 from codegen_mcp.sandbox_agent.app import create_app
-from codegen_mcp.sandbox_agent.executor import local_find_links
+from codegen_mcp.sandbox_agent.pip import local_find_links
 
 from .conftest import AUTH, AgentClient, make_settings
 from .test_run import run

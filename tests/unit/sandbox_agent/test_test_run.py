@@ -1,38 +1,26 @@
-"""test.run: the JUnit report reader, the tool wheels installer, and pytest run by a real agent.
+"""test.run: the JUnit report reader, installing pytest into the session venv, and pytest run by a real agent.
 
-Tools come from a wheelhouse seeded from this test environment's own pytest/ruff/mypy (repacked wheels),
-so nothing here needs the package index.
+The tools are installed by the agent's jailed pip from a folder of real wheels (`tool_wheels`: downloaded
+once per machine into the wheelhouse cache), with downloading turned off, so the agents here never need
+the package index.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-import zipfile
-from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import pytest
-from packaging.requirements import Requirement
-from packaging.specifiers import SpecifierSet
-from packaging.version import Version
 
 from codegen_mcp.api.errors import CodegenError, NotFound, WorkspaceEscape
 from codegen_mcp.api.tools import TaskView
-from codegen_mcp.sandbox_agent.devtools import node_id, parse_junit, pytest_targets
-from codegen_mcp.sandbox_agent.executor import default_base_python
-from codegen_mcp.sandbox_agent.wheels import (
-    MissingWheel,
-    VenvTarget,
-    VenvWriter,
-    WheelError,
-    install_wheel,
-    installed_distributions,
-    plan_install,
-    repack_installed,
-    scan_wheels,
-)
+from codegen_mcp.sandbox_agent.agent import AGENT
+from codegen_mcp.sandbox_agent.isolation import find_bwrap
+from codegen_mcp.sandbox_agent.reports import node_id, parse_junit
+from codegen_mcp.sandbox_agent.toolruns import pytest_targets
+from codegen_mcp.sandbox_agent.venv import default_base_python
 from codegen_mcp.sandbox_agent.workspace import Workspace
 
 from .conftest import AgentClient, MakeClient, pypi_reachable
@@ -77,9 +65,10 @@ async def write(client: AgentClient, path: str, content: str) -> None:
     assert resp.status == 200, await resp.json()
 
 
-def tool_settings(base_dir: Path, **extra: Any) -> dict[str, Any]:
-    """Offline tool installs: a wheelhouse shared by the tests, filled from this environment's own tools."""
+def tool_settings(base_dir: Path, wheels: Path, **extra: Any) -> dict[str, Any]:
+    """Offline tool installs: the real wheels as a read-only folder, an empty wheelhouse, no downloads."""
     return {
+        "devtools_find_links": [wheels],
         "devtools_wheelhouse": base_dir / "wheelhouse",
         "devtools_download": False,
         "artifact_store_dir": base_dir / "artifact-store",
@@ -199,107 +188,13 @@ def test_test_paths_stay_in_the_workspace(workspace: Path) -> None:
         pytest_targets(ws, ["etc/passwd"])
 
 
-# --- tool wheels ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def fresh_venv(base_dir: Path) -> Iterator[Path]:
-    venv = base_dir / f"venv-{os.urandom(4).hex()}"
-    subprocess.run([default_base_python(None), "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    yield venv
-    subprocess.run(["rm", "-rf", str(venv)], check=False)
-
-
-def test_the_venv_target_is_read_from_pyvenv_cfg(fresh_venv: Path) -> None:
-    target = VenvTarget.inspect(fresh_venv)
-    assert target.site_packages.is_dir()
-    assert target.tags[0].interpreter == "cp{}{}".format(*target.python_version)
-    assert any(t.interpreter == "py3" and t.platform == "any" for t in target.tags)
-
-
-def test_repacked_wheels_install_offline_and_work(fresh_venv: Path, tmp_path: Path) -> None:
-    house = tmp_path / "house"
-    target = VenvTarget.inspect(fresh_venv)
-    wanted = [Requirement("pytest>=7")]
-    with VenvWriter(fresh_venv, None) as writer:
-        for _ in range(20):
-            try:
-                plan = plan_install(
-                    wanted, target, scan_wheels([house], target), installed_distributions(writer, target)
-                )
-                break
-            except MissingWheel as miss:
-                assert repack_installed(miss.requirement.name, miss.requirement.specifier, house) is not None
-        names = {w.name for w in plan}
-        assert {"pytest", "pluggy", "iniconfig", "packaging"} <= names
-        for wheel in plan:
-            install_wheel(wheel.path, target, writer)
-        installed = installed_distributions(writer, target)
-    assert "pytest" in installed
-    script = fresh_venv / "bin" / "pytest"
-    assert script.read_text().startswith(f"#!{fresh_venv / 'bin' / 'python'}\n")
-    out = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60, check=False)
-    assert out.returncode == 0 and "pytest" in out.stdout + out.stderr
-    record = next((target.site_packages).glob("pytest-*.dist-info")) / "RECORD"
-    assert "pytest/__init__.py,sha256=" in record.read_text()
-    assert (record.parent / "INSTALLER").read_text() == "codegen-mcp\n"
-
-
-def _wheel(path: Path, files: dict[str, bytes], name: str = "demo", version: str = "1.0") -> Path:
-    dist_info = f"{name}-{version}.dist-info"
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr(f"{dist_info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-        zf.writestr(f"{dist_info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-        for member, data in files.items():
-            zf.writestr(member, data)
-    return path
-
-
-@pytest.mark.parametrize("member", ["../../evil.py", "/abs/evil.py", "demo/..\\..\\evil.py"])
-def test_a_wheel_cannot_write_outside_the_venv(fresh_venv: Path, tmp_path: Path, member: str) -> None:
-    wheel = _wheel(tmp_path / "demo-1.0-py3-none-any.whl", {member: b"x = 1\n"})
-    target = VenvTarget.inspect(fresh_venv)
-    with VenvWriter(fresh_venv, None) as writer, pytest.raises(WheelError, match="unsafe file name"):
-        install_wheel(wheel, target, writer)
-
-
-def test_a_symlink_planted_in_the_venv_is_not_followed(fresh_venv: Path, tmp_path: Path) -> None:
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    target = VenvTarget.inspect(fresh_venv)
-    os.symlink(outside, target.site_packages / "demo")
-    wheel = _wheel(tmp_path / "demo-1.0-py3-none-any.whl", {"demo/__init__.py": b"x = 1\n"})
-    with VenvWriter(fresh_venv, None) as writer, pytest.raises(OSError):
-        install_wheel(wheel, target, writer)
-    assert list(outside.iterdir()) == []
-
-
-def test_planning_reports_the_missing_wheel_and_respects_the_users_installs(fresh_venv: Path, tmp_path: Path) -> None:
-    target = VenvTarget.inspect(fresh_venv)
-    house = tmp_path / "house"
-    house.mkdir()
-    with pytest.raises(MissingWheel) as info:
-        plan_install([Requirement("pytest>=7")], target, scan_wheels([house], target), {})
-    assert info.value.requirement.name == "pytest"
-    assert repack_installed("iniconfig", SpecifierSet(), house) is not None
-    available = scan_wheels([house], target)
-    with pytest.raises(WheelError, match="pkg.install a version"):
-        plan_install([Requirement("iniconfig>=2")], target, available, {"iniconfig": Version("1.0")})  # type: ignore[dict-item]
-    assert plan_install([Requirement("iniconfig")], target, available, {"iniconfig": Version("1.0")}) == []  # type: ignore[dict-item]
-
-
-def test_repacking_refuses_versions_that_do_not_fit(tmp_path: Path) -> None:
-    assert repack_installed("pytest", SpecifierSet("<1"), tmp_path) is None
-    assert repack_installed("no-such-distribution-here", SpecifierSet(), tmp_path) is None
-
-
 # --- test.run against a real agent -------------------------------------------------------------------
 
 
 async def test_test_run_reports_counts_and_each_failure(
-    make_client: MakeClient, base_dir: Path, tools_venv: Path, sandbox_mode: str
+    make_client: MakeClient, base_dir: Path, tool_wheels: Path, tools_venv: Path, sandbox_mode: str
 ) -> None:
-    client = await make_client(sandbox=sandbox_mode, venv_dir=tools_venv, **tool_settings(base_dir))
+    client = await make_client(sandbox=sandbox_mode, venv_dir=tools_venv, **tool_settings(base_dir, tool_wheels))
     await write(client, "tests/test_sample.py", TESTS)
     view = await start_task(client, "/v1/test/run")
     assert view.kind == "test.run" and view.state == "failed", view
@@ -324,9 +219,9 @@ async def test_test_run_reports_counts_and_each_failure(
 
 
 async def test_test_run_selects_by_node_id_and_keyword(
-    make_client: MakeClient, base_dir: Path, tools_venv: Path
+    make_client: MakeClient, base_dir: Path, tool_wheels: Path, tools_venv: Path
 ) -> None:
-    client = await make_client(venv_dir=tools_venv, **tool_settings(base_dir))
+    client = await make_client(venv_dir=tools_venv, **tool_settings(base_dir, tool_wheels))
     await write(client, "tests/test_sample.py", TESTS)
     one = await start_task(client, "/v1/test/run", paths=["tests/test_sample.py::test_ok"])
     assert one.state == "succeeded" and one.test is not None
@@ -338,8 +233,10 @@ async def test_test_run_selects_by_node_id_and_keyword(
     assert none.error is None  # pytest ran and reported: "no tests" is an answer, not a failure to run
 
 
-async def test_the_first_run_installs_pytest_into_a_fresh_venv(make_client: MakeClient, base_dir: Path) -> None:
-    client = await make_client(venv_dir=None, **tool_settings(base_dir))  # the workspace's own new venv
+async def test_the_first_run_installs_pytest_into_a_fresh_venv_and_the_next_needs_no_wheels(
+    make_client: MakeClient, base_dir: Path, tool_wheels: Path, workspace: Path
+) -> None:
+    client = await make_client(venv_dir=None, **tool_settings(base_dir, tool_wheels))  # the workspace's own venv
     await write(client, "test_one.py", "def test_one():\n    assert True\n")
     view = await start_task(client, "/v1/test/run")
     assert view.state == "succeeded" and view.test is not None, view
@@ -348,11 +245,18 @@ async def test_the_first_run_installs_pytest_into_a_fresh_venv(make_client: Make
     run = await (await client.post("/v1/run/python", json={"code": code})).json()
     assert run["run"]["stdout"] == "True\n"  # installed into the session venv, usable by run.python too
 
+    # Another agent on the same venv, with no wheels at all: the installed tools are read from the venv's
+    # metadata and pip is not run again.
+    empty = base_dir / f"empty-wheelhouse-{os.urandom(3).hex()}"
+    again = await make_client(venv_dir=workspace / ".venv", **tool_settings(base_dir, empty, devtools_wheelhouse=empty))
+    second = await start_task(again, "/v1/test/run")
+    assert second.state == "succeeded" and second.test is not None and second.test.passed == 1, second
+    assert second.test.pytest_version == view.test.pytest_version
+
 
 async def test_no_wheel_and_no_download_is_one_clear_error(make_client: MakeClient, base_dir: Path) -> None:
-    settings = tool_settings(base_dir, devtools_seed_from_agent=False)
-    settings["devtools_wheelhouse"] = base_dir / f"empty-wheelhouse-{os.urandom(3).hex()}"
-    client = await make_client(venv_dir=None, **settings)
+    empty = base_dir / f"empty-wheelhouse-{os.urandom(3).hex()}"
+    client = await make_client(venv_dir=None, **tool_settings(base_dir, empty, devtools_wheelhouse=empty))
     await write(client, "test_one.py", "def test_one():\n    pass\n")
     view = await start_task(client, "/v1/test/run")
     assert view.state == "failed" and view.test is None
@@ -360,13 +264,45 @@ async def test_no_wheel_and_no_download_is_one_clear_error(make_client: MakeClie
     assert "\n" not in view.error
 
 
+async def test_a_wheel_folder_without_the_tool_is_named_in_one_clear_error(
+    make_client: MakeClient, base_dir: Path, tool_wheels: Path
+) -> None:
+    only_ruff = base_dir / f"only-ruff-{os.urandom(3).hex()}"
+    only_ruff.mkdir()
+    for wheel in tool_wheels.glob("ruff-*.whl"):
+        os.link(wheel, only_ruff / wheel.name)
+    client = await make_client(venv_dir=None, **tool_settings(base_dir, only_ruff, devtools_wheelhouse=only_ruff))
+    await write(client, "test_one.py", "def test_one():\n    pass\n")
+    view = await start_task(client, "/v1/test/run")
+    assert view.state == "failed" and view.test is None
+    assert view.error is not None and "\n" not in view.error
+    assert view.error.startswith("pytest>=7 could not be installed into the session venv: no wheel for pytest>=7 ")
+    assert str(only_ruff) in view.error and "downloading is turned off" in view.error
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root agent runs pip as a separate sandbox uid")
+@pytest.mark.skipif(find_bwrap() is None, reason="bubblewrap (bwrap) is not installed on this machine")
+async def test_the_tools_are_installed_by_the_jailed_pip_as_the_session_uid(
+    make_client: MakeClient, base_dir: Path, tool_wheels: Path, workspace: Path
+) -> None:
+    client = await make_client(sandbox="bwrap", venv_dir=None, **tool_settings(base_dir, tool_wheels))
+    await write(client, "test_one.py", "def test_one():\n    pass\n")
+    view = await start_task(client, "/v1/test/run")
+    assert view.state == "succeeded", view
+    executor = client.app[AGENT].executor
+    assert executor.sandbox.jail is not None and executor.owner is not None
+    (site,) = executor.site_packages()
+    (info,) = site.glob("pytest-*.dist-info")
+    assert (info / "INSTALLER").read_text().strip() == "pip"
+    written = [info, info / "RECORD", site / "pytest", site / "_pytest" / "__init__.py", workspace / ".venv/bin/pytest"]
+    assert {path.lstat().st_uid for path in written} == {executor.owner.uid}
+
+
 @pytest.mark.network
 @pytest.mark.skipif(not pypi_reachable(), reason="no route to the package index (pypi.org:443)")
 async def test_missing_wheels_are_downloaded_once_into_the_wheelhouse(make_client: MakeClient, base_dir: Path) -> None:
     house = base_dir / f"download-wheelhouse-{os.urandom(3).hex()}"
-    settings = tool_settings(
-        base_dir, devtools_seed_from_agent=False, devtools_download=True, devtools_wheelhouse=house
-    )
+    settings = tool_settings(base_dir, house, devtools_download=True, devtools_wheelhouse=house)
     client = await make_client(venv_dir=None, **settings)
     await write(client, "test_one.py", "def test_one():\n    pass\n")
     view = await start_task(client, "/v1/test/run")
@@ -377,9 +313,9 @@ async def test_missing_wheels_are_downloaded_once_into_the_wheelhouse(make_clien
 
 
 async def test_a_timeout_stops_pytest_and_keeps_its_output(
-    make_client: MakeClient, base_dir: Path, tools_venv: Path
+    make_client: MakeClient, base_dir: Path, tool_wheels: Path, tools_venv: Path
 ) -> None:
-    client = await make_client(venv_dir=tools_venv, **tool_settings(base_dir))
+    client = await make_client(venv_dir=tools_venv, **tool_settings(base_dir, tool_wheels))
     await write(client, "test_slow.py", "import time\n\ndef test_slow():\n    time.sleep(60)\n")
     view = await start_task(client, "/v1/test/run", timeout_s=3)
     assert view.state == "timed_out" and view.test is not None
@@ -388,9 +324,9 @@ async def test_a_timeout_stops_pytest_and_keeps_its_output(
 
 
 async def test_a_usage_error_is_reported_from_pytests_output(
-    make_client: MakeClient, base_dir: Path, tools_venv: Path
+    make_client: MakeClient, base_dir: Path, tool_wheels: Path, tools_venv: Path
 ) -> None:
-    client = await make_client(venv_dir=tools_venv, **tool_settings(base_dir))
+    client = await make_client(venv_dir=tools_venv, **tool_settings(base_dir, tool_wheels))
     await write(client, "pytest.ini", "[pytest]\naddopts = --no-such-option\n")
     view = await start_task(client, "/v1/test/run")
     assert view.state == "failed" and view.test is not None and view.test.exit_code == 4
@@ -415,9 +351,9 @@ async def test_bad_test_run_arguments(client: AgentClient, body: dict[str, Any],
 
 
 async def test_progress_names_the_share_of_tests_done(
-    make_client: MakeClient, base_dir: Path, tools_venv: Path
+    make_client: MakeClient, base_dir: Path, tool_wheels: Path, tools_venv: Path
 ) -> None:
-    client = await make_client(venv_dir=tools_venv, **tool_settings(base_dir))
+    client = await make_client(venv_dir=tools_venv, **tool_settings(base_dir, tool_wheels))
     await write(
         client, "test_many.py", "import pytest\n\n@pytest.mark.parametrize('i', range(4))\ndef test_i(i):\n    pass\n"
     )
@@ -427,10 +363,10 @@ async def test_progress_names_the_share_of_tests_done(
 
 
 async def test_a_report_swapped_for_a_symlink_is_not_followed(
-    make_client: MakeClient, base_dir: Path, tools_venv: Path
+    make_client: MakeClient, base_dir: Path, tool_wheels: Path, tools_venv: Path
 ) -> None:
     # A test that replaces the report with a link to a file outside must not make the agent read that file.
-    client = await make_client(venv_dir=tools_venv, **tool_settings(base_dir))
+    client = await make_client(venv_dir=tools_venv, **tool_settings(base_dir, tool_wheels))
     code = (
         "import atexit, glob, os\n\n"
         "def test_swap():\n"
@@ -444,12 +380,3 @@ async def test_a_report_swapped_for_a_symlink_is_not_followed(
     view = await start_task(client, "/v1/test/run")
     assert view.test is not None
     assert "root:" not in view.model_dump_json()
-
-
-def test_venv_relative_paths_are_posix(fresh_venv: Path) -> None:
-    target = VenvTarget.inspect(fresh_venv)
-    with VenvWriter(fresh_venv, None) as writer:
-        digest, size = writer.write(PurePosixPath("lib", "x", "y.txt"), [b"abc"], 0o644)
-    assert size == 3 and digest.startswith("sha256=")
-    assert (fresh_venv / "lib" / "x" / "y.txt").read_bytes() == b"abc"
-    assert target.python == fresh_venv / "bin" / "python"
