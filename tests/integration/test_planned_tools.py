@@ -1,14 +1,16 @@
 """The six planned tools through the official MCP client, against a real coordinator and real sandbox agents.
 
-test.run / lint.check install pytest, ruff and mypy on first use from a wheelhouse the agents fill from this
-environment's own copies (no package index needed); git.clone's success path clones from a local https git
-server whose CA reaches the agents as GIT_SSL_CAINFO; uploads go to the local store under a temp folder.
+test.run / lint.check install pytest, ruff and mypy on first use with the agents' pip, from the user's wheel
+cache (the agent tests fill it; the agents download what it lacks); git.clone's success path clones from a
+local https git server whose CA reaches the agents as GIT_SSL_CAINFO; uploads go to the local store under a
+temp folder.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,10 +22,11 @@ import anyio
 import pytest
 from mcp import ClientSession
 
+from codegen_mcp.sandbox_agent.devtools import default_wheelhouse
+from tests.support.mcp_client import call, run, text_of
 from tests.unit.sandbox_agent.test_git_clone import GitServer, serve_git_over_https
 
 from .conftest import CoordinatorProcess, mcp_session, start_coordinator, state_root, stop_process
-from .test_mcp_tools import call, run, text_of
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -46,6 +49,8 @@ def _start(root: Path, name: str, env: dict[str, str]) -> CoordinatorProcess:
         # Anything that would fall back to the user's ~/.cache or ~/.local stays in this test's folder.
         "XDG_CACHE_HOME": str(root / "cache"),
         "XDG_DATA_HOME": str(root / "data"),
+        # ...but the dev tools' wheels are read from the user's cache, so the package index is asked once.
+        "CODEGEN_AGENT_DEVTOOLS_FIND_LINKS": json.dumps([str(default_wheelhouse(os.environ, root))]),
     }
     return start_coordinator(state, env={**base_env, **env})
 

@@ -67,3 +67,10 @@ async def call(session: ClientSession, tool: str, **arguments: Any) -> CallToolR
     result = await session.call_tool(tool, arguments)
     assert not result.is_error, f"{tool} failed: {text_of(result)}"
     return result
+
+
+async def run(session: ClientSession, code: str, **extra: Any) -> dict[str, Any]:
+    """run.python that must succeed as a call (the code itself may fail): its structured result."""
+    structured: dict[str, Any] | None = (await call(session, "run.python", code=code, **extra)).structured_content
+    assert structured is not None
+    return structured
