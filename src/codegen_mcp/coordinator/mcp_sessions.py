@@ -82,7 +82,9 @@ class StreamableSessions:
         return _session_id(ctx)
 
     def log_level(self, ctx: ServerRequestContext[Any, Any]) -> LoggingLevel:
-        return self._levels.get(_session_id(ctx), DEFAULT_LOG_LEVEL)
+        # A 2026-07-28 request has no session (its log level comes with it, and the SDK applies it).
+        session_id = _header(ctx)
+        return DEFAULT_LOG_LEVEL if session_id is None else self._levels.get(session_id, DEFAULT_LOG_LEVEL)
 
     def set_log_level(self, ctx: ServerRequestContext[Any, Any], level: LoggingLevel) -> None:
         self._levels[_session_id(ctx)] = level
@@ -92,13 +94,18 @@ class StreamableSessions:
         self._levels.pop(session_id, None)
 
 
-def _session_id(ctx: ServerRequestContext[Any, Any]) -> str:
+def _header(ctx: ServerRequestContext[Any, Any]) -> str | None:
     request = ctx.request
     session_id = request.headers.get(MCP_SESSION_ID_HEADER) if isinstance(request, Request) else None
-    if not session_id:
+    return str(session_id) if session_id else None
+
+
+def _session_id(ctx: ServerRequestContext[Any, Any]) -> str:
+    session_id = _header(ctx)
+    if session_id is None:
         # The SDK lets only `initialize` through without one; this is a guard, not a path clients take.
         raise CodegenError(
             f"this request carries no `{MCP_SESSION_ID_HEADER}` header; initialize an MCP session first",
             code=ErrorCode.SESSION_REQUIRED,
         )
-    return str(session_id)
+    return session_id
