@@ -416,11 +416,10 @@ class LocalBackend(Backend):
             CODEGEN_AGENT_SANDBOX=self._sandbox_mode,
             CODEGEN_AGENT_NETWORK="true" if self._local.network else "false",
             CODEGEN_AGENT_HIDE_PATHS=f'["{self._sessions_dir}"]',
-            # Shared by this coordinator's sandboxes: uploaded artifacts (outliving sessions) and the wheels of
-            # the test/lint tools, so a new session installs them without the network.
+            # Shared by this coordinator's sandboxes: uploaded artifacts (outliving sessions). The test/lint tools'
+            # wheels stay in the agents' default per-user cache, shared by every coordinator of this user.
             CODEGEN_AGENT_ARTIFACT_STORE_DIR=str(self._root / "artifacts"),
             CODEGEN_AGENT_ARTIFACT_STORE_NAMESPACE=sandbox_id,
-            CODEGEN_AGENT_DEVTOOLS_WHEELHOUSE=str(self._root / "wheelhouse"),
         )
         if sandbox_id in self._disks:
             env["CODEGEN_AGENT_TMP_DIR"] = str(disks.tmp_dir(workspace.parent))
