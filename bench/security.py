@@ -72,6 +72,7 @@ SESSION_MEMORY = 512 * MiB
 SESSION_PROCESSES = 64
 DISK_QUOTA = 256 * MiB
 MAX_SESSIONS = 2  # the attacked session and one more: a flood must leave that one to a real client
+SANDBOX_UID_BASE = 63000
 
 
 @dataclass
@@ -111,7 +112,8 @@ class Target:
         try:
             await attacks.still_works(self.session)
             return text_of(await call(self.session, "echo", message="still here")) == "still here"
-        except Exception:
+        except Exception as exc:
+            print(f"the session failed after the attack: {exc!r}", file=sys.stderr)
             return False
 
 
@@ -166,7 +168,7 @@ async def symlink_race(t: Target, scale: Scale) -> Outcome:
     started = await call(
         t.session,
         "run.python",
-        code=attacks.symlink_racer(t.canary, scale.race_s),
+        code=attacks.symlink_racer(scale.race_s),
         wait_s=0,
         timeout_s=scale.race_s + 60,
     )
@@ -180,7 +182,7 @@ async def symlink_race(t: Target, scale: Scale) -> Outcome:
     done = await call(t.session, "task.get_result", task_id=task_id, wait_s=60)
     run = done.structured_content["run"]
     swaps = int(run["stdout"].split()[-1]) if run["exit_code"] == 0 else 0
-    racer = "" if swaps else f"; the swapper failed: {run['stderr'].strip().splitlines()[-1:]}"
+    racer = "" if swaps else f"; the swapper failed (exit code {run['exit_code']}): {run['stderr'][-300:]!r}"
     escapes = leaks(t.canary, results) + len(t.marker_outside()) + (not t.canary.intact())
     answered = sum(r is not None and not r.is_error for _, r in results)
     return Outcome(
@@ -365,7 +367,10 @@ def summary(outcomes: list[Outcome]) -> str:
 def coordinators(workdir: Path) -> Iterator[tuple[CoordinatorProcess, CoordinatorProcess]]:
     """The attacked coordinator (jailed, small caps) and one without the jail, started side by side."""
     env = {
+        # Not the host's registry (/var/lib), and not the test suite's uids (61000 up, each test with a registry
+        # of its own): a coordinator ending its session kills what its uid runs, so sharing one is sharing deaths.
         "CODEGEN_LOCAL_UID_REGISTRY_DIR": str(workdir / "uids"),
+        "CODEGEN_LOCAL_SANDBOX_UID_BASE": str(SANDBOX_UID_BASE),
         "CODEGEN_LOCAL_SESSION_MEMORY_BYTES": str(SESSION_MEMORY),
         "CODEGEN_LOCAL_SESSION_MAX_PROCESSES": str(SESSION_PROCESSES),
         "CODEGEN_LOCAL_DISK_QUOTA_BYTES": str(DISK_QUOTA),
@@ -403,6 +408,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="the smallest run of every attack (for the test suite)")
     parser.add_argument("--seed", type=int, default=10, help="seed of the path fuzzer (default: 10)")
     parser.add_argument("--timeout", type=float, default=240.0, help="bound on the attacks, seconds (default: 240)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, audit log) and say where")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         sys.exit("bench/security.py needs root: per-session uids, cgroups and disks are what it measures")
@@ -425,7 +431,10 @@ def main(argv: list[str] | None = None) -> None:
     except TimeoutError:
         sys.exit(f"gave up after {args.timeout:.0f} s (--timeout); coordinators stopped")
     finally:
-        remove_tree(workdir)
+        if args.keep:
+            print(f"kept {workdir} (coordinator logs: state.log, unjailed.log)", file=sys.stderr)
+        else:
+            remove_tree(workdir)
     print(f"\n{summary(outcomes)}\n\ntotal {time.monotonic() - started:.0f} s")
     failed = [o.attack for o in outcomes if o.breaches or o.alive is False]
     if failed:

@@ -160,17 +160,18 @@ class Canary:
 
 def traps(canary: Canary) -> str:
     """Run code that plants symlinks out of the workspace (and a few harmless ones) for paths to go through,
-    and the two links `symlink_racer` swaps: `race/t` (a folder) and `race/f` (a file), pointing inside."""
+    and what `symlink_racer` swaps: a folder `race/d` and a file `race/f`, each beside a link to the canary's."""
     return f"""
 import os
 os.makedirs("sub/deep", exist_ok=True)
 open("sub/file.txt", "w").write("inside")
 for name, target in {trap_links(canary)!r}.items():
     os.symlink(target, name)
-os.makedirs("race/real")
-open("race/real/{canary.name}", "w").write("inside")
-os.symlink("real", "race/t")
-os.symlink("real/{canary.name}", "race/f")
+os.makedirs("race/d")
+open("race/d/{canary.name}", "w").write("inside")
+open("race/f", "w").write("inside")
+os.symlink({str(canary.folder)!r}, "race/d-swap")
+os.symlink({str(canary.file)!r}, "race/f-swap")
 """
 
 
@@ -187,46 +188,72 @@ def trap_links(canary: Canary) -> dict[str, str]:
     }
 
 
+# Spellings of `..` and `/` that only a server decoding them would take for one (none of them is one).
+LOOK_ALIKES = ["\u2025", "．．", "%2e%2e", "..%2f", "..\\..", "..\u2215..", " ..", ".. ", "\ufeff..", "\u202e.."]
+NOISE = [".", "", "sub/..", "link-in/..", "sub/deep/../..", "a\x00b", "\x00", "a" * 256, "x/" * 40, "é", "~", "*"]
+
+
 def fuzz_paths(rng: random.Random, n: int, canary: Canary) -> list[str]:
-    """`n` hostile paths: `..`, absolute (the canary's own path too), NUL, unicode look-alikes, through traps."""
-    segments = [
-        *trap_links(canary),
-        *("..", ".", "", "sub", "deep", "file.txt", canary.name, canary.folder.name, "etc", "passwd"),
-        *("é", "\u202e..", "\u2025", "..\u2215..", "%2e%2e", "..\\..", "\ufeff..", "．．", "a\x00b", "\x00"),
-        *("a" * 256, "x/" * 300, "...", " ..", ".. ", "~", "$HOME", "*"),
+    """`n` hostile paths: ways to the canary (or the host's /etc/passwd) from the workspace, through the trap
+    links, `..`, absolute paths and the canary's own path, each strewn with noise (NUL, unicode look-alikes,
+    over-long names, `.` and empty components) and sometimes with a look-alike in place of a `..`."""
+    workdir = canary.folder.parent  # the workspace is <workdir>/state/sessions/<session>/workspace
+    ways = [
+        ["link-out"],
+        ["link-up", "..", "..", "..", canary.folder.name],
+        ["..", "..", "..", "..", canary.folder.name],
+        ["sub/deep/sneaky", "..", "..", "..", canary.folder.name],
+        ["link-root", *canary.folder.parts[1:]],
+        [str(canary.folder)],
+        ["/", *canary.folder.parts[1:]],
+        [str(workdir), "state", "..", canary.folder.name],
+        ["loop-a"],
     ]
-    prefixes = ["", "", "", "/", "//", "/../", f"{canary.folder}/", f"{canary.folder.parent}/state/", "./"]
+    ends = [[canary.name], [canary.name], [""], ["link-file"], [".."]]
     paths = []
     for _ in range(n):
-        parts = [rng.choice(segments) for _ in range(rng.randint(1, 7))]
-        paths.append(rng.choice(prefixes) + "/".join(parts))
+        way = [*rng.choice(ways), *rng.choice(ends)]
+        if rng.random() < 0.2:
+            way = ["link-root", "etc", "passwd"]
+        for _ in range(rng.randint(0, 3)):
+            way.insert(rng.randint(0, len(way)), rng.choice(NOISE))
+        if rng.random() < 0.3 and ".." in way:
+            way[way.index("..")] = rng.choice(LOOK_ALIKES)
+        paths.append("/".join(way))
     return paths
 
 
-def symlink_racer(canary: Canary, seconds: float) -> str:
-    """Run code that swaps `race/t` and `race/f` (see `traps`) between their inside targets and the canary's,
-    by atomic renames, for `seconds`; prints the number of swaps."""
+def symlink_racer(seconds: float) -> str:
+    """Run code that, for `seconds`, exchanges `race/d` and `race/f` (see `traps`) with their links to the
+    canary's, atomically (renameat2 RENAME_EXCHANGE): a path resolved while it was the real folder or file is
+    a link out by the time it is opened, unless the server opens it without following links. Prints the swaps.
+    """
     return f"""
-import os, time
-inside = {{"t": "real", "f": "real/{canary.name}"}}
-outside = {{"t": {str(canary.folder)!r}, "f": {str(canary.file)!r}}}
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+AT_FDCWD, RENAME_EXCHANGE = -100, 2
+
+def exchange(a, b):
+    if libc.renameat2(AT_FDCWD, a.encode(), AT_FDCWD, b.encode(), RENAME_EXCHANGE) != 0:
+        raise OSError(ctypes.get_errno(), "renameat2 " + a)
+
 swaps, end = 0, time.monotonic() + {seconds}
 while time.monotonic() < end:
-    for name in ("t", "f"):
-        os.symlink((outside if swaps % 2 == 0 else inside)[name], "race/next")
-        os.replace("race/next", "race/" + name)
-    swaps += 1
-print(swaps * 2)
+    for _ in range(100):
+        exchange("race/d", "race/d-swap")
+        exchange("race/f", "race/f-swap")
+    swaps += 200
+print(swaps)
 """
 
 
 def race_calls(canary: Canary, i: int) -> list[tuple[str, dict[str, Any]]]:
-    """The calls of round `i` racing `symlink_racer`: each would reach the canary if a swap won."""
+    """The calls of round `i` racing `symlink_racer`: each reaches the canary if a swap wins."""
     return [
-        ("fs.read", {"path": f"race/t/{canary.name}"}),
+        ("fs.read", {"path": f"race/d/{canary.name}"}),
         ("fs.read", {"path": "race/f"}),
-        ("fs.list", {"path": "race/t"}),
-        ("fs.write", {"path": f"race/t/w-{i}", "content": marker(i)}),
+        ("fs.list", {"path": "race/d"}),
+        ("fs.write", {"path": f"race/d/w-{i}", "content": marker(i)}),
         ("fs.write", {"path": "race/f", "content": marker(i), "append": True}),
     ]
 
