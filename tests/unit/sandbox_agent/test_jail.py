@@ -26,7 +26,8 @@ from aiohttp import web
 
 from codegen_mcp.api.errors import SandboxUnavailable
 from codegen_mcp.api.tools import TaskView
-from codegen_mcp.sandbox_agent.app import AGENT, create_app
+from codegen_mcp.sandbox_agent.agent import AGENT
+from codegen_mcp.sandbox_agent.app import create_app
 from codegen_mcp.sandbox_agent.isolation import Identity, Sandbox, find_bwrap, unreachable_parent
 from codegen_mcp.sandbox_agent.jail import Bind, Jail
 from codegen_mcp.sandbox_agent.jailprobe import NO_LIMITS
