@@ -110,9 +110,9 @@ class AgentSettings(BaseSettings):
         description="Extra environment variables for run code, as JSON (spec.env); the agent's own never leak.",
     )
 
-    # test.run / lint.check: pytest, ruff and mypy are installed into the session venv on first use, from
-    # wheels (never by running pip inside the venv): read-only folders first, then a shared writable cache
-    # filled from the agent's own installed copies or, if allowed, the package index.
+    # test.run / lint.check: pytest, ruff and mypy are installed into the session venv on first use by the jailed
+    # pip of pkg.install, from wheel folders: read-only ones first, then a shared writable cache filled, if
+    # allowed, from the package index.
     devtools_wheelhouse: Path | None = Field(
         None,
         description="Writable wheel cache shared by this machine's agents; default "
@@ -122,9 +122,6 @@ class AgentSettings(BaseSettings):
         default_factory=list, description="Read-only folders of wheels searched first (e.g. baked into an image)."
     )
     devtools_download: bool = Field(True, description="Fetch missing tool wheels from the package index.")
-    devtools_seed_from_agent: bool = Field(
-        True, description="Reuse the agent's own installed pytest/ruff/mypy (repacked as wheels) when compatible."
-    )
     pytest_requirement: str = "pytest>=7"
     ruff_requirement: str = "ruff>=0.5"
     mypy_requirement: str = "mypy>=1.11"

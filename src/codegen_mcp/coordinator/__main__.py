@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from codegen_mcp.api.agent_settings import AgentSettingsError
 from codegen_mcp.coordinator.settings import CoordinatorSettings, LocalBackendSettings
 
 
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(serve_stdio(settings))
         else:
             asyncio.run(serve_http(settings, log_level))
+    except AgentSettingsError as err:  # the CODEGEN_AGENT_* variables it would give every local agent
+        sys.exit(f"codegen-mcp serve: {err}")
     except KeyboardInterrupt:
         pass
 

@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from codegen_mcp.api.agent_settings import SandboxMode
+
 # An agent is on this host or in this cluster: a connect normally takes well under a millisecond. A peer that
 # has gone (a replaced Pod's IP) may drop the SYN instead of refusing it, and then only this deadline ends the
 # wait before the reconnect. 2 s still allows one SYN resend (Linux resends after 1 s), so one lost packet on
@@ -20,7 +22,7 @@ class LocalBackendSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CODEGEN_LOCAL_", extra="ignore")
 
-    sandbox: Literal["auto", "bwrap", "none"] = Field(
+    sandbox: SandboxMode = Field(
         "auto", description="How agents confine the code they run: bubblewrap namespaces, or rlimits only."
     )
     network: bool = Field(False, description="Let code run in sandboxes reach the network (pkg.install always can).")

@@ -58,7 +58,6 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "devtools_wheelhouse": maybe(PATHS),
     "devtools_find_links": st.lists(PATHS, max_size=3),
     "devtools_download": st.booleans(),
-    "devtools_seed_from_agent": st.booleans(),
     "pytest_requirement": TEXT,
     "ruff_requirement": TEXT,
     "mypy_requirement": TEXT,

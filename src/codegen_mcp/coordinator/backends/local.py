@@ -39,7 +39,9 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from codegen_mcp.api.agent_settings import AgentSettings, SandboxMode, agent_variables
 from codegen_mcp.api.errors import SandboxUnavailable
 from codegen_mcp.coordinator.agent_client import AgentClient, AgentEndpoint
 from codegen_mcp.coordinator.backends import disks
@@ -129,7 +131,7 @@ def _kill_leftover_agent(session_dir: Path) -> None:
     except (OSError, ValueError):
         return
     # The pid may have been reused since: only a process serving this very workspace is that agent.
-    if f"CODEGEN_AGENT_WORKSPACE={session_dir / 'workspace'}".encode() in environ:
+    if f"{AgentSettings.env_name('workspace')}={session_dir / 'workspace'}".encode() in environ:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         log.warning("killed agent %d, left running on %s by a coordinator that stopped uncleanly", pid, session_dir)
@@ -150,6 +152,9 @@ class LocalBackend(Backend):
         self._local = settings.local
         self._root = settings.state_dir.resolve()
         self._sessions_dir = self._root / "sessions"
+        # Agent settings given to the coordinator pass to every agent (e.g. the S3 artifact store's
+        # CODEGEN_AGENT_S3_BUCKET).
+        self._agent_variables = agent_variables(os.environ)
         self._procs: dict[str, _Process] = {}
         self._uids: dict[str, int] = {}
         self._locks: dict[str, int] = {}  # sandbox_id -> its folder's owner lock, held while we serve it
@@ -158,7 +163,7 @@ class LocalBackend(Backend):
             if os.geteuid() == 0
             else None
         )
-        self._sandbox_mode = "none"
+        self._sandbox_mode: SandboxMode = "none"
         self._isolation = "rlimits"
         self._cgroups = SessionCgroups(
             root=self._local.cgroup_root,
@@ -169,6 +174,9 @@ class LocalBackend(Backend):
         )
         self._disk_quota: int | None = None  # set at start when per-session disks work here
         self._disks: set[str] = set()  # sandboxes whose workspace and /tmp are on their quota disk
+        # What agents would refuse (a misspelt or bad CODEGEN_AGENT_* variable, a local option out of the agent's
+        # range) stops the coordinator now, in one sentence, rather than every sandbox's start later.
+        self._agent_settings("s-0", self._sessions_dir / "s-0" / "workspace", token="")
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -407,34 +415,36 @@ class LocalBackend(Backend):
             log.warning("removed %d per-session folders left by a coordinator that stopped uncleanly", removed)
 
     def _agent_env(self, sandbox_id: str, workspace: Path, token: str) -> dict[str, str]:
-        # The coordinator's own settings stay private, but agent settings given to it pass through (e.g. the
-        # S3 artifact store: CODEGEN_AGENT_S3_BUCKET, AWS_*).
-        env = {k: v for k, v in os.environ.items() if k.startswith("CODEGEN_AGENT_") or not k.startswith("CODEGEN_")}
-        env.update(
-            CODEGEN_AGENT_TOKEN=token,
-            CODEGEN_AGENT_WORKSPACE=str(workspace),
-            CODEGEN_AGENT_SANDBOX=self._sandbox_mode,
-            CODEGEN_AGENT_NETWORK="true" if self._local.network else "false",
-            CODEGEN_AGENT_HIDE_PATHS=f'["{self._sessions_dir}"]',
-            # Shared by this coordinator's sandboxes: uploaded artifacts (outliving sessions). The test/lint tools'
-            # wheels stay in the agents' default per-user cache, shared by every coordinator of this user.
-            CODEGEN_AGENT_ARTIFACT_STORE_DIR=str(self._root / "artifacts"),
-            CODEGEN_AGENT_ARTIFACT_STORE_NAMESPACE=sandbox_id,
-        )
+        # The coordinator's own settings stay private; the rest of its environment is inherited (PATH, AWS_*).
+        inherited = {k: v for k, v in os.environ.items() if not k.upper().startswith("CODEGEN_")}
+        return {**inherited, **self._agent_settings(sandbox_id, workspace, token).to_env()}
+
+    def _agent_settings(self, sandbox_id: str, workspace: Path, token: str) -> AgentSettings:
+        """The agent's settings: this coordinator's `CODEGEN_AGENT_*` variables, then what it decides itself."""
+        optional: dict[str, Any] = {
+            "python": self._local.python,
+            "memory_bytes": self._local.memory_bytes,
+            "max_processes": self._local.max_processes,
+            "output_cap_bytes": self._local.output_cap_bytes,
+        }
         if sandbox_id in self._disks:
-            env["CODEGEN_AGENT_TMP_DIR"] = str(disks.tmp_dir(workspace.parent))
+            optional["tmp_dir"] = disks.tmp_dir(workspace.parent)
         uid = self._uids.get(sandbox_id)
         if uid is not None:
-            env["CODEGEN_AGENT_SANDBOX_UID"] = str(uid)
-            env["CODEGEN_AGENT_SANDBOX_GID"] = str(uid)
-        optional = {
-            "CODEGEN_AGENT_PYTHON": self._local.python,
-            "CODEGEN_AGENT_MEMORY_BYTES": self._local.memory_bytes,
-            "CODEGEN_AGENT_MAX_PROCESSES": self._local.max_processes,
-            "CODEGEN_AGENT_OUTPUT_CAP_BYTES": self._local.output_cap_bytes,
-        }
-        env.update({k: str(v) for k, v in optional.items() if v is not None})
-        return env
+            optional.update(sandbox_uid=uid, sandbox_gid=uid)
+        return AgentSettings.from_environ(
+            self._agent_variables,
+            token=token,
+            workspace=workspace,
+            sandbox=self._sandbox_mode,
+            network=self._local.network,
+            hide_paths=[self._sessions_dir],
+            # Shared by this coordinator's sandboxes: uploaded artifacts (outliving sessions). The test/lint tools'
+            # wheels stay in the agents' default per-user cache, shared by every coordinator of this user.
+            artifact_store_dir=self._root / "artifacts",
+            artifact_store_namespace=sandbox_id,
+            **{k: v for k, v in optional.items() if v is not None},
+        )
 
     async def _launch(self, sandbox_id: str, session_dir: Path) -> Sandbox:
         workspace = session_dir / "workspace"
