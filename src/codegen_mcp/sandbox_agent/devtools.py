@@ -23,6 +23,7 @@ from pathlib import Path
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
 
+from codegen_mcp.api.agent_settings import AgentSettings
 from codegen_mcp.api.errors import CodegenError, ErrorCode
 from codegen_mcp.api.tools import LintArgs, PytestArgs, TaskState
 from codegen_mcp.sandbox_agent.executor import Executor
@@ -30,7 +31,6 @@ from codegen_mcp.sandbox_agent.isolation import Limits, Sandbox
 from codegen_mcp.sandbox_agent.pip import run_pip
 from codegen_mcp.sandbox_agent.process import Captured, ProcessOutcome, supervise
 from codegen_mcp.sandbox_agent.requirements import pip_error_sentence, unmatched_requirement
-from codegen_mcp.sandbox_agent.settings import AgentSettings
 from codegen_mcp.sandbox_agent.tasks import Outcome, Task, TaskManager
 from codegen_mcp.sandbox_agent.toolruns import ToolRuns
 from codegen_mcp.sandbox_agent.workspace import Workspace

@@ -13,13 +13,13 @@ import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from codegen_mcp.api.agent_settings import AgentSettings
 from codegen_mcp.api.errors import SandboxUnavailable
 from codegen_mcp.api.tools import InstalledPackage
 from codegen_mcp.sandbox_agent import pip, runs
 from codegen_mcp.sandbox_agent.artifacts import ArtifactStore
 from codegen_mcp.sandbox_agent.isolation import Sandbox
 from codegen_mcp.sandbox_agent.jail import Mount
-from codegen_mcp.sandbox_agent.settings import AgentSettings
 from codegen_mcp.sandbox_agent.venv import SessionVenv, default_base_python, hand_over, refuse_planted_link
 from codegen_mcp.sandbox_agent.workspace import Owner
 

@@ -25,6 +25,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from codegen_mcp.api.agent_settings import AgentSettings
 from codegen_mcp.api.errors import CodegenError, ErrorCode, InvalidArgument, NotFound
 from codegen_mcp.api.tools import (
     OUTPUT_FOLDER,
@@ -53,7 +54,6 @@ from codegen_mcp.sandbox_agent.gitcheck import (
 from codegen_mcp.sandbox_agent.process import Captured, ProcessOutcome, ProgressCaptured
 from codegen_mcp.sandbox_agent.requirements import GIT_NETWORK_REMEDY, network_disabled
 from codegen_mcp.sandbox_agent.sandboxed import run_sandboxed
-from codegen_mcp.sandbox_agent.settings import AgentSettings
 from codegen_mcp.sandbox_agent.tasks import Outcome, Task
 from codegen_mcp.sandbox_agent.workspace import Workspace, is_inside
 

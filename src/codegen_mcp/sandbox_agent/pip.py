@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from packaging.requirements import Requirement
 
+from codegen_mcp.api.agent_settings import AgentSettings
 from codegen_mcp.api.errors import SandboxUnavailable
 from codegen_mcp.api.tools import PkgInstallResult, TaskState
 from codegen_mcp.sandbox_agent.isolation import CPU_SLACK_S, Limits, child_env, unreachable_parent
@@ -34,7 +35,6 @@ from codegen_mcp.sandbox_agent.jail import Bind, Jail, JailCommand, Mount
 from codegen_mcp.sandbox_agent.netns import pip_network
 from codegen_mcp.sandbox_agent.process import LOG_TAIL_BYTES, Captured, ProcessOutcome, start_failure, supervise
 from codegen_mcp.sandbox_agent.requirements import PIP_NETWORK_REMEDY, network_disabled, pip_error_sentence
-from codegen_mcp.sandbox_agent.settings import AgentSettings
 from codegen_mcp.sandbox_agent.tasks import Outcome, Task
 
 if TYPE_CHECKING:

@@ -15,10 +15,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from codegen_mcp.api.agent_settings import AgentSettings
 from codegen_mcp.sandbox_agent.isolation import CPU_SLACK_S, Limits, child_env
 from codegen_mcp.sandbox_agent.jail import Bind, JailCommand, Mount
 from codegen_mcp.sandbox_agent.process import Captured, ProcessOutcome, start_failure, supervise
-from codegen_mcp.sandbox_agent.settings import AgentSettings
 from codegen_mcp.sandbox_agent.tasks import Task
 
 if TYPE_CHECKING:

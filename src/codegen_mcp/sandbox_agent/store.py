@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from codegen_mcp.api.agent_settings import AgentSettings
 from codegen_mcp.api.errors import CodegenError, ErrorCode, InvalidArgument, NotFound
 from codegen_mcp.api.tools import ArtifactInfo, ArtifactUploadArgs, ArtifactUploadResult
 from codegen_mcp.sandbox_agent.artifacts import ArtifactStore, media_type
-from codegen_mcp.sandbox_agent.settings import AgentSettings
 from codegen_mcp.sandbox_agent.workspace import Workspace, is_inside
 
 log = logging.getLogger(__name__)

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from codegen_mcp.api.agent_settings import AgentSettings, MiB
 from codegen_mcp.sandbox_agent.app import create_app
 from codegen_mcp.sandbox_agent.devtools import default_wheelhouse
 from codegen_mcp.sandbox_agent.isolation import find_bwrap
-from codegen_mcp.sandbox_agent.settings import AgentSettings, MiB
 from codegen_mcp.sandbox_agent.venv import default_base_python
 
 TOKEN = "test-token-0123456789"

@@ -17,9 +17,9 @@ from urllib.request import url2pathname
 import pytest
 from pydantic import ValidationError
 
+from codegen_mcp.api.agent_settings import AgentSettings
 from codegen_mcp.api.tools import ArtifactUploadResult
 from codegen_mcp.sandbox_agent.app import create_app
-from codegen_mcp.sandbox_agent.settings import AgentSettings
 from codegen_mcp.sandbox_agent.store import artifact_key, safe_key_part
 
 from .conftest import AUTH, AgentClient, MakeClient, make_settings

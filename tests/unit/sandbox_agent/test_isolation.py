@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 import codegen_mcp.sandbox_agent
+from codegen_mcp.api.agent_settings import MiB
 from codegen_mcp.sandbox_agent.isolation import Identity, Limits, Sandbox, find_bwrap
 from codegen_mcp.sandbox_agent.jail import STAGE_DIR, Bind, Jail
 from codegen_mcp.sandbox_agent.jailprobe import NO_LIMITS
-from codegen_mcp.sandbox_agent.settings import MiB
 
 from .conftest import MakeClient
 from .test_run import run

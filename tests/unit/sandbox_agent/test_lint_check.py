@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from codegen_mcp.api.agent_settings import GiB
 from codegen_mcp.api.tools import LintDiagnostic, Severity
 from codegen_mcp.sandbox_agent.reports import (
     fixed_between,
@@ -16,7 +17,6 @@ from codegen_mcp.sandbox_agent.reports import (
     parse_ruff_json,
     summarize,
 )
-from codegen_mcp.sandbox_agent.settings import GiB
 
 from .conftest import AgentClient, MakeClient
 from .test_test_run import make_venv, start_task, tool_settings, write
