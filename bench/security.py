@@ -64,7 +64,7 @@ class Scale:
     jail_calls: int
 
 
-FULL = Scale(paths=1500, race_s=15, hog=(8, 256), handshakes=100, jail_calls=30)
+FULL = Scale(paths=3000, race_s=20, hog=(8, 256), handshakes=100, jail_calls=30)
 QUICK = Scale(paths=40, race_s=2, hog=(3, 256), handshakes=30, jail_calls=4)
 
 # Caps of the attacked coordinator: small, so each is reached in seconds.
