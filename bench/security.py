@@ -9,10 +9,11 @@ attack it checks that the session still runs code.
 
 An escape is the secret of a canary file outside the workspace in a result, the canary's name in a listing, a
 host file read, or the attack's marker written anywhere outside the workspace. Writes are sent only where a
-server that followed every link would still land inside this bench's own temporary folder, so a regression
-cannot clobber the host.
+server that followed every link, read the path as absolute or cut it at a NUL would still land inside this
+bench's own temporary folder, so a regression cannot clobber the host's files. Sandbox uids come from 63000 up,
+with a registry of the bench's own, away from the test suite's coordinators (61000 up) that may run beside it.
 
-    .venv/bin/python bench/security.py [--quick] [--seed N] [--timeout S]
+    .venv/bin/python bench/security.py [--quick] [--seed N] [--timeout S] [--keep]
 
 Exits non-zero when an escape is found, a cap did not hold, or the session died.
 """
