@@ -320,7 +320,7 @@ async def test_invalid_spec_is_failed_with_a_clear_message(
     await kubectl.apply("bad", bad)
     status = await wait_phase(kubectl, "bad", api.Phase.FAILED)
     assert status.message is not None
-    assert "spec.workspace.size: 'lots' is not a Kubernetes quantity" in status.message
+    assert "`spec.workspace.size`: 'lots' is not a Kubernetes quantity" in status.message
     assert "spec.network.egress" in status.message
     ready = status.condition(api.ConditionType.READY)
     assert ready is not None and ready.reason == api.Reason.INVALID_SPEC
