@@ -34,7 +34,6 @@ import hashlib
 import logging
 import os
 import secrets
-import shutil
 import signal
 import sys
 from dataclasses import dataclass
@@ -78,37 +77,30 @@ def _parent_death_signal() -> None:
 
 
 async def probe_bwrap(uid: int | None) -> str | None:
-    """Return None when bubblewrap can sandbox a process here (as `uid`), else the reason it cannot."""
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        return "bwrap is not installed"
+    """Return None when the agent's jail works here (as `uid`), else the reason it cannot.
 
-    def drop() -> None:
-        if uid is not None:
-            os.setgid(uid)
-            os.setuid(uid)
-
+    The agent's own probe, run as a module (the coordinator does not import the agent): the same minimal
+    root, staging and confinement as real runs.
+    """
+    argv = [sys.executable, "-m", "codegen_mcp.sandbox_agent.jailprobe"]
+    if uid is not None:
+        argv += ["--uid", str(uid)]
     try:
         proc = await asyncio.create_subprocess_exec(
-            bwrap,
-            "--unshare-all",
-            "--die-with-parent",
-            "--ro-bind",
-            "/",
-            "/",
-            "--",
-            "/bin/true",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            preexec_fn=drop,  # noqa: PLW1509 - a tiny, async-signal-safe uid drop
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
-        async with asyncio.timeout(10):
-            _, err = await proc.communicate()
-    except (OSError, TimeoutError) as exc:
-        return f"bwrap could not start ({exc})"
+    except OSError as exc:
+        return f"the jail probe could not start ({exc})"
+    try:
+        async with asyncio.timeout(30):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return "the jail probe did not finish within 30 s"
     if proc.returncode != 0:
-        return f"bwrap failed: {err.decode(errors='replace').strip()[:200]}"
+        said = out.decode(errors="replace").strip() or err.decode(errors="replace").strip()
+        return said[-300:] or f"the jail probe failed (exit {proc.returncode})"
     return None
 
 
