@@ -35,7 +35,13 @@ from codegen_mcp.coordinator.backends import cleanup
 from codegen_mcp.coordinator.backends.cleanup import kill_processes_of, processes_of, remove_tree
 from codegen_mcp.coordinator.backends.uids import UidRegistry, UidTaken
 from tests.integration.conftest import mcp_session
-from tests.support.coordinator import CoordinatorProcess, print_log_tail, start_coordinator, stop_process
+from tests.support.coordinator import (
+    CoordinatorProcess,
+    print_log_tail,
+    private_uid_registry,
+    start_coordinator,
+    stop_process,
+)
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
@@ -61,7 +67,7 @@ def root() -> Iterator[Path]:
 
 def registry_env(root: Path) -> dict[str, str]:
     """Coordinators of one test share one uid registry, as coordinators on one host share the default one."""
-    return {"CODEGEN_LOCAL_UID_REGISTRY_DIR": str(root / "uid-registry")}
+    return private_uid_registry(root / "uid-registry")
 
 
 @contextlib.contextmanager
