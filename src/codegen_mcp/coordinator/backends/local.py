@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import fcntl
 import hashlib
 import logging
 import os
 import secrets
+import shutil
 import signal
 import sys
 from dataclasses import dataclass
@@ -67,13 +66,15 @@ class _Process:
     drain: asyncio.Task[None] | None
 
 
-def _parent_death_signal() -> None:
-    """Runs in the agent child before exec: if the coordinator dies, the agent gets SIGTERM."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name:
-        libc = ctypes.CDLL(libc_name, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+def parent_death_prefix() -> list[str]:
+    """An argv prefix by which the agent gets SIGTERM if the coordinator dies (util-linux `setpriv`).
+
+    Set by `setpriv` between its own exec and the agent's, not in a `preexec_fn` (the coordinator has worker
+    threads). Without `setpriv` the prefix is empty: a coordinator killed with SIGKILL then leaves its agents,
+    which the next start on the same state folder sweeps.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
 async def probe_bwrap(uid: int | None) -> str | None:
@@ -442,7 +443,7 @@ class LocalBackend(Backend):
         workspace = session_dir / "workspace"
         socket_path = session_dir / "agent.sock"
         token = secrets.token_urlsafe(32)
-        argv = [sys.executable, "-m", "codegen_mcp.sandbox_agent"]
+        argv = [*parent_death_prefix(), sys.executable, "-m", "codegen_mcp.sandbox_agent"]
         if len(str(socket_path)) <= _MAX_UNIX_SOCKET_PATH:
             socket_path.unlink(missing_ok=True)
             argv += ["--unix-socket", str(socket_path)]
@@ -458,7 +459,6 @@ class LocalBackend(Backend):
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log_file,
                 env=self._agent_env(sandbox_id, workspace, token),
-                preexec_fn=_parent_death_signal,  # noqa: PLW1509
             )
         finally:
             log_file.close()
