@@ -15,7 +15,9 @@ from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field,
 
 # Limits that apply on both sides. Per-session settings may lower (never raise) the runtime ones.
 MAX_PATH_LENGTH = 4096
-MAX_WRITE_BYTES = 16 * 1024 * 1024
+# fs.write content per call, as sent (UTF-8 text or base64): what one 4 MiB MCP request carries with its JSON.
+# The agent checks the decoded bytes against it too, so there is one limit, the one the transport allows.
+MAX_WRITE_BYTES = 3 * 1024 * 1024
 DEFAULT_READ_LIMIT = 1024 * 1024
 MAX_READ_LIMIT = 16 * 1024 * 1024
 MAX_TIMEOUT_S = 3600.0

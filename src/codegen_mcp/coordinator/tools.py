@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from codegen_mcp.api import routes
 from codegen_mcp.api.errors import CodegenError, ErrorCode, SandboxUnavailable, validation_sentence
 from codegen_mcp.api.results import ToolResult, sentence
-from codegen_mcp.api.tools import DEFAULT_READ_LIMIT, TOOLS, TaskView, ToolSpec
+from codegen_mcp.api.tools import DEFAULT_READ_LIMIT, MAX_WRITE_BYTES, TOOLS, TaskView, ToolSpec
 from codegen_mcp.coordinator.agent_client import AgentClient, AgentUnreachable
 from codegen_mcp.coordinator.budget import COPY_BUDGET, fit_content, fit_result, fit_task_output
 
@@ -31,8 +31,7 @@ ProgressFn = Callable[[float, float | None, str], Awaitable[None]]
 MiB = 1024 * 1024
 # The HTTP transports refuse a request body over this (the MCP SDK's default cap, set explicitly).
 MAX_REQUEST_BYTES = 4 * MiB
-# fs.write content (as sent: UTF-8 text, or base64) per call, leaving a request room for its JSON around it.
-MAX_WRITE_CONTENT_BYTES = 3 * MiB
+MAX_WRITE_CONTENT_BYTES = MAX_WRITE_BYTES
 WRITE_LIMIT = (
     f"fs.write takes at most 3 MiB ({MAX_WRITE_CONTENT_BYTES} bytes) of content per call; "
     "write a bigger file in parts with append=true"

@@ -30,7 +30,7 @@ from codegen_mcp.sandbox_agent.lifecycle import (
 from codegen_mcp.sandbox_agent.tasks import TaskManager
 from codegen_mcp.sandbox_agent.workspace import Owner, Workspace
 
-# Base64 makes a 16 MiB write about 22 MiB of JSON.
+# A write's content is at most MAX_WRITE_BYTES as sent; room for its JSON around it.
 CLIENT_MAX_SIZE = MAX_WRITE_BYTES * 2
 # Environment variables pip may inherit from the agent (index, proxy and CA configuration, never the token).
 PIP_ENV_PREFIXES = ("PIP_",)
