@@ -25,7 +25,6 @@ from codegen_mcp.sandbox_agent.lifecycle import (
     agent_lifecycle,
     check_listen_safety,
     create_planned_tools,
-    planned_tools_lifecycle,
 )
 from codegen_mcp.sandbox_agent.tasks import TaskManager
 from codegen_mcp.sandbox_agent.workspace import Owner, Workspace
@@ -87,7 +86,6 @@ def create_app(settings: AgentSettings, *, environ: Mapping[str, str] | None = N
     app[AGENT] = agent
     app[PLANNED] = create_planned_tools(settings, agent, env, state_dir)
     app.cleanup_ctx.append(agent_lifecycle)
-    app.cleanup_ctx.append(planned_tools_lifecycle)
     for route in AGENT_ROUTES:
         add = app.router.add_get if route.method == "GET" else app.router.add_post
         add(route.path, HANDLERS[route])

@@ -101,9 +101,6 @@ class DevTools:
         except InvalidRequirement:
             raise CodegenError(f"the configured requirement {raw!r} for {tool} is invalid") from None
 
-    async def aclose(self) -> None:
-        """Nothing of the tools outlives a task: their installs and runs are the tasks' own processes."""
-
     # --- installing the tools ---------------------------------------------------------------------
 
     async def ensure(self, task: Task, tools: Sequence[str]) -> dict[str, str]:

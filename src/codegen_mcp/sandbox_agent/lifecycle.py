@@ -20,7 +20,7 @@ from packaging.requirements import Requirement
 from codegen_mcp.api.agent_settings import AgentSettings
 from codegen_mcp.api.errors import CodegenError, SandboxUnavailable
 from codegen_mcp.api.tools import DEFAULT_INSTALL_TIMEOUT_S, TaskKind
-from codegen_mcp.sandbox_agent.agent import AGENT, PLANNED, Agent, PlannedTools
+from codegen_mcp.sandbox_agent.agent import AGENT, Agent, PlannedTools
 from codegen_mcp.sandbox_agent.devtools import DevTools, default_wheelhouse
 from codegen_mcp.sandbox_agent.gitops import GitOps
 from codegen_mcp.sandbox_agent.isolation import Sandbox, find_bwrap, unreachable_parent
@@ -143,11 +143,6 @@ async def _prepare_venv(agent: Agent, initial: list[Requirement]) -> None:
 
         task = agent.tasks.submit(TaskKind.PKG_INSTALL, work)
         log.info("installing start-up packages %s as %s", " ".join(map(str, initial)), task.task_id)
-
-
-async def planned_tools_lifecycle(app: web.Application) -> AsyncIterator[None]:
-    yield
-    await app[PLANNED].devtools.aclose()
 
 
 def create_planned_tools(
