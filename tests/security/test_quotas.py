@@ -41,6 +41,7 @@ from tests.support.coordinator import (
     state_root,
     stop_process,
 )
+from tests.support.mcp_client import call, text_of
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
@@ -150,3 +151,19 @@ def test_the_jail_binds_the_session_disk_as_tmp_instead_of_a_tmpfs(tmp_path: Pat
     assert "--tmpfs" not in argv
     staged = jail.command(["true"], binds=[], chdir=tmp_path, stage=True)
     assert staged.staged == (tmp_path / "tmp",)
+
+
+@needs_loop_mounts
+async def test_a_test_run_that_fills_the_disk_quota_is_stopped_and_says_so() -> None:
+    """Every confined child is held to the quota's message, not only run.python: here pytest running a filler."""
+    quota = 256 * MiB
+    test_file = f"FILLER = {DISK_FILLER!r}\n\n\ndef test_fill():\n    exec(FILLER, {{}})\n"
+    with coordinator({"CODEGEN_LOCAL_DISK_QUOTA_BYTES": str(quota)}) as cp:
+        async with mcp_session(cp) as s:
+            await call(s, "fs.write", path="test_fill.py", content=test_file)
+            result = await s.call_tool("test.run", {"paths": ["test_fill.py"], "wait_s": 240})
+            assert result.is_error, result.content
+            assert "disk quota" in text_of(result) and "the session keeps working" in text_of(result), result.content
+            cleaned = await run_code(s, REMOVE_DISK_FILLER)
+            assert cleaned["exit_code"] == 0, cleaned
+            await still_works(s)

@@ -2,17 +2,16 @@
 
 The local backend puts the workspace and the jail's /tmp on one size-limited filesystem per session (see
 `coordinator/backends/disks.py`) and names its /tmp folder in `CODEGEN_AGENT_TMP_DIR`. The kernel already
-refuses writes past it (ENOSPC); this module makes that visible: a run is stopped as soon as the disk is full
-(code that swallows ENOSPC and keeps going does not keep running), and its stderr ends with a message naming
-the quota, while the session itself keeps working (delete files to free space).
+refuses writes past it (ENOSPC); this module makes that visible: every confined child (run.python, pip,
+pytest, ruff, mypy, git) is stopped as soon as the disk is full (code that swallows ENOSPC and keeps going
+does not keep running; see `process.supervise`), and its task fails with a message naming the quota, while
+the session itself keeps working (delete files to free space).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 # Below this much free space the disk counts as full: ext4 refuses writes (ENOSPC) with ~2 MiB still free on a
@@ -44,32 +43,12 @@ def message(path: Path) -> str:
     )
 
 
-@contextlib.asynccontextmanager
-async def guard(tmp_dir: Path | None, stop: asyncio.Event) -> AsyncIterator[asyncio.Event]:
-    """While the block runs, set `stop` when the run fills the quota disk; yields an event set in that case.
-
-    A run that starts on a disk already full (to delete files, say) is not stopped: the kernel still refuses its
-    writes, and freeing space must stay possible.
-    """
-    full = asyncio.Event()
-    if tmp_dir is None or await asyncio.to_thread(is_full, tmp_dir):
-        yield full
+async def filled(path: Path | None) -> None:
+    """Return once the disk holding `path` is full; never when `path` is None."""
+    if path is None:
+        await asyncio.Event().wait()
         return
-
-    async def watch() -> None:
-        while not stop.is_set():
-            if await asyncio.to_thread(is_full, tmp_dir):
-                full.set()
-                stop.set()
-                return
-            await asyncio.sleep(POLL_S)
-
-    watcher = asyncio.create_task(watch())
-    try:
-        yield full
-    finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
-        if not full.is_set() and await asyncio.to_thread(is_full, tmp_dir):
-            full.set()  # filled and exited between two polls
+    while True:
+        if await asyncio.to_thread(is_full, path):
+            return
+        await asyncio.sleep(POLL_S)  # polled: statvfs has no change notification

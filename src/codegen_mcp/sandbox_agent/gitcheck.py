@@ -11,7 +11,7 @@ from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from codegen_mcp.api.errors import InvalidArgument
-from codegen_mcp.api.tools import GitFileChange
+from codegen_mcp.api.tools import GitFileChange, TaskState
 
 # --- argument checks (pure) --------------------------------------------------------------------------
 
@@ -207,6 +207,8 @@ class GitCall:
     stderr: str
     timed_out: bool
     cancelled: bool
+    # How the call was stopped (the disk quota, a cancellation, the timeout): a task's state and sentence.
+    stop: tuple[TaskState, str] | None = None
 
 
 def head_of(call: GitCall) -> tuple[str | None, str | None]:

@@ -51,7 +51,7 @@ from codegen_mcp.sandbox_agent.gitcheck import (
     parse_name_status,
     parse_numstat,
 )
-from codegen_mcp.sandbox_agent.process import Captured, ProcessOutcome, ProgressCaptured
+from codegen_mcp.sandbox_agent.process import Captured, ProcessOutcome, ProgressCaptured, stopped
 from codegen_mcp.sandbox_agent.requirements import GIT_NETWORK_REMEDY, network_disabled
 from codegen_mcp.sandbox_agent.sandboxed import run_sandboxed
 from codegen_mcp.sandbox_agent.tasks import Outcome, Task
@@ -192,7 +192,8 @@ class GitOps:
             bind_files=bind_files,
             what="git",
         )
-        return GitCall(result.exit_code, out.text(), err.text(), result.timed_out, result.cancelled)
+        stop = stopped(result, "git", timeout_s, self.executor.settings.tmp_dir)
+        return GitCall(result.exit_code, out.text(), err.text(), result.timed_out, result.cancelled, stop)
 
     # --- git.clone ------------------------------------------------------------------------------------
 
@@ -255,10 +256,8 @@ class GitOps:
             timed_out=call.timed_out,
             log_tail=log_tail,
         )
-        if call.cancelled:
-            return Outcome(TaskState.CANCELLED, clone=result, error="cancelled on request")
-        if call.timed_out:
-            return Outcome(TaskState.TIMED_OUT, clone=result, error=f"git clone was stopped after {timeout_s:g} s")
+        if call.stop is not None:
+            return Outcome(call.stop[0], clone=result, error=call.stop[1])
         if call.exit_code != 0:
             return Outcome(TaskState.FAILED, clone=result, error=git_error_sentence(call.stderr, "git clone"))
         head = await self.run(task, ["-C", str(dest), "log", "-1", "--format=%H%x00%D"], timeout_s=30)

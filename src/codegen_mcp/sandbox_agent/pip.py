@@ -33,7 +33,14 @@ from codegen_mcp.api.tools import PkgInstallResult, TaskState
 from codegen_mcp.sandbox_agent.isolation import CPU_SLACK_S, Limits, child_env, unreachable_parent
 from codegen_mcp.sandbox_agent.jail import Bind, Jail, JailCommand, Mount
 from codegen_mcp.sandbox_agent.netns import pip_network
-from codegen_mcp.sandbox_agent.process import LOG_TAIL_BYTES, Captured, ProcessOutcome, start_failure, supervise
+from codegen_mcp.sandbox_agent.process import (
+    LOG_TAIL_BYTES,
+    Captured,
+    ProcessOutcome,
+    start_failure,
+    stopped,
+    supervise,
+)
 from codegen_mcp.sandbox_agent.requirements import PIP_NETWORK_REMEDY, network_disabled, pip_error_sentence
 from codegen_mcp.sandbox_agent.tasks import Outcome, Task
 
@@ -238,6 +245,7 @@ async def run_pip(
                     stderr=None,
                     popen_kwargs=popen_kwargs,
                     on_stdout=count,
+                    quota_dir=executor.settings.tmp_dir,
                 )
     except (OSError, subprocess.SubprocessError) as err:
         raise start_failure("pip", err) from None
@@ -255,10 +263,9 @@ async def pkg_install(
     install = PkgInstallResult(
         exit_code=result.exit_code, installed=installed, log_tail=log_tail, duration_s=result.duration_s
     )
-    if result.cancelled:
-        return Outcome(TaskState.CANCELLED, install=install, error="cancelled on request")
-    if result.timed_out:
-        return Outcome(TaskState.TIMED_OUT, install=install, error=f"pip was killed after {timeout_s:g} s")
+    ended = stopped(result, "pip", timeout_s, executor.settings.tmp_dir)
+    if ended is not None:
+        return Outcome(ended[0], install=install, error=ended[1])
     if result.exit_code != 0:
         return Outcome(TaskState.FAILED, install=install, error=pip_error_sentence(log_tail, specs, offline or ()))
     return Outcome(TaskState.SUCCEEDED, install=install)

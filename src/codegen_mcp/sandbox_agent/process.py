@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from codegen_mcp.api.errors import CodegenError, ErrorCode
+from codegen_mcp.api.tools import TaskState
+from codegen_mcp.sandbox_agent import diskquota
 
 
 def start_failure(what: str, err: OSError | subprocess.SubprocessError) -> CodegenError:
@@ -70,6 +72,7 @@ class ProcessOutcome:
     duration_s: float
     timed_out: bool = False
     cancelled: bool = False
+    disk_full: bool = False
 
 
 async def _pump(stream: asyncio.StreamReader | None, out: Captured, on_bytes: Callable[[int], None]) -> None:
@@ -111,12 +114,17 @@ async def supervise(
     popen_kwargs: Mapping[str, object],
     on_stdout: Callable[[int], None] = lambda n: None,
     on_stderr: Callable[[int], None] = lambda n: None,
+    quota_dir: Path | None = None,
 ) -> ProcessOutcome:
     """Run one child to completion, timeout or cancellation; its whole process group dies with it.
 
-    `stderr=None` merges stderr into stdout (for pip's log).
+    `stderr=None` merges stderr into stdout (for pip's log). With `quota_dir` (a folder on the session's quota
+    disk), the child is also stopped when it fills that disk (`disk_full`; see `diskquota`).
     """
     start = time.monotonic()
+    # A child that starts on a disk already full (to delete files, say) is not stopped for it: the kernel still
+    # refuses its writes, and freeing space must stay possible.
+    watched = quota_dir if quota_dir is not None and not await asyncio.to_thread(diskquota.is_full, quota_dir) else None
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
@@ -134,18 +142,23 @@ async def supervise(
     ]
     exited = asyncio.create_task(proc.wait())
     cancelled = asyncio.create_task(cancel.wait())
-    timed_out = was_cancelled = False
+    filled = asyncio.create_task(diskquota.filled(watched))
+    timed_out = was_cancelled = disk_full = False
     try:
-        done, _ = await asyncio.wait({exited, cancelled}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {exited, cancelled, filled}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+        )
         if exited not in done:
             was_cancelled = cancelled in done
-            timed_out = not was_cancelled
+            disk_full = filled in done and not was_cancelled
+            timed_out = not (was_cancelled or disk_full)
             kill_group(proc.pid)
         await exited
     finally:
         # Also on our own cancellation (agent shutdown): nothing of the run may outlive it.
         kill_group(proc.pid)
         cancelled.cancel()
+        filled.cancel()
         if not exited.done():
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(exited)
@@ -160,7 +173,26 @@ async def supervise(
         duration_s=round(time.monotonic() - start, 3),
         timed_out=timed_out,
         cancelled=was_cancelled,
+        # Filled and exited between two looks: still the quota's doing.
+        disk_full=disk_full or (watched is not None and await asyncio.to_thread(diskquota.is_full, watched)),
     )
+
+
+def stopped(
+    result: ProcessOutcome, what: str, timeout_s: float, quota_dir: Path | None
+) -> tuple[TaskState, str] | None:
+    """The task state and sentence of a child that did not end on its own; None when it did.
+
+    One rule for every tool: a full disk quota first (the run was stopped for it, or failed on it), then a
+    cancellation, then the timeout.
+    """
+    if result.disk_full and quota_dir is not None:
+        return TaskState.FAILED, diskquota.message(quota_dir)
+    if result.cancelled:
+        return TaskState.CANCELLED, "cancelled on request"
+    if result.timed_out:
+        return TaskState.TIMED_OUT, f"{what} was killed after {timeout_s:g} s"
+    return None
 
 
 @dataclass

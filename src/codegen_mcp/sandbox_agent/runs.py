@@ -2,7 +2,7 @@
 
 The code is written to a script in the agent's state (shown read-only in the jail, where the rest of the
 state is hidden), run like every confined tool, and the files it made or changed become the run's artifacts.
-A run that fills the session's disk quota is stopped and says so (see `diskquota`).
+A run that fills the session's disk quota is stopped and its stderr says so (see `diskquota`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from codegen_mcp.api.tools import RunResult, TaskState
-from codegen_mcp.sandbox_agent import diskquota
 from codegen_mcp.sandbox_agent.artifacts import take_snapshot
-from codegen_mcp.sandbox_agent.process import Captured
+from codegen_mcp.sandbox_agent.process import Captured, stopped
 from codegen_mcp.sandbox_agent.sandboxed import run_sandboxed
 from codegen_mcp.sandbox_agent.tasks import Outcome, Task
 
@@ -49,27 +48,26 @@ async def run_python(
     before = await asyncio.to_thread(take_snapshot, executor.root)
     cap = settings.output_cap_bytes
     try:
-        async with diskquota.guard(settings.tmp_dir, task.cancel_requested) as disk_full:
-            result = await run_sandboxed(
-                executor,
-                task,
-                [str(python), str(target), *args],
-                timeout_s=timeout_s,
-                stdout=Captured(cap=cap),
-                stderr=Captured(cap=cap),
-                stdin=stdin.encode("utf-8", errors="replace") if stdin is not None else None,
-                bind_files=[script] if script is not None else [],
-                what="Python",
-            )
+        result = await run_sandboxed(
+            executor,
+            task,
+            [str(python), str(target), *args],
+            timeout_s=timeout_s,
+            stdout=Captured(cap=cap),
+            stderr=Captured(cap=cap),
+            stdin=stdin.encode("utf-8", errors="replace") if stdin is not None else None,
+            bind_files=[script] if script is not None else [],
+            what="Python",
+        )
     finally:
         if script is not None:
             with contextlib.suppress(OSError):
                 script.unlink()
     artifacts = await asyncio.to_thread(executor.artifacts.collect, before, task.task_id)
+    ended = stopped(result, "the run", timeout_s, settings.tmp_dir)
     stderr = result.stderr.text()
-    quota_note = diskquota.message(settings.tmp_dir) if settings.tmp_dir and disk_full.is_set() else None
-    if quota_note is not None:
-        stderr = f"{stderr.rstrip()}\n{quota_note}\n".lstrip()
+    if result.disk_full and ended is not None:
+        stderr = f"{stderr.rstrip()}\n{ended[1]}\n".lstrip()  # where a reader of the output looks first
     run = RunResult(
         exit_code=result.exit_code,
         stdout=result.stdout.text(),
@@ -80,11 +78,7 @@ async def run_python(
         timed_out=result.timed_out,
         artifacts=artifacts,
     )
-    if quota_note is not None:
-        return Outcome(TaskState.FAILED, run=run, error=quota_note)
-    if result.cancelled:
-        return Outcome(TaskState.CANCELLED, run=run, error="cancelled on request")
-    if result.timed_out:
-        return Outcome(TaskState.TIMED_OUT, run=run, error=f"the run was killed after {timeout_s:g} s")
+    if ended is not None:
+        return Outcome(ended[0], run=run, error=ended[1])
     state = TaskState.SUCCEEDED if result.exit_code == 0 else TaskState.FAILED
     return Outcome(state, run=run)

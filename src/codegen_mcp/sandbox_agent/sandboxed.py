@@ -106,6 +106,7 @@ async def run_sandboxed(
                 popen_kwargs=popen_kwargs,
                 on_stdout=count_out,
                 on_stderr=count_err,
+                quota_dir=executor.settings.tmp_dir,
             )
     except (OSError, subprocess.SubprocessError) as err:
         raise start_failure(f"{what} in the sandbox", err) from None

@@ -20,7 +20,7 @@ from codegen_mcp.api.errors import CodegenError, ErrorCode, InvalidArgument, Not
 from codegen_mcp.api.tools import LintArgs, LintDiagnostic, LintFix, LintResult, PytestArgs, PytestResult, TaskState
 from codegen_mcp.sandbox_agent.artifacts import changed_files, take_snapshot
 from codegen_mcp.sandbox_agent.executor import Executor
-from codegen_mcp.sandbox_agent.process import Captured, ProgressCaptured
+from codegen_mcp.sandbox_agent.process import Captured, ProgressCaptured, stopped
 from codegen_mcp.sandbox_agent.reports import (
     JUnitReport,
     fixed_between,
@@ -140,10 +140,9 @@ class ToolRuns:
             output_truncated=output.truncated,
             pytest_version=version,
         )
-        if result.cancelled:
-            return Outcome(TaskState.CANCELLED, test=test, error="cancelled on request")
-        if result.timed_out:
-            return Outcome(TaskState.TIMED_OUT, test=test, error=f"pytest was killed after {timeout_s:g} s")
+        ended = stopped(result, "pytest", timeout_s, self.executor.settings.tmp_dir)
+        if ended is not None:
+            return Outcome(ended[0], test=test, error=ended[1])
         if junit is None:
             return Outcome(TaskState.FAILED, test=test, error=_pytest_failed_sentence(result.exit_code, output.text()))
         return Outcome(TaskState.SUCCEEDED if result.exit_code == 0 else TaskState.FAILED, test=test)
@@ -201,6 +200,9 @@ class ToolRuns:
                 timed_out = True
             if result.cancelled:
                 raise _Cancelled
+            ended = stopped(result, what, remaining, self.executor.settings.tmp_dir)
+            if result.disk_full and ended is not None:
+                raise CodegenError(ended[1], code=ErrorCode.TOO_LARGE)
             if out.truncated:
                 raise CodegenError(
                     f"{what} printed more than {MAX_LINT_OUTPUT_BYTES} bytes of diagnostics; check a smaller `path`",
