@@ -19,7 +19,7 @@ import pytest
 
 from codegen_mcp.coordinator.backends.cgroups import SessionCgroups
 from codegen_mcp.coordinator.backends.cleanup import remove_tree
-from codegen_mcp.sandbox_agent.isolation import Jail
+from codegen_mcp.sandbox_agent.jail import Jail
 from tests.integration.conftest import mcp_session
 from tests.support.attacks import (
     CGROUP,
