@@ -53,7 +53,9 @@ def fresh_coordinator() -> Iterator[CoordinatorProcess]:
     for root in state_root():
         state = root / "state"
         state.mkdir()
-        cp = start_coordinator(state, "--idle-timeout", "2")
+        # No warm pool: these tests count the agents and folders of the session they open (test_warm_pool.py
+        # covers sandboxes claimed from the pool).
+        cp = start_coordinator(state, "--idle-timeout", "2", "--warm-pool", "0")
         try:
             yield cp
         finally:

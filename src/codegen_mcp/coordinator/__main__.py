@@ -10,7 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from codegen_mcp.api.agent_settings import AgentSettingsError
+from codegen_mcp.api.errors import validation_sentence
 from codegen_mcp.coordinator.settings import CoordinatorSettings, LocalBackendSettings
 
 
@@ -26,6 +29,9 @@ def parse_settings(argv: list[str] | None) -> tuple[CoordinatorSettings, str]:
     parser.add_argument("--state-dir", type=Path, help="local backend: workspaces and logs (default: ./.codegen-mcp)")
     parser.add_argument("--audit-log", type=Path, help="JSON-lines audit log (default: <state-dir>/audit.jsonl)")
     parser.add_argument("--sandbox", choices=["auto", "bwrap", "none"], help="local backend: how code is confined")
+    parser.add_argument(
+        "--warm-pool", type=int, help="local backend: sandboxes started ahead for new sessions (default: 2; 0: none)"
+    )
     parser.add_argument("--idle-timeout", type=float, help="close sessions idle this many seconds (default: 1800)")
     parser.add_argument("--allowed-host", action="append", default=None, help="extra accepted Host header (repeat)")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING… (default: INFO)")
@@ -46,8 +52,9 @@ def parse_settings(argv: list[str] | None) -> tuple[CoordinatorSettings, str]:
         if v is not None
     }
     settings = CoordinatorSettings(**overrides)
-    if ns.sandbox is not None:
-        settings.local = LocalBackendSettings(sandbox=ns.sandbox)
+    local = {k: v for k, v in {"sandbox": ns.sandbox, "warm_pool": ns.warm_pool}.items() if v is not None}
+    if local:
+        settings.local = LocalBackendSettings(**local)
     return settings, ns.log_level
 
 
@@ -85,7 +92,10 @@ async def serve_http(settings: CoordinatorSettings, log_level: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings, log_level = parse_settings(argv)
+    try:
+        settings, log_level = parse_settings(argv)
+    except ValidationError as err:  # a flag or CODEGEN_* variable out of range
+        sys.exit(f"codegen-mcp serve: {validation_sentence(err)}")
     logging.basicConfig(
         level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

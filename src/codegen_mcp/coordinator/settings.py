@@ -39,6 +39,12 @@ class LocalBackendSettings(BaseSettings):
         "this host so none hands out another's uid; named workspaces keep theirs across restarts.",
     )
     agent_start_timeout_s: float = Field(30.0, gt=0)
+    warm_pool: int = Field(
+        2,
+        ge=0,
+        description="Sandboxes kept started ahead (agent up, empty workspace, own uid) for new sessions to claim "
+        "without waiting; they count against max_sessions and give way to real sessions at the cap. 0: none.",
+    )
     retain_workspaces: bool = Field(False, description="Keep a session's workspace folder after the session ends.")
     python: str | None = Field(None, description="Base interpreter for session venvs (default: a system python3).")
     memory_bytes: int | None = None

@@ -17,6 +17,11 @@ As root, each sandbox's uid comes from the host-wide registry of `uids.py`: a na
 across restarts (its folder's `uid` file and the registry both say it), and no coordinator on this host
 hands out a uid while the folder it was given for exists.
 
+Starting a sandbox (folder, uid, disk, cgroup, agent) and attaching it to a session are two steps: the warm
+pool (`warm_pool.py`, `warm_pool` setting) keeps sandboxes started for nobody, and a new per-session key
+claims one instead of waiting for a start. A named workspace always starts its own, on its own folder.
+Pooled sandboxes hold folder locks like any other, and all of them together stay within max_sessions.
+
 A coordinator that is killed leaves its folders behind, their owner locks free (the kernel drops a dead
 process's flocks). The next start on the state folder sweeps them: a leftover agent and any process of the
 folder's uid are killed, a per-session folder is removed and its uid freed; a named workspace stays, with
@@ -47,6 +52,7 @@ from codegen_mcp.coordinator.backends.base import Backend, Sandbox, is_named_wor
 from codegen_mcp.coordinator.backends.cgroups import SessionCgroups
 from codegen_mcp.coordinator.backends.cleanup import kill_processes_of, remove_tree
 from codegen_mcp.coordinator.backends.uids import UidRegistry
+from codegen_mcp.coordinator.backends.warm_pool import WarmPool
 from codegen_mcp.coordinator.settings import CoordinatorSettings
 
 log = logging.getLogger(__name__)
@@ -130,6 +136,10 @@ def _kill_leftover_agent(session_dir: Path) -> None:
         log.warning("killed agent %d, left running on %s by a coordinator that stopped uncleanly", pid, session_dir)
 
 
+def _new_sandbox_id() -> str:
+    return "s-" + secrets.token_hex(6)
+
+
 def _tail(path: Path, limit: int = 4000) -> str:
     try:
         return path.read_bytes()[-limit:].decode(errors="replace")
@@ -167,6 +177,13 @@ class LocalBackend(Backend):
         )
         self._disk_quota: int | None = None  # set at start when per-session disks work here
         self._disks: set[str] = set()  # sandboxes whose workspace and /tmp are on their quota disk
+        # Sandboxes started ahead for sessions to come. Each holds a folder lock, like a session's: pooled and
+        # serving sandboxes together stay within max_sessions (`_has_room`).
+        self.pool = WarmPool(
+            self._local.warm_pool, start=self._start_for_pool, discard=self.close, has_room=self._has_room
+        )
+        self._opening = 0  # sessions' own starts under way (their folder may not be locked yet)
+        self.agents_started = 0  # agent processes started, for tests and the bench: a claim starts none
         # What agents would refuse (a misspelt or bad CODEGEN_AGENT_* variable, a local option out of the agent's
         # range) stops the coordinator now, in one sentence, rather than every sandbox's start later.
         self._agent_settings("s-0", self._sessions_dir / "s-0" / "workspace", token="")
@@ -220,8 +237,10 @@ class LocalBackend(Backend):
                 reason,
             )
         log.info("local backend: state in %s; isolation: %s", self._root, self._isolation)
+        self.pool.begin()
 
     async def aclose(self) -> None:
+        await self.pool.aclose()
         await asyncio.gather(*(self._stop(sid) for sid in list(self._procs)), return_exceptions=True)
         if self._cgroups.found:
             await asyncio.to_thread(self._cgroups.sweep)  # groups of sandboxes stopped above without a close
@@ -236,10 +255,39 @@ class LocalBackend(Backend):
 
     async def open(self, session_key: str) -> Sandbox:
         if is_named_workspace(session_key):
-            # A named workspace lives in a folder derived from its key, so it resumes after a restart.
+            # A named workspace lives in a folder derived from its key, so it resumes after a restart: it is
+            # never served from the pool.
             sandbox_id = "w-" + hashlib.sha256(session_key.encode()).hexdigest()[:12]
         else:
-            sandbox_id = "s-" + secrets.token_hex(6)
+            pooled = self.pool.claim()
+            if pooled is not None:
+                return self._attach(pooled, session_key, "from the warm pool")
+            sandbox_id = _new_sandbox_id()
+        self._opening += 1
+        try:
+            # Pooled sandboxes count against max_sessions, and give way to a real session at the cap.
+            while len(self._locks) + self._opening > self._settings.max_sessions and await self.pool.shrink():
+                pass
+            sandbox = await self._start_sandbox(sandbox_id)
+        finally:
+            self._opening -= 1
+        return self._attach(sandbox, session_key, "started for it")
+
+    def _has_room(self) -> bool:
+        """Whether one more sandbox fits under max_sessions (pooled, serving and being started all count)."""
+        return len(self._locks) + self._opening < self._settings.max_sessions
+
+    async def _start_for_pool(self) -> Sandbox:
+        return await self._start_sandbox(_new_sandbox_id())
+
+    @staticmethod
+    def _attach(sandbox: Sandbox, session_key: str, how: str) -> Sandbox:
+        """Bind a started sandbox to its session: bookkeeping only, the agent already runs (and knows no session)."""
+        log.info("session %s gets sandbox %s (%s)", session_key, sandbox.sandbox_id, how)
+        return sandbox
+
+    async def _start_sandbox(self, sandbox_id: str) -> Sandbox:
+        """Make a sandbox's folder, uid, disk and cgroup and start its agent; on failure, remove them again."""
         session_dir = self._sessions_dir / sandbox_id
         session_dir.mkdir(mode=0o711, exist_ok=True)
         lock = _try_lock(session_dir)
@@ -287,6 +335,7 @@ class LocalBackend(Backend):
         await self._stop(sandbox.sandbox_id)
         await sandbox.client.aclose()
         await self._discard(sandbox.sandbox_id, self._sessions_dir / sandbox.sandbox_id)
+        self.pool.room_freed()
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -462,6 +511,7 @@ class LocalBackend(Backend):
             )
         finally:
             log_file.close()
+        self.agents_started += 1
         (session_dir / _AGENT_PID).write_text(f"{proc.pid}\n")
         if self._cgroups.found:
             # Before it serves anything (it prints LISTENING first), so every run and pip it starts is inside.
@@ -494,6 +544,11 @@ class LocalBackend(Backend):
             raise SandboxUnavailable(
                 f"the sandbox agent did not start within {self._local.agent_start_timeout_s:g} s"
             ) from None
+        except asyncio.CancelledError:
+            # The start was given up (the pool making room, the coordinator closing): its agent goes with it.
+            proc.kill()
+            await proc.wait()
+            raise
 
         if address.startswith("unix:"):
             endpoint = AgentEndpoint("http://sandbox", token, unix_socket=address[len("unix:") :])
@@ -521,6 +576,7 @@ class LocalBackend(Backend):
             sandbox.alive = False
             sandbox.exit_reason = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
             log.warning("sandbox %s stopped unexpectedly: %s", sandbox.sandbox_id, sandbox.exit_reason)
+            self.pool.died(sandbox)
 
     async def _stop(self, sandbox_id: str) -> None:
         entry = self._procs.pop(sandbox_id, None)
