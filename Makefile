@@ -54,8 +54,9 @@ fmt: install-dev ## Format and autofix
 	$(BIN)/ruff check --fix src tests bench
 	$(BIN)/ruff format src tests bench
 
-crd: install ## Regenerate crds/codegensession.yaml from the models (and the chart's copy)
+crd: install ## Regenerate crds/codegensession.yaml and crds/codegensandboxpool.yaml from the models (and the chart's copies)
 	$(BIN)/codegen-mcp crd -o crds/codegensession.yaml
+	$(BIN)/codegen-mcp crd --pool -o crds/codegensandboxpool.yaml
 	$(MAKE) chart-crds
 
 test-operator: install-dev ## Operator tests: real kopf against the API emulator and the kubelet harness

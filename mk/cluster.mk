@@ -67,5 +67,6 @@ kind-down: ## Delete the kind cluster
 
 chart-crds: ## Copy crds/ into the chart (a test fails while they differ)
 	cp crds/codegensession.yaml $(CHART)/crds/codegensession.yaml
+	cp crds/codegensandboxpool.yaml $(CHART)/crds/codegensandboxpool.yaml
 
 .PHONY: images kind-up kind-load deploy e2e kind-down chart-crds

@@ -13,7 +13,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("codegen_mcp.coordinator.__main__", "run the MCP coordinator (local or kubernetes backend)"),
     "agent": ("codegen_mcp.sandbox_agent.__main__", "run one sandbox agent over a workspace folder"),
     "operator": ("codegen_mcp.operator.__main__", "run the kopf operator that reconciles CodegenSessions"),
-    "crd": ("codegen_mcp.operator.crd", "print the CodegenSession CRD generated from the models"),
+    "crd": (
+        "codegen_mcp.operator.crd",
+        "print the CodegenSession (--pool: CodegenSandboxPool) CRD from the models",
+    ),
     "render": ("codegen_mcp.operator.render", "print the children the operator would create for a session"),
     "session": ("codegen_mcp.coordinator.session_cli", "list, get or delete CodegenSessions in a cluster"),
 }

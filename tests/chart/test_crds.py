@@ -45,16 +45,17 @@ def structural_problems(node: dict[str, Any], path: str = "") -> list[str]:
     return problems
 
 
-def test_chart_crd_is_the_generated_crd() -> None:
+@pytest.mark.parametrize("file", ["codegensession.yaml", "codegensandboxpool.yaml"])
+def test_chart_crd_is_the_generated_crd(file: str) -> None:
     """Helm ships crds/ from the chart; drift from the generated CRD is an error (`make chart-crds` copies it)."""
-    generated = list(yaml.safe_load_all(repo_path("crds", "codegensession.yaml").read_text()))
-    shipped = list(yaml.safe_load_all((CHART_DIR / "crds" / "codegensession.yaml").read_text()))
-    assert shipped == generated, "helm/codegen-mcp/crds/codegensession.yaml differs from crds/: run `make chart-crds`"
+    generated = list(yaml.safe_load_all(repo_path("crds", file).read_text()))
+    shipped = list(yaml.safe_load_all((CHART_DIR / "crds" / file).read_text()))
+    assert shipped == generated, f"helm/codegen-mcp/crds/{file} differs from crds/: run `make chart-crds`"
 
 
 def test_chart_loads_its_crds(chart: Any) -> None:
     names = sorted(c["name"] for c in chart.crds)
-    assert names == ["crds/codegensession.yaml", "crds/kopf-peering.yaml"]
+    assert names == ["crds/codegensandboxpool.yaml", "crds/codegensession.yaml", "crds/kopf-peering.yaml"]
 
 
 @pytest.mark.parametrize("crd", chart_crds(), ids=lambda c: c["metadata"]["name"])
@@ -72,7 +73,7 @@ def test_structural_check_catches_an_untyped_field() -> None:
 
 
 def test_codegensession_crd_identity() -> None:
-    (crd,) = [c for c in chart_crds() if c["spec"]["group"] == api.GROUP]
+    (crd,) = [c for c in chart_crds() if c["spec"]["names"]["kind"] == api.KIND]
     assert crd["metadata"]["name"] == f"{api.PLURAL}.{api.GROUP}"
     assert crd["spec"]["scope"] == "Namespaced"
     assert crd["spec"]["names"]["shortNames"] == list(api.SHORT_NAMES)

@@ -44,7 +44,12 @@ from tests.support.waiting import wait_for
 
 G = api.GROUP
 CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-CHART_CRDS = ("codegensessions.codegen-mcp.io", "kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev")
+CHART_CRDS = (
+    "codegensessions.codegen-mcp.io",
+    "codegensandboxpools.codegen-mcp.io",
+    "kopfpeerings.kopf.dev",
+    "clusterkopfpeerings.kopf.dev",
+)
 WORKSPACE_VOLUMES = 6  # static volumes, one per workspace claim a module makes (each is used once: Retain)
 # Every refusal names itself: the API's "... is forbidden: User ..." and kopf's APIForbiddenError.
 FORBIDDEN = re.compile("forbidden", re.IGNORECASE)
@@ -285,7 +290,13 @@ OPERATOR_NEEDS: dict[Right, str] = {
     (G, "codegensessions", "delete"): "reconcile.py expire(): TTL and idle expiry",
     (G, "codegensessions/status", "patch"): "kube.py update_status()",
     (G, "codegensessions/finalizers", "update"): "children's blockOwnerDeletion (OwnerReferencesPermissionEnforcement)",
-    ("", "pods", "list"): "kopf: the Pod event handler",
+    (G, "codegensandboxpools", "list"): "kopf: list then watch pools",
+    (G, "codegensandboxpools", "watch"): "kopf: list then watch pools",
+    (G, "codegensandboxpools", "get"): "pools.py sync(), adoption.py: why a session could not adopt",
+    (G, "codegensandboxpools", "patch"): "kopf: its progress annotations",
+    (G, "codegensandboxpools/status", "patch"): "kube.py update_pool_status()",
+    (G, "codegensandboxpools/finalizers", "update"): "pooled children's blockOwnerDeletion",
+    ("", "pods", "list"): "kopf: the Pod event handlers; a pool's sandboxes; a session's adoption candidates",
     ("", "pods", "watch"): "kopf: the Pod event handler",
     ("", "pods", "get"): "sync_sandbox()",
     ("", "pods", "create"): "_ensure() and the replacement of a failed Pod",
@@ -295,13 +306,17 @@ OPERATOR_NEEDS: dict[Right, str] = {
     ("", "persistentvolumeclaims", "watch"): "kopf: the claim event handler",
     ("", "persistentvolumeclaims", "get"): "_ensure() on 409, sync_sandbox(), expire()",
     ("", "persistentvolumeclaims", "create"): "_ensure()",
-    ("", "persistentvolumeclaims", "patch"): "_ensure() adoption; retain on/off (ownerReferences)",
+    ("", "persistentvolumeclaims", "patch"): "_ensure() adoption; retain on/off; a pooled claim adopted by a session",
+    ("", "persistentvolumeclaims", "delete"): "pools.py: a dead, outdated or surplus pooled sandbox",
     ("", "secrets", "get"): "_ensure() on 409",
     ("", "secrets", "create"): "_ensure(): the agent token",
-    ("", "secrets", "patch"): "_ensure(): adopt an orphan",
+    ("", "secrets", "patch"): "_ensure(): adopt an orphan; a session adopts a pooled sandbox",
+    ("", "secrets", "list"): "pools.py: a pool's sandboxes, by their token Secrets",
+    ("", "secrets", "delete"): "pools.py: a dead, outdated or surplus pooled sandbox",
     ("networking.k8s.io", "networkpolicies", "get"): "_ensure() on 409",
     ("networking.k8s.io", "networkpolicies", "create"): "_ensure()",
-    ("networking.k8s.io", "networkpolicies", "patch"): "_ensure(): adopt an orphan",
+    ("networking.k8s.io", "networkpolicies", "patch"): "_ensure(): adopt an orphan; a session adopts a pooled sandbox",
+    ("networking.k8s.io", "networkpolicies", "delete"): "pools.py: a dead, outdated or surplus pooled sandbox",
     ("", "events", "create"): "kube.py post_event() and kopf's own Events",
 }
 PEERING_NEEDS: dict[Right, str] = {

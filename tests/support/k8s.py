@@ -36,6 +36,7 @@ import attrs
 import kmock
 from kmock._internal import dicts, enums, parsing, rendering  # noqa: PLC2701 - the emulator's own helpers
 
+from codegen_mcp.api import pool
 from codegen_mcp.api import session as api
 
 # The real API server parses boolean query parameters like Go's strconv.ParseBool ("true", "True", "1", …);
@@ -80,6 +81,14 @@ RESOURCES: dict[tuple[str, str, str], kmock.ResourceInfo] = {
         subresources={"status"},
         shortnames=set(api.SHORT_NAMES),
         singular=api.SINGULAR,
+    ),
+    (api.GROUP, api.VERSION, pool.POOL_PLURAL): kmock.ResourceInfo(
+        kind=pool.POOL_KIND,
+        namespaced=True,
+        verbs=VERBS,
+        subresources={"status"},
+        shortnames=set(pool.POOL_SHORT_NAMES),
+        singular=pool.POOL_SINGULAR,
     ),
     ("kopf.dev", "v1", "kopfpeerings"): kmock.ResourceInfo(kind="KopfPeering", namespaced=True, verbs=VERBS),
     ("kopf.dev", "v1", "clusterkopfpeerings"): kmock.ResourceInfo(

@@ -23,10 +23,12 @@ import aiohttp
 import yaml
 
 from codegen_mcp.api import session as api
+from codegen_mcp.api.pool import POOL_PLURAL
 from tests.support.control_plane import ControlPlane
 from tests.support.operator import SSL_CLOSE_GRACE
 
 CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / "codegensession.yaml"
+POOL_CRD_FILE = CRD_FILE.with_name("codegensandboxpool.yaml")
 CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 STORAGE_CLASS = "harness-hostpath"
 
@@ -156,8 +158,9 @@ def module_namespace(plane: ControlPlane, prefix: str) -> Iterator[RealCluster]:
 
 
 def prepare_for_sessions(cluster: RealCluster) -> None:
-    """The CRD, and a default StorageClass served by the controller-manager's hostPath provisioner."""
+    """The CRDs, and a default StorageClass served by the controller-manager's hostPath provisioner."""
     apply_crd_file(cluster)
+    apply_crd_file(cluster, POOL_CRD_FILE)
     classes = "/apis/storage.k8s.io/v1/storageclasses"
     if cluster.request("GET", f"{classes}/{STORAGE_CLASS}") is None:
         cluster.request("POST", classes, {
@@ -176,8 +179,10 @@ def prepare_for_sessions(cluster: RealCluster) -> None:
 async def drain_namespace(cluster: RealCluster, namespace: str, timeout: float = 60.0) -> None:
     """Delete every session of a test and wait until their children are gone, so the next test starts clean."""
     sessions = api_path(api.GROUP, api.VERSION, api.PLURAL, namespace)
+    pools = api_path(api.GROUP, api.VERSION, POOL_PLURAL, namespace)
     # Retained workspaces and a test's own objects have no owner: they go explicitly.
-    for collection in (sessions, *(api_path("", "v1", p, namespace) for p in ("persistentvolumeclaims", "secrets"))):
+    others = (api_path("", "v1", p, namespace) for p in ("persistentvolumeclaims", "secrets"))
+    for collection in (pools, sessions, *others):
         async with cluster.delete(collection, json={"propagationPolicy": "Background"}) as resp:
             assert resp.status in (200, 404), await resp.text()
     deadline = asyncio.get_running_loop().time() + timeout

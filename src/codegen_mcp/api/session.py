@@ -358,6 +358,16 @@ class SessionSpec(_Model):
         description="Requirement specifiers installed into the session's venv when the sandbox starts.",
     )
     owner: str | None = Field(None, max_length=256, description="Free text naming who asked for it, for audit.")
+    pool_ref: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_SESSION_NAME_LENGTH,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description=(
+            "A CodegenSandboxPool in this namespace to adopt a ready sandbox from (immutable); when it has none "
+            "that matches this spec, a fresh sandbox is made."
+        ),
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> SessionSpec:
@@ -381,6 +391,7 @@ IMMUTABLE_SPEC_FIELDS: tuple[str, ...] = (
     "network",
     "env",
     "packages",
+    "poolRef",
 )
 IMMUTABLE_WORKSPACE_FIELDS: tuple[str, ...] = ("size", "storageClassName")
 

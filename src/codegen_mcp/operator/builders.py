@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from codegen_mcp.api import pool
 from codegen_mcp.api import session as api
 from codegen_mcp.api.agent_settings import AgentSettings
 from codegen_mcp.api.session import EgressMode, SessionSpec
@@ -36,12 +37,18 @@ S3_CREDENTIAL_KEYS = {"AWS_ACCESS_KEY_ID": True, "AWS_SECRET_ACCESS_KEY": True, 
 
 @dataclass(frozen=True)
 class SessionRef:
-    """What the builders need to know about the CodegenSession itself."""
+    """What the builders need to know about the owner of a sandbox: a CodegenSession, or a pool.
+
+    `sandbox` is the base name of the children when it is not the owner's own name: a pool's sandbox
+    (`<pool>-<suffix>`), which keeps its children's names after a session adopts it.
+    """
 
     name: str
     namespace: str
     uid: str
     spec: SessionSpec
+    sandbox: str = ""
+    kind: str = api.KIND
 
     @classmethod
     def from_body(cls, body: dict[str, Any], spec: SessionSpec) -> SessionRef:
@@ -51,18 +58,38 @@ class SessionRef:
             namespace=str(meta.get("namespace") or "default"),
             uid=str(meta.get("uid") or ""),
             spec=spec,
+            sandbox=str((meta.get("annotations") or {}).get(pool.ANNOTATION_SANDBOX) or ""),
+            kind=str(body.get("kind") or api.KIND),
         )
+
+    @property
+    def base(self) -> str:
+        """The base of the children's names: `<base>-sandbox`, `<base>-workspace`, `<base>-agent-token`."""
+        return self.sandbox or self.name
+
+    @property
+    def pooled(self) -> bool:
+        return self.kind == pool.POOL_KIND
 
 
 def owner_reference(session: SessionRef) -> dict[str, Any]:
     return {
         "apiVersion": api.API_VERSION,
-        "kind": api.KIND,
+        "kind": session.kind,
         "name": session.name,
         "uid": session.uid,
         "controller": True,
         "blockOwnerDeletion": True,
     }
+
+
+def sandbox_labels(session: SessionRef) -> dict[str, str]:
+    """Labels of every child: the session's (or, while unclaimed, the pool's, with the template's hash)."""
+    if session.pooled:
+        owner = {pool.LABEL_POOL: session.name, pool.LABEL_TEMPLATE_HASH: pool.sandbox_hash(session.spec)}
+    else:
+        owner = {api.LABEL_SESSION: session.name}
+    return {api.LABEL_MANAGED_BY: api.MANAGED_BY, pool.LABEL_SANDBOX: session.base, **owner}
 
 
 def child_metadata(
@@ -71,7 +98,7 @@ def child_metadata(
     meta: dict[str, Any] = {
         "name": name,
         "namespace": session.namespace,
-        "labels": {**api.session_labels(session.name), **(labels or {})},
+        "labels": {**sandbox_labels(session), **(labels or {})},
     }
     if session.spec.owner:
         meta["annotations"] = {api.ANNOTATION_OWNER: session.spec.owner}
@@ -88,7 +115,7 @@ def build_token_secret(session: SessionRef, token: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": child_metadata(session, api.token_secret_name(session.name)),
+        "metadata": child_metadata(session, api.token_secret_name(session.base)),
         "type": "Opaque",
         "immutable": True,
         "data": {api.TOKEN_SECRET_KEY: base64.b64encode(token.encode()).decode()},
@@ -114,7 +141,7 @@ def build_workspace_claim(session: SessionRef, settings: OperatorSettings) -> di
         "kind": "PersistentVolumeClaim",
         "metadata": child_metadata(
             session,
-            api.workspace_claim_name(session.name),
+            api.workspace_claim_name(session.base),
             owned=not workspace.retain,
             labels={api.LABEL_COMPONENT: "workspace"},
         ),
@@ -186,9 +213,9 @@ def build_network_policy(session: SessionRef, settings: OperatorSettings) -> dic
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": child_metadata(session, api.network_policy_name(session.name)),
+        "metadata": child_metadata(session, api.network_policy_name(session.base)),
         "spec": {
-            "podSelector": {"matchLabels": api.session_labels(session.name)},
+            "podSelector": {"matchLabels": {api.LABEL_MANAGED_BY: api.MANAGED_BY, pool.LABEL_SANDBOX: session.base}},
             "policyTypes": ["Ingress", "Egress"],
             "ingress": [{"from": [peer], "ports": _tcp_ports([settings.agent_port])}],
             "egress": egress_rules(session.spec, settings),
@@ -241,7 +268,7 @@ def agent_env(session: SessionRef, settings: OperatorSettings, memory_limit: str
     env.append(
         {
             "name": AgentSettings.env_name("token"),
-            "valueFrom": {"secretKeyRef": {"name": api.token_secret_name(session.name), "key": api.TOKEN_SECRET_KEY}},
+            "valueFrom": {"secretKeyRef": {"name": api.token_secret_name(session.base), "key": api.TOKEN_SECRET_KEY}},
         }
     )
     env += s3_credentials_env(settings)
@@ -283,7 +310,7 @@ def artifact_store_namespace(session: SessionRef) -> str:
     Both parts are DNS labels (no dots), so the dot separates them unambiguously; the agent allows no `/`
     in a store namespace (one key component), and 63 + 1 + 63 characters fit its limit of 128.
     """
-    return f"{session.namespace}.{session.name}"
+    return f"{session.namespace}.{session.base}"
 
 
 def artifact_store_settings(session: SessionRef, settings: OperatorSettings) -> dict[str, Any]:
@@ -384,7 +411,7 @@ def build_sandbox_pod(session: SessionRef, settings: OperatorSettings) -> dict[s
         },
         "containers": [container],
         "volumes": [
-            {"name": "workspace", "persistentVolumeClaim": {"claimName": api.workspace_claim_name(session.name)}},
+            {"name": "workspace", "persistentVolumeClaim": {"claimName": api.workspace_claim_name(session.base)}},
             {"name": "tmp", "emptyDir": {"sizeLimit": settings.tmp_size_limit}},
         ],
     }
@@ -402,7 +429,7 @@ def build_sandbox_pod(session: SessionRef, settings: OperatorSettings) -> dict[s
         "kind": "Pod",
         "metadata": child_metadata(
             session,
-            api.sandbox_pod_name(session.name),
+            api.sandbox_pod_name(session.base),
             labels={api.LABEL_NAME: api.SANDBOX_APP_NAME, api.LABEL_COMPONENT: "sandbox"},
         ),
         "spec": pod_spec,

@@ -1,4 +1,4 @@
-"""Generate the CodegenSession CRD from the pydantic models (`codegen-mcp crd`).
+"""Generate the CodegenSession and CodegenSandboxPool CRDs from the pydantic models (`codegen-mcp crd`).
 
 The models' JSON schema is rewritten into a *structural* openAPIV3Schema: `$ref`s inlined, `Optional`
 unions collapsed, titles and `additionalProperties: false` dropped (the API server prunes unknown fields
@@ -14,7 +14,9 @@ import sys
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
+from codegen_mcp.api import pool
 from codegen_mcp.api import session as api
 
 _DROP_KEYS = {"title", "additionalProperties"}
@@ -63,10 +65,11 @@ def to_structural(schema: dict[str, Any], defs: dict[str, Any] | None = None) ->
     return out
 
 
-def spec_schema() -> dict[str, Any]:
-    schema = to_structural(api.SessionSpec.model_json_schema(by_alias=True))
+def sandbox_schema(model: dict[str, Any]) -> dict[str, Any]:
+    """A session spec's structural schema with the rules that hold wherever one is written (session or pool)."""
+    schema = to_structural(model)
     props = schema["properties"]
-    schema["x-kubernetes-validations"] = [_immutable_rule(f, "spec") for f in api.IMMUTABLE_SPEC_FIELDS] + [
+    schema["x-kubernetes-validations"] = [
         {
             # Every field read under has(): the API server also evaluates this rule against the schema's
             # defaults (`spec: {}`) when the CRD is created, where nested defaults are not applied yet.
@@ -77,10 +80,6 @@ def spec_schema() -> dict[str, Any]:
             ),
             "message": "spec.packages need network.egress 'packages' or 'open' to be installed",
         }
-    ]
-    workspace = props["workspace"]
-    workspace["x-kubernetes-validations"] = [
-        _immutable_rule(f, "spec.workspace") for f in api.IMMUTABLE_WORKSPACE_FIELDS
     ]
     # Defaults must exist for the rules above to read them (the API server applies defaults first).
     props["packages"]["default"] = []
@@ -97,53 +96,82 @@ def spec_schema() -> dict[str, Any]:
     return schema
 
 
-def status_schema() -> dict[str, Any]:
-    schema = to_structural(api.SessionStatus.model_json_schema(by_alias=True, mode="serialization"))
+def spec_schema() -> dict[str, Any]:
+    schema = sandbox_schema(api.SessionSpec.model_json_schema(by_alias=True))
+    schema["x-kubernetes-validations"] = [_immutable_rule(f, "spec") for f in api.IMMUTABLE_SPEC_FIELDS] + schema[
+        "x-kubernetes-validations"
+    ]
+    schema["properties"]["workspace"]["x-kubernetes-validations"] = [
+        _immutable_rule(f, "spec.workspace") for f in api.IMMUTABLE_WORKSPACE_FIELDS
+    ]
+    return schema
+
+
+def _status(model: type[BaseModel]) -> dict[str, Any]:
+    """A status model's schema: nothing required, conditions a list keyed by type (as Kubernetes does)."""
+    schema = to_structural(model.model_json_schema(by_alias=True, mode="serialization"))
     schema.pop("required", None)
     conditions = schema["properties"]["conditions"]
     conditions["x-kubernetes-list-type"] = "map"
     conditions["x-kubernetes-list-map-keys"] = ["type"]
     conditions["items"]["required"] = ["type", "status"]
+    return schema
+
+
+def status_schema() -> dict[str, Any]:
+    schema = _status(api.SessionStatus)
     schema["properties"]["phase"]["description"] = "Pending, Starting, Ready, Failed or Terminating."
     return schema
 
 
-def build_crd() -> dict[str, Any]:
-    """The CustomResourceDefinition of CodegenSession, as a manifest dict."""
+def _name_rule(limit: int, why: str) -> dict[str, str]:
+    return {
+        "rule": f"size(self.metadata.name) <= {limit}",
+        "message": f"metadata.name must be at most {limit} characters ({why})",
+    }
+
+
+def _definition(
+    *,
+    kind: str,
+    plural: str,
+    singular: str,
+    short_names: tuple[str, ...],
+    description: str,
+    spec: dict[str, Any],
+    status: dict[str, Any],
+    name_rule: dict[str, str],
+    columns: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """One namespaced CustomResourceDefinition of ours: served and stored at api.VERSION, with /status."""
     root: dict[str, Any] = {
         "type": "object",
-        "description": "A sandboxed Python workspace for one LLM session: a locked-down Pod with a persistent volume.",
+        "description": description,
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
             "metadata": {"type": "object"},
-            "spec": {**spec_schema(), "default": {}},
-            "status": status_schema(),
+            "spec": {**spec, "default": {}},
+            "status": status,
         },
-        "x-kubernetes-validations": [
-            {
-                "rule": f"size(self.metadata.name) <= {api.MAX_SESSION_NAME_LENGTH}",
-                "message": f"metadata.name must be at most {api.MAX_SESSION_NAME_LENGTH} characters"
-                " (it is a label value)",
-            }
-        ],
+        "x-kubernetes-validations": [name_rule],
     }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": f"{api.PLURAL}.{api.GROUP}",
+            "name": f"{plural}.{api.GROUP}",
             "labels": {"app.kubernetes.io/name": "codegen-mcp", "app.kubernetes.io/part-of": "codegen-mcp"},
         },
         "spec": {
             "group": api.GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": api.KIND,
-                "listKind": f"{api.KIND}List",
-                "plural": api.PLURAL,
-                "singular": api.SINGULAR,
-                "shortNames": list(api.SHORT_NAMES),
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": singular,
+                "shortNames": list(short_names),
                 "categories": list(api.CATEGORIES),
             },
             "versions": [
@@ -152,21 +180,77 @@ def build_crd() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": [
-                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-                        {"name": "Pod", "type": "string", "jsonPath": ".status.podName"},
-                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                        # Not `date`: kubectl shows a date as the time since it, and `<invalid>` for a future one
-                        # (it has no time-until); the timestamp itself is what is true.
-                        {"name": "Expires", "type": "string", "format": "date-time", "jsonPath": ".status.expiresAt"},
-                        {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 1},
-                        {"name": "Owner", "type": "string", "jsonPath": ".spec.owner", "priority": 1},
-                    ],
+                    "additionalPrinterColumns": columns,
                     "schema": {"openAPIV3Schema": root},
                 }
             ],
         },
     }
+
+
+def build_crd() -> dict[str, Any]:
+    """The CustomResourceDefinition of CodegenSession, as a manifest dict."""
+    return _definition(
+        kind=api.KIND,
+        plural=api.PLURAL,
+        singular=api.SINGULAR,
+        short_names=api.SHORT_NAMES,
+        description="A sandboxed Python workspace for one LLM session: a locked-down Pod with a persistent volume.",
+        spec=spec_schema(),
+        status=status_schema(),
+        name_rule=_name_rule(api.MAX_SESSION_NAME_LENGTH, "it is a label value"),
+        columns=[
+            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+            {"name": "Pod", "type": "string", "jsonPath": ".status.podName"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+            # Not `date`: kubectl shows a date as the time since it, and `<invalid>` for a future one
+            # (it has no time-until); the timestamp itself is what is true.
+            {"name": "Expires", "type": "string", "format": "date-time", "jsonPath": ".status.expiresAt"},
+            {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 1},
+            {"name": "Owner", "type": "string", "jsonPath": ".spec.owner", "priority": 1},
+        ],
+    )
+
+
+def pool_spec_schema() -> dict[str, Any]:
+    model = pool.PoolSpec.model_json_schema(by_alias=True)
+    schema = to_structural(model)
+    # The template is a session spec with the rules of one, less those that only concern a running session.
+    template = sandbox_schema({**model["$defs"]["SessionSpec"], "$defs": model["$defs"]})
+    template["description"] = schema["properties"]["template"]["description"]
+    template["default"] = {}
+    template["x-kubernetes-validations"] += [
+        {"rule": f"!has(self.{field})", "message": f"template.{field} belongs on the session, not on a pool"}
+        for field in pool.SESSION_ONLY_FIELDS
+    ] + [
+        {
+            "rule": "!has(self.workspace) || !has(self.workspace.retain) || !self.workspace.retain",
+            "message": "template.workspace.retain belongs on the session, not on a pool",
+        }
+    ]
+    schema["properties"]["template"] = template
+    return schema
+
+
+def build_pool_crd() -> dict[str, Any]:
+    """The CustomResourceDefinition of CodegenSandboxPool, as a manifest dict."""
+    return _definition(
+        kind=pool.POOL_KIND,
+        plural=pool.POOL_PLURAL,
+        singular=pool.POOL_SINGULAR,
+        short_names=pool.POOL_SHORT_NAMES,
+        description="Sandboxes started ahead of time from a session template, for CodegenSessions to adopt.",
+        spec=pool_spec_schema(),
+        status=_status(pool.PoolStatus),
+        name_rule=_name_rule(pool.MAX_POOL_NAME_LENGTH, "its sandboxes' names are label values"),
+        columns=[
+            {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
+            {"name": "Ready", "type": "integer", "jsonPath": ".status.ready"},
+            {"name": "Claimed", "type": "integer", "jsonPath": ".status.claimed"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+            {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
+        ],
+    )
 
 
 def build_peering_crds() -> list[dict[str, Any]]:
@@ -210,12 +294,18 @@ def render_crd() -> str:
     return header + yaml.safe_dump(build_crd(), sort_keys=False, width=120)
 
 
+def render_pool_crd() -> str:
+    header = "# Generated by `codegen-mcp crd --pool` from codegen_mcp.api.pool; do not edit by hand.\n"
+    return header + yaml.safe_dump(build_pool_crd(), sort_keys=False, width=120)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="codegen-mcp crd", description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", help="write to this file instead of standard output")
     parser.add_argument("--peering", action="store_true", help="also print kopf's peering CRDs (for replicas)")
+    parser.add_argument("--pool", action="store_true", help="the CodegenSandboxPool CRD instead of CodegenSession's")
     args = parser.parse_args(argv)
-    text = render_crd()
+    text = render_pool_crd() if args.pool else render_crd()
     if args.peering:
         text += "---\n" + yaml.safe_dump_all(build_peering_crds(), sort_keys=False, width=120)
     if args.output:

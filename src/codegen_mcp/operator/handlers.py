@@ -14,20 +14,30 @@ from typing import Any
 
 import kopf
 
+from codegen_mcp.api import pool
 from codegen_mcp.api import session as api
 from codegen_mcp.operator.kube import KubeClient, KubeError, now
-from codegen_mcp.operator.reconcile import SessionReconciler
+from codegen_mcp.operator.pools import PoolReconciler
+from codegen_mcp.operator.reconcile import SessionReconciler, temporary
 from codegen_mcp.operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
 
 MANAGED: dict[str, Any] = {api.LABEL_MANAGED_BY: api.MANAGED_BY, api.LABEL_SESSION: kopf.PRESENT}
+POOLED: dict[str, Any] = {api.LABEL_MANAGED_BY: api.MANAGED_BY, pool.LABEL_POOL: kopf.PRESENT}
 EVENT_RETRIES = 4
 
 
 def reconciler(memo: kopf.Memo) -> SessionReconciler:
     found = memo.get("reconciler")
     if not isinstance(found, SessionReconciler):
+        raise kopf.TemporaryError("the operator is still starting", delay=1)
+    return found
+
+
+def pool_reconciler(memo: kopf.Memo) -> PoolReconciler:
+    found = memo.get("pools")
+    if not isinstance(found, PoolReconciler):
         raise kopf.TemporaryError("the operator is still starting", delay=1)
     return found
 
@@ -61,6 +71,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     if not config.standalone:
         await choose_peering(settings, kube, config)
     memo["reconciler"] = SessionReconciler(kube=kube, settings=config)
+    memo["pools"] = PoolReconciler(kube=kube, settings=config)
     memo["sweeper"] = asyncio.create_task(sweep_forever(memo["reconciler"], sessions, config.expiry_check_seconds))
 
 
@@ -193,6 +204,33 @@ async def claim_event(
         )
 
 
+# --- CodegenSandboxPool -----------------------------------------------------------------------------------------
+
+
+async def pool_changed(namespace: str | None, name: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """Create, resume and spec changes: fill (or trim) the pool; an invalid template stops kopf's retries."""
+    if not namespace or not name:
+        return
+    try:
+        problem = await pool_reconciler(memo).sync(namespace, name)
+    except KubeError as exc:
+        raise temporary(exc, f"filling pool {namespace}/{name}") from exc
+    if problem:
+        raise kopf.PermanentError(problem)
+
+
+async def pooled_pod_event(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+    """A pooled sandbox's Pod changed (became ready, failed, vanished, was claimed): the pool looks again."""
+    name = labels.get(pool.LABEL_POOL)
+    if namespace and name:
+        pools = pool_reconciler(memo)
+
+        async def sync() -> None:
+            await pools.sync(namespace, name)
+
+        await _retrying(f"syncing pool {namespace}/{name}", sync)
+
+
 def _plain(value: Any) -> Any:
     """kopf's live views → plain dicts (the reconciler must not see them change underneath)."""
     if value is None:
@@ -220,6 +258,11 @@ def build_registry() -> kopf.OperatorRegistry:
     kopf.on.update(*res, field="spec", registry=registry, backoff=3)(spec_updated)
     kopf.on.event("v1", "pods", labels=MANAGED, registry=registry)(pod_event)
     kopf.on.event("v1", "persistentvolumeclaims", labels=MANAGED, registry=registry)(claim_event)
+    pools = (api.GROUP, api.VERSION, pool.POOL_PLURAL)
+    kopf.on.create(*pools, registry=registry, backoff=3)(pool_changed)
+    kopf.on.resume(*pools, registry=registry, backoff=3)(pool_changed)
+    kopf.on.update(*pools, field="spec", registry=registry, backoff=3)(pool_changed)
+    kopf.on.event("v1", "pods", labels=POOLED, registry=registry)(pooled_pod_event)
     return registry
 
 

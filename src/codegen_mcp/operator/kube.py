@@ -12,12 +12,14 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
 from kubernetes_asyncio import client, config
 
+from codegen_mcp.api import pool
 from codegen_mcp.api import session as api
+from codegen_mcp.api.pool import PoolStatus
 from codegen_mcp.api.session import SessionStatus
 from codegen_mcp.operator.settings import OperatorSettings
 
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 STATUS_CONFLICT_RETRIES = 8
+StatusT = TypeVar("StatusT", SessionStatus, PoolStatus)
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,10 @@ PODS = Kind("v1", "pods", "Pod")
 EVENTS = Kind("v1", "events", "Event")
 NETWORK_POLICIES = Kind("networking.k8s.io/v1", "networkpolicies", "NetworkPolicy")
 SESSIONS = Kind(api.API_VERSION, api.PLURAL, api.KIND)
-KINDS_BY_NAME = {k.kind: k for k in (SECRETS, CLAIMS, PODS, EVENTS, NETWORK_POLICIES, SESSIONS)}
+POOLS = Kind(api.API_VERSION, pool.POOL_PLURAL, pool.POOL_KIND)
+KINDS_BY_NAME = {k.kind: k for k in (SECRETS, CLAIMS, PODS, EVENTS, NETWORK_POLICIES, SESSIONS, POOLS)}
+# A pooled sandbox's children, in the order a session adopts them: the Pod (the lock) first.
+SANDBOX_KINDS = (PODS, SECRETS, CLAIMS, NETWORK_POLICIES)
 
 
 class KubeError(Exception):
@@ -226,19 +232,38 @@ class KubeClient:
         `mutate(body, status)` returns the new status; nothing is written when it returns an equal one.
         Returns the session as written (or as read, when unchanged); None when the session is gone.
         """
+        return await self._update_status(SESSIONS, SessionStatus, namespace, name, mutate)
+
+    async def update_pool_status(
+        self,
+        namespace: str,
+        name: str,
+        mutate: Callable[[dict[str, Any], PoolStatus], PoolStatus | Awaitable[PoolStatus]],
+    ) -> dict[str, Any] | None:
+        """`update_status` for a CodegenSandboxPool."""
+        return await self._update_status(POOLS, PoolStatus, namespace, name, mutate)
+
+    async def _update_status(
+        self,
+        kind: Kind,
+        model: type[StatusT],
+        namespace: str,
+        name: str,
+        mutate: Callable[[dict[str, Any], StatusT], StatusT | Awaitable[StatusT]],
+    ) -> dict[str, Any] | None:
         for _ in range(STATUS_CONFLICT_RETRIES):
-            body = await self.get(SESSIONS, namespace, name)
+            body = await self.get(kind, namespace, name)
             if body is None:
                 return None
-            old = SessionStatus.model_validate(body.get("status") or {})
+            old = model.model_validate(body.get("status") or {})
             result = mutate(body, old)
-            new = result if isinstance(result, SessionStatus) else await result
+            new = result if isinstance(result, model) else await result  # type: ignore[misc]
             if new == old:
                 return body
             patch = {"metadata": {"resourceVersion": body["metadata"].get("resourceVersion")}, "status": new.to_patch()}
             try:
                 written = await self._call(
-                    "PATCH", SESSIONS.path(namespace, name, "status"), body=patch, content_type=MERGE_PATCH
+                    "PATCH", kind.path(namespace, name, "status"), body=patch, content_type=MERGE_PATCH
                 )
             except client.ApiException as exc:
                 if exc.status == 409:
@@ -250,8 +275,10 @@ class KubeClient:
         raise KubeError(409, f"status of {namespace}/{name} kept changing under us; will retry")
 
     async def post_event(self, session: dict[str, Any], *, type_: str, reason: str, message: str) -> None:
-        """A Kubernetes Event on the session (best effort: a lost Event must never fail a reconcile)."""
+        """A Kubernetes Event on a session or a pool (best effort: a lost Event must never fail a reconcile)."""
         meta = session.get("metadata", {})
+        kind = str(session.get("kind") or api.KIND)
+        owner_label = pool.LABEL_POOL if kind == pool.POOL_KIND else api.LABEL_SESSION
         stamp = now().isoformat().replace("+00:00", "Z")
         event = {
             "apiVersion": "v1",
@@ -259,11 +286,11 @@ class KubeClient:
             "metadata": {
                 "name": f"{meta.get('name')}.{secrets.token_hex(8)}",
                 "namespace": meta.get("namespace"),
-                "labels": api.session_labels(str(meta.get("name"))),
+                "labels": {api.LABEL_MANAGED_BY: api.MANAGED_BY, owner_label: str(meta.get("name"))},
             },
             "involvedObject": {
                 "apiVersion": api.API_VERSION,
-                "kind": api.KIND,
+                "kind": kind,
                 "name": meta.get("name"),
                 "namespace": meta.get("namespace"),
                 "uid": meta.get("uid"),

@@ -19,8 +19,9 @@ from pydantic import ValidationError
 
 from codegen_mcp.api import session as api
 from codegen_mcp.api.errors import validation_sentence
+from codegen_mcp.api.pool import PoolReason
 from codegen_mcp.api.session import Phase, Reason, SessionSpec, SessionStatus
-from codegen_mcp.operator import builders
+from codegen_mcp.operator import adoption, builders
 from codegen_mcp.operator import status as st
 from codegen_mcp.operator.kube import CLAIMS, KINDS_BY_NAME, PODS, SESSIONS, KubeClient, KubeError, now
 from codegen_mcp.operator.settings import OperatorSettings
@@ -138,6 +139,14 @@ class SessionReconciler:
                 # Gone or going (a fresh read): adopting children now would hand them to the garbage collector,
                 # also those a `kubectl delete --cascade=orphan` meant to leave behind.
                 return
+            if session.spec.pool_ref and not session.sandbox:
+                found = await adoption.adopt(self.kube, body, session)
+                if isinstance(found, adoption.Adopted):
+                    await self._observe(body, found.session, found.pod, found.claim)
+                    message = f"adopted sandbox {found.session.sandbox} from pool {session.spec.pool_ref}"
+                    await self._event(body, NORMAL, PoolReason.ADOPTED, message)
+                    return
+                await self._event(body, NORMAL, found.reason, found.message)
             token = secrets.token_urlsafe(32)
             secret, claim, policy, pod = builders.build_children(session, self.settings, token)
             await self._ensure(secret, session, body)
@@ -179,8 +188,8 @@ class SessionReconciler:
                 generation=generation,
                 schedule_timeout=self.settings.schedule_timeout_seconds,
             )
-            new.token_secret_name = api.token_secret_name(session.name)
-            new.workspace_claim_name = api.workspace_claim_name(session.name)
+            new.token_secret_name = api.token_secret_name(session.base)
+            new.workspace_claim_name = api.workspace_claim_name(session.base)
             return new
 
         written = await self.kube.update_status(session.namespace, session.name, mutate)
@@ -211,7 +220,7 @@ class SessionReconciler:
         if spec is None or status.phase == Phase.TERMINATING:
             return
         session = self._ref(body, spec)
-        pod = await self.kube.get(PODS, namespace, api.sandbox_pod_name(session_name))
+        pod = await self.kube.get(PODS, namespace, api.sandbox_pod_name(session.base))
         obs = st.observe_pod(pod)
         if obs.state == st.PodState.FAILED:
             if status.restart_count >= self.settings.max_pod_restarts:
@@ -225,8 +234,8 @@ class SessionReconciler:
             await self._event(
                 body, WARNING, Reason.POD_FAILED, f"sandbox Pod failed ({obs.reason}: {obs.message}); recreating it"
             )
-            await self.kube.delete(PODS, namespace, api.sandbox_pod_name(session_name))
-            pod = await self.kube.get(PODS, namespace, api.sandbox_pod_name(session_name))
+            await self.kube.delete(PODS, namespace, api.sandbox_pod_name(session.base))
+            pod = await self.kube.get(PODS, namespace, api.sandbox_pod_name(session.base))
             obs = st.observe_pod(pod)
         if obs.state == st.PodState.MISSING:
             if status.pod_uid is None and status.phase in (None, Phase.PENDING):
@@ -236,7 +245,7 @@ class SessionReconciler:
             if created:
                 await self._count_restart(body, session, pod)
                 return
-        claim = await self.kube.get(CLAIMS, namespace, api.workspace_claim_name(session_name))
+        claim = await self.kube.get(CLAIMS, namespace, api.workspace_claim_name(session.base))
         await self._observe(body, session, pod, claim)
 
     def _backoff_left(self, restarts: int, obs: st.PodObservation) -> float:
@@ -356,7 +365,7 @@ class SessionReconciler:
                 f"{', '.join(frozen)} cannot change on a running session; the sandbox keeps its original settings",
             )
         try:
-            claim = await self.kube.get(CLAIMS, session.namespace, api.workspace_claim_name(session.name))
+            claim = await self.kube.get(CLAIMS, session.namespace, api.workspace_claim_name(session.base))
             if claim is not None and ownership(claim, session) in ("ours", "orphan"):
                 refs = with_owner(claim, session, owned=not spec.workspace.retain)
                 if refs is not None:
@@ -412,16 +421,21 @@ class SessionReconciler:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         spec, _ = validate(body)
-        claim = await self.kube.get(CLAIMS, namespace, api.workspace_claim_name(name))
-        if spec is not None and claim is not None:
-            session = self._ref(body, spec)
-            if ownership(claim, session) in ("ours", "orphan"):
-                # Settled first, whatever the update handler has done so far: a retained claim loses its
-                # ownerReference (garbage collection cannot take it), any other gains one (it goes too).
-                refs = with_owner(claim, session, owned=not spec.workspace.retain)
-                if refs is not None:
-                    patch = {"metadata": {"ownerReferences": refs or None}}
-                    await self.kube.patch(CLAIMS, namespace, api.workspace_claim_name(name), patch)
+        session = self._ref(body, spec) if spec is not None else None
+        claim_name = api.workspace_claim_name(session.base if session is not None else name)
+        claim = await self.kube.get(CLAIMS, namespace, claim_name)
+        if (
+            session is not None
+            and spec is not None
+            and claim is not None
+            and ownership(claim, session) in ("ours", "orphan")
+        ):
+            # Settled first, whatever the update handler has done so far: a retained claim loses its
+            # ownerReference (garbage collection cannot take it), any other gains one (it goes too).
+            refs = with_owner(claim, session, owned=not spec.workspace.retain)
+            if refs is not None:
+                patch = {"metadata": {"ownerReferences": refs or None}}
+                await self.kube.patch(CLAIMS, namespace, claim_name, patch)
         message = f"deleting the session: {expiry.message}"
 
         def mutate(_b: dict[str, Any], status: SessionStatus) -> SessionStatus:

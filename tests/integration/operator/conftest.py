@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from codegen_mcp.api import pool
 from codegen_mcp.api import session as api
 from codegen_mcp.operator.settings import OperatorSettings
 from tests.support.fixtures import agent_port, cluster, kubeconfig_path, kubelet  # noqa: F401
@@ -19,6 +20,7 @@ from tests.support.real_cluster import RealCluster
 NS = "default"
 SCHEDULE_TIMEOUT = 4.0
 SESSIONS = f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{NS}/{api.PLURAL}"
+POOLS = f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{NS}/{pool.POOL_PLURAL}"
 
 
 @pytest.fixture
@@ -87,6 +89,27 @@ class Kubectl:
     async def delete(self, kind_path: str, name: str) -> None:
         async with self.cluster.delete(f"{kind_path}/{name}") as resp:
             assert resp.status == 200, await resp.text()
+
+    async def apply_pool(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        body = {"apiVersion": api.API_VERSION, "kind": pool.POOL_KIND, "metadata": {"name": name}, "spec": spec}
+        async with self.cluster.post(POOLS, json=body) as resp:
+            assert resp.status in (200, 201), await resp.text()
+            created = dict(await resp.json())
+        self.uids[name] = created["metadata"]["uid"]
+        return created
+
+    def pool_status(self, name: str) -> pool.PoolStatus:
+        obj = self.cluster.read(api.GROUP, api.VERSION, pool.POOL_PLURAL, NS, name) or {}
+        return pool.PoolStatus.model_validate(obj.get("status") or {})
+
+    def pods(self, selector: dict[str, str]) -> list[dict[str, Any]]:
+        """This namespace's live Pods whose labels include `selector`."""
+        return [
+            p
+            for p in self.cluster.list_objects("", "v1", "pods", NS)
+            if selector.items() <= (p["metadata"].get("labels") or {}).items()
+            and not p["metadata"].get("deletionTimestamp")
+        ]
 
     def session(self, name: str) -> dict[str, Any] | None:
         return self.cluster.read(api.GROUP, api.VERSION, api.PLURAL, NS, name)

@@ -10,6 +10,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from codegen_mcp.api import pool
 from codegen_mcp.api import session as api
 from codegen_mcp.api.agent_settings import AgentSettings
 from codegen_mcp.operator import builders
@@ -254,7 +255,10 @@ def test_network_policy_egress(
     policy = builders.build_network_policy(ref({"network": network}), settings)
     spec = policy["spec"]
     assert spec["policyTypes"] == ["Ingress", "Egress"]
-    assert spec["podSelector"] == {"matchLabels": api.session_labels("demo")}
+    # By the sandbox's own label, which stays when a session adopts a pooled sandbox (the policy never lapses).
+    assert spec["podSelector"] == {"matchLabels": {api.LABEL_MANAGED_BY: api.MANAGED_BY, pool.LABEL_SANDBOX: "demo"}}
+    pod_labels = builders.build_sandbox_pod(ref({"network": network}), settings)["metadata"]["labels"]
+    assert spec["podSelector"]["matchLabels"].items() <= pod_labels.items()
     peers = _peers(spec["egress"])
     assert any("namespaceSelector" in p for p in peers) is dns
     blocks = [p["ipBlock"] for p in peers if "ipBlock" in p]
