@@ -65,13 +65,16 @@ test-operator: install-dev ## Operator tests: real kopf against the API emulator
 bench: install ## Print round-trip figures (coordinator vs a bare MCP server)
 	$(BIN)/python bench/roundtrip.py
 
+bench-sessions: install ## New sessions: first call with the warm pool and without, 10/50 at once, idle memory (vs a bare MCP server)
+	$(BIN)/python bench/sessions.py
+
 bench-security: install-dev ## As root: attack a local coordinator (paths, races, bombs, quotas, floods) and print the figures
 	$(BIN)/python bench/security.py
 
 bench-cluster: install-dev ## Real control plane: its start time; session create → Ready → first call (KUBEBUILDER_ASSETS)
 	$(BIN)/python bench/control_plane.py
 
-.PHONY: help install install-dev run test lint fmt bench bench-security bench-cluster conformance-install conformance crd test-operator
+.PHONY: help install install-dev run test lint fmt bench bench-sessions bench-security bench-cluster conformance-install conformance crd test-operator
 
 include mk/cluster.mk
 include mk/node.mk

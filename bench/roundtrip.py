@@ -223,11 +223,9 @@ def format_table(figures: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
-    # The local backend needs a state dir its unprivileged sandbox uids can enter: not a 0700 folder.
-    workdir = Path(tempfile.mkdtemp(prefix="codegen-mcp-bench-"))
-    workdir.chmod(0o711)
-    coordinator_argv = [
+def coordinator_argv(state_dir: Path, *extra: str) -> list[str]:
+    """The coordinator on a free loopback port, local backend on `state_dir`, logging warnings only."""
+    return [
         sys.executable,
         "-m",
         "codegen_mcp.coordinator",
@@ -236,16 +234,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "--port",
         "0",
         "--state-dir",
-        str(workdir / "state"),
+        str(state_dir),
         "--log-level",
         "WARNING",
+        *extra,
     ]
-    bare_argv = [sys.executable, str(HERE / "bare_echo_server.py"), "--host", "127.0.0.1", "--port", "0"]
+
+
+BARE_ARGV = [sys.executable, str(HERE / "bare_echo_server.py"), "--host", "127.0.0.1", "--port", "0"]
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    # The local backend needs a state dir its unprivileged sandbox uids can enter: not a 0700 folder.
+    workdir = Path(tempfile.mkdtemp(prefix="codegen-mcp-bench-"))
+    workdir.chmod(0o711)
     try:
         async with (
             asyncio.timeout(args.timeout),
-            running_server("coordinator", coordinator_argv, workdir / "coordinator.log") as coordinator,
-            running_server("bare echo server", bare_argv, workdir / "bare.log") as bare,
+            running_server(
+                "coordinator", coordinator_argv(workdir / "state"), workdir / "coordinator.log"
+            ) as coordinator,
+            running_server("bare echo server", BARE_ARGV, workdir / "bare.log") as bare,
         ):
             try:
                 return await measure(bare.url, coordinator.url, args.n, args.warmup)
@@ -257,12 +266,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    # SIGTERM cancels the run like ctrl-C does, so the servers are stopped either way.
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    return await run(args)
+def run_bench(measure: Callable[[], Awaitable[dict[str, Any]]], timeout_s: float) -> dict[str, Any]:
+    """Run a bench's measurement; ctrl-C, SIGTERM and its timeout end it with a sentence, servers stopped."""
+    # A failed call raises here anyway; what the SDK client logs as its streams are torn down on ctrl-C
+    # (e.g. "Error parsing SSE message") is noise.
+    logging.getLogger("mcp").setLevel(logging.CRITICAL)
+
+    async def cancellable() -> dict[str, Any]:
+        # SIGTERM cancels the run like ctrl-C does, so the servers are stopped either way.
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await measure()
+
+    try:
+        return asyncio.run(cancellable())
+    except KeyboardInterrupt:
+        sys.exit("interrupted; servers stopped")
+    except asyncio.CancelledError:
+        sys.exit("terminated; servers stopped")
+    except TimeoutError:
+        sys.exit(f"gave up after {timeout_s:.0f} s (--timeout); servers stopped")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -274,17 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.n < 2:
         parser.error("--n must be at least 2")
-    # A failed call raises here anyway; what the SDK client logs as its streams are torn down on ctrl-C
-    # (e.g. "Error parsing SSE message") is noise.
-    logging.getLogger("mcp").setLevel(logging.CRITICAL)
-    try:
-        figures = asyncio.run(main_async(args))
-    except KeyboardInterrupt:
-        sys.exit("interrupted; servers stopped")
-    except asyncio.CancelledError:
-        sys.exit("terminated; servers stopped")
-    except TimeoutError:
-        sys.exit(f"gave up after {args.timeout:.0f} s (--timeout); servers stopped")
+    figures = run_bench(lambda: run(args), args.timeout)
     print(json.dumps(figures, separators=(",", ":")) if args.json else format_table(figures))
 
 

@@ -82,7 +82,8 @@ def running_side_by_side(root: Path, names: list[str], *extra: str) -> Iterator[
 
     def start(name: str) -> CoordinatorProcess:
         (root / name).mkdir(exist_ok=True)
-        return start_coordinator(root / name, *extra, env=registry_env(root))
+        # No warm pool: these tests count the folders, uids and processes of the sessions they open.
+        return start_coordinator(root / name, "--warm-pool", "0", *extra, env=registry_env(root))
 
     with ThreadPoolExecutor() as pool:
         starts = [pool.submit(start, name) for name in names]

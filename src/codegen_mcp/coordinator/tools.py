@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -39,7 +40,13 @@ WRITE_LIMIT = (
 
 
 def list_tools() -> list[types.Tool]:
-    return [
+    return list(_tool_list())
+
+
+@functools.cache
+def _tool_list() -> tuple[types.Tool, ...]:
+    """Built once: the schemas never change, and a client lists them before its first call of every session."""
+    return tuple(
         types.Tool(
             name=spec.name,
             title=spec.title,
@@ -55,7 +62,7 @@ def list_tools() -> list[types.Tool]:
             ),
         )
         for spec in TOOLS
-    ]
+    )
 
 
 def error_result(message: str) -> types.CallToolResult:

@@ -278,7 +278,13 @@ class LocalBackend(Backend):
         return len(self._locks) + self._opening < self._settings.max_sessions
 
     async def _start_for_pool(self) -> Sandbox:
-        return await self._start_sandbox(_new_sandbox_id())
+        sandbox = await self._start_sandbox(_new_sandbox_id())
+        # One health request: the agent proves it answers, and its connection and first-request costs are paid
+        # now rather than in a session's first call. It leaves nothing behind (no task, file or log of a session).
+        if not await sandbox.client.healthy():
+            await self.close(sandbox)
+            raise SandboxUnavailable(f"the pooled sandbox {sandbox.sandbox_id} did not answer its health check")
+        return sandbox
 
     @staticmethod
     def _attach(sandbox: Sandbox, session_key: str, how: str) -> Sandbox:
