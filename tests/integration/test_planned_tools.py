@@ -24,7 +24,7 @@ from mcp import ClientSession
 
 from codegen_mcp.sandbox_agent.devtools import default_wheelhouse
 from tests.support.mcp_client import call, run, text_of
-from tests.unit.sandbox_agent.test_git_clone import GitServer, serve_git_over_https
+from tests.unit.sandbox_agent.test_git_clone import GitServer, jailed_git_host, serve_git_over_https
 
 from .conftest import CoordinatorProcess, mcp_session, start_coordinator, state_root, stop_process
 
@@ -68,8 +68,10 @@ def coordinator() -> Iterator[CoordinatorProcess]:
 
 @pytest.fixture(scope="module")
 def git_server() -> Iterator[GitServer]:
+    """On this machine's own address: jailed clones with the network cannot reach the host's loopback."""
+    host = jailed_git_host()
     for root in state_root():
-        with serve_git_over_https(root / "git") as server:
+        with serve_git_over_https(root / "git", host) as server:
             yield server
 
 

@@ -35,8 +35,9 @@ from tests.unit.sandbox_agent.conftest import AUTH, AgentClient, make_settings, 
 
 PROBE_NAME = "codegen-net-probe"
 
-BACKEND = """
-import json, socket
+# What sandboxed code sees of the network: `probe()` returns it as a dict (`{port}` is the loopback server's).
+PROBE = """
+import json, os, socket
 
 PORT = {port}
 
@@ -58,21 +59,47 @@ def _connect(host):
         return type(exc).__name__
 
 
-def get_requires_for_build_wheel(config_settings=None):
+def probe():
     gateway, device = _gateway()
-    report = {{
+    return {{
         "loopback": _connect("127.0.0.1"),
         "gateway": gateway,
         "device": device,
         "via_gateway": _connect(gateway) if gateway else None,
-        "resolv": open("/etc/resolv.conf").read() if __import__("os").path.exists("/etc/resolv.conf") else "",
+        "resolv": open("/etc/resolv.conf").read() if os.path.exists("/etc/resolv.conf") else "",
     }}
-    raise RuntimeError("PROBE " + json.dumps(report) + " END")
+"""
+
+BACKEND = (
+    PROBE
+    + """
+
+def get_requires_for_build_wheel(config_settings=None):
+    raise RuntimeError("PROBE " + json.dumps(probe()) + " END")
 
 
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     raise RuntimeError("not reached")
 """
+)
+
+
+def probe_report(output: str) -> dict[str, Any]:
+    """The report a probe printed between `PROBE ` and ` END` in `output`."""
+    found = re.search(r"PROBE (\{.*?\}) END", output)
+    assert found is not None, f"the probe did not run in the jail: {output}"
+    report: dict[str, Any] = json.loads(found.group(1))
+    return report
+
+
+def assert_user_mode_network(report: dict[str, Any], server: LoopbackServer, who: str) -> None:
+    """`who` (what ran the probe) had a network of its own: a route out and DNS, but not the host's loopback."""
+    assert report["loopback"] != "connected", f"{who} reached the host's 127.0.0.1: {report}"
+    assert report["via_gateway"] != "connected", f"the gateway leads to the host's loopback: {report}"
+    assert server.connections == 0, f"the host's loopback server saw {server.connections}"
+    # Still a network: a default route through the user-mode stack (not the host's interfaces), and DNS.
+    assert report["gateway"] is not None and report["device"] == "tap0", report
+    assert "nameserver" in report["resolv"], report
 
 
 def build_probe_sdist(folder: Path, port: int) -> None:
@@ -147,10 +174,7 @@ async def install_probe(
     resp = await client.post("/v1/pkg/install", json={"packages": PROBE_NAME, "wait_s": 120})
     view = TaskView.model_validate(await resp.json())
     assert view.install is not None, view
-    found = re.search(r"PROBE (\{.*?\}) END", view.install.log_tail)
-    assert found is not None, f"the build backend did not run in pip's jail: {view.install.log_tail}"
-    report: dict[str, Any] = json.loads(found.group(1))
-    return report
+    return probe_report(view.install.log_tail)
 
 
 def test_the_pip_jail_keeps_its_own_network_namespace() -> None:
@@ -176,7 +200,8 @@ async def test_without_slirp4netns_pip_keeps_the_host_network_and_says_so(
     monkeypatch.setattr(netns, "_warned", set())
     with caplog.at_level(logging.WARNING, logger=netns.__name__):
         report = await install_probe(aiohttp_client, workspace, venv, base_dir, loopback_server.port)
-    assert "slirp4netns is not installed (Debian package slirp4netns): pip keeps the host's network" in caplog.text
+    logged = "slirp4netns is not installed (Debian package slirp4netns): sandboxed code with the network"
+    assert logged in caplog.text and "keeps the host's network namespace" in caplog.text
     assert report["loopback"] == "connected", report  # today's behaviour, stated in the log line above
 
 
@@ -189,13 +214,7 @@ async def test_a_build_step_cannot_reach_the_hosts_loopback_but_has_a_route_out(
     jailed_user_mode_network: None,
 ) -> None:
     report = await install_probe(aiohttp_client, workspace, venv, base_dir, loopback_server.port)
-
-    assert report["loopback"] != "connected", f"pip's build step reached the host's 127.0.0.1: {report}"
-    assert report["via_gateway"] != "connected", f"the gateway leads to the host's loopback: {report}"
-    assert loopback_server.connections == 0, f"the host's loopback server saw {loopback_server.connections}"
-    # Still a network: a default route through the user-mode stack (not the host's interfaces), and DNS.
-    assert report["gateway"] is not None and report["device"] == "tap0", report
-    assert "nameserver" in report["resolv"], report
+    assert_user_mode_network(report, loopback_server, "pip's build step")
 
 
 @pytest.mark.network

@@ -1,19 +1,20 @@
-"""pip's network: outbound through a user-mode stack in the jail's own network namespace, never the host's loopback.
+"""A jail's network: outbound through a user-mode stack in its own network namespace, never the host's loopback.
 
-A jail with `--share-net` shares the host's network namespace, so a package's build step could reach anything
-listening on the host's 127.0.0.1 (the coordinator, agents, other local services). Instead, the pip jail keeps
-bwrap's own (empty) network namespace and slirp4netns gives it a tap device with a default route through a
-user-mode TCP/IP stack (10.0.2.0/24, DNS forwarded at 10.0.2.3), started with `--disable-host-loopback` so the
-gateway does not lead to the host's loopback either.
+Used by every jail that has the network: pip's (a package's build step) and run code's (run.python, pytest,
+ruff, mypy, git) when the agent's network is on. A jail with `--share-net` shares the host's network
+namespace, so that code could reach anything listening on the host's 127.0.0.1 (the coordinator, agents,
+other local services). Instead, the jail keeps bwrap's own (empty) network namespace and slirp4netns gives it
+a tap device with a default route through a user-mode TCP/IP stack (10.0.2.0/24, DNS forwarded at 10.0.2.3),
+started with `--disable-host-loopback` so the gateway does not lead to the host's loopback either.
 
 The order: bwrap reports its child's pid on `--info-fd` and waits on `--block-fd`; the agent attaches
 slirp4netns to `/proc/<pid>/ns/net`, waits for its ready byte, then lets bwrap go on. If slirp4netns cannot
-attach, bwrap is released anyway and pip runs with loopback only: the install fails, the host stays closed.
+attach, bwrap is released anyway and the child runs with loopback only: it fails, the host stays closed.
 
 pasta (Debian's passt) is not used: the version Debian 12 ships cannot start as the sandbox uid where
 /dev/net/tun is 0600 ("Failed to open tun socket in namespace"), and as root it switches itself to nobody.
-Without slirp4netns (or without the jail) pip keeps today's behaviour, the host's network, and a line saying so
-is logged once.
+Without slirp4netns (or, for pip, without the jail) the child keeps the host's network, and a line saying so is
+logged once.
 """
 
 from __future__ import annotations
@@ -32,7 +33,14 @@ SHARE_NET = "--share-net"
 # How long bwrap may take to report its child, and slirp4netns to configure the namespace.
 ATTACH_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 5.0
-FALLBACK = "pip keeps the host's network namespace, so package builds can reach services on the host's loopback"
+# How long bwrap's child may take to set up its loopback before slirp4netns is started anyway, and how often
+# that is looked at.
+LOOPBACK_WAIT_S = 2.0
+LOOPBACK_POLL_S = 0.002
+FALLBACK = (
+    "sandboxed code with the network (package builds, run code) keeps the host's network namespace, "
+    "so it can reach services on the host's loopback"
+)
 _warned: set[str] = set()
 
 
@@ -41,7 +49,7 @@ def find_slirp4netns() -> str | None:
 
 
 def fallback_reason(*, jailed: bool, slirp: str | None) -> str | None:
-    """Why pip cannot have its own user-mode network here (None when it can)."""
+    """Why sandboxed code cannot have its own user-mode network here (None when it can)."""
     if not jailed:
         return f"no bubblewrap jail is in force: {FALLBACK}"
     if slirp is None:
@@ -52,7 +60,7 @@ def fallback_reason(*, jailed: bool, slirp: str | None) -> str | None:
 def _warn_once(reason: str) -> None:
     if reason not in _warned:
         _warned.add(reason)
-        log.warning("pkg.install network: %s", reason)
+        log.warning("sandbox network: %s", reason)
 
 
 def slirp_command(slirp: str, child_pid: int, ready_fd: int, exit_fd: int, *, root: bool) -> list[str]:
@@ -110,6 +118,29 @@ async def _read_child_pid(fd: int) -> int:
                 return int(json.loads(data)["child-pid"])
 
 
+async def _wait_for_loopback(child_pid: int) -> None:
+    """Until bwrap's child has given its namespace's `lo` 127.0.0.1 (or has ended, or LOOPBACK_WAIT_S passed).
+
+    bwrap sets up the loopback right after it reports the child, and fails ("loopback: Failed RTM_NEWADDR")
+    when slirp4netns brings `lo` up first (the kernel then adds 127.0.0.1 itself): about one jailed child in
+    a hundred did, for a root agent. The address shows in the namespace's local routing table once added.
+    """
+    deadline = asyncio.get_running_loop().time() + LOOPBACK_WAIT_S
+    while asyncio.get_running_loop().time() < deadline:
+        if await asyncio.to_thread(_loopback_done, child_pid):
+            return
+        await asyncio.sleep(LOOPBACK_POLL_S)
+
+
+def _loopback_done(child_pid: int) -> bool:
+    """Whether the namespace of `child_pid` has 127.0.0.1, or there is nothing left to wait for."""
+    try:
+        with open(f"/proc/{child_pid}/net/fib_trie", encoding="ascii", errors="replace") as table:
+            return "127.0.0.1" in table.read()
+    except OSError:
+        return True  # the child is gone, or its table cannot be read
+
+
 class _Attachment:
     def __init__(self, slirp: str) -> None:
         self.slirp = slirp
@@ -122,6 +153,7 @@ class _Attachment:
         """Start slirp4netns on the jail's namespace, then release bwrap (also when attaching failed)."""
         try:
             pid = await _read_child_pid(self.info_r)
+            await _wait_for_loopback(pid)
             ready_r, ready_w = os.pipe()
             try:
                 self.proc = await asyncio.create_subprocess_exec(
@@ -147,7 +179,7 @@ class _Attachment:
                         err = await asyncio.wait_for(self.proc.stderr.read(2000), 1.0)
                 raise OSError(f"slirp4netns did not configure the network: {err.decode(errors='replace').strip()}")
         except OSError as exc:
-            log.warning("pkg.install network: %s; pip runs without the network", exc)
+            log.warning("sandbox network: %s; the child runs without the network", exc)
         finally:
             self.release()
 
@@ -175,13 +207,15 @@ class _Attachment:
 
 
 @contextlib.asynccontextmanager
-async def pip_network(
+async def user_network(
     argv: Sequence[str], popen_kwargs: Mapping[str, object], *, jailed: bool, network: bool
 ) -> AsyncIterator[tuple[list[str], dict[str, object]]]:
-    """argv and popen kwargs for pip with outbound networking but not the host's loopback, where possible.
+    """argv and popen kwargs for a jailed child with outbound networking but not the host's loopback, where possible.
 
-    `argv` is the jail's command (with `--share-net` when `network`); outside this block slirp4netns is gone.
-    Without the network nothing changes; where no user-mode stack can be had, today's behaviour is kept.
+    For pip's jail (package builds) and run code's (run.python, pytest, ruff, mypy, git) alike: `argv` is the
+    spawned jail command (with `--share-net` when `network`); start the child inside the block, outside it
+    slirp4netns is gone. Without the network nothing changes; where no user-mode stack can be had (no jail,
+    no slirp4netns) the host's network is kept and that is logged once.
     """
     if not network:
         yield list(argv), dict(popen_kwargs)

@@ -32,7 +32,7 @@ from codegen_mcp.api.errors import SandboxUnavailable
 from codegen_mcp.api.tools import PkgInstallResult, TaskState
 from codegen_mcp.sandbox_agent.isolation import CPU_SLACK_S, Limits, child_env, unreachable_parent
 from codegen_mcp.sandbox_agent.jail import Bind, Jail, JailCommand, Mount
-from codegen_mcp.sandbox_agent.netns import pip_network
+from codegen_mcp.sandbox_agent.netns import user_network
 from codegen_mcp.sandbox_agent.process import (
     LOG_TAIL_BYTES,
     Captured,
@@ -230,7 +230,7 @@ async def run_pip(
     try:
         # The network through a user-mode stack in the jail's own namespace: not the host's loopback.
         with executor.sandbox.spawn(command, limits) as (argv, popen_kwargs):
-            async with pip_network(argv, popen_kwargs, jailed=jail is not None, network=network) as (
+            async with user_network(argv, popen_kwargs, jailed=jail is not None, network=network) as (
                 argv,
                 popen_kwargs,
             ):

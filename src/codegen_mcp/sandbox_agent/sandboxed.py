@@ -3,7 +3,9 @@
 `confine` decides the confinement: the jail when it is in force (the workspace read-write, the venv
 read-only, the agent's state hidden except the files named in `read_only_after`), else the sandbox uid;
 rlimits and a process group either way. `run_sandboxed` adds what every such run needs around it: a clean
-environment, a wall-clock timeout, cancellation through the task, output capture and one-sentence errors.
+environment, a wall-clock timeout, cancellation through the task, output capture and one-sentence errors,
+and, when the jail has the network, the same user-mode network as pip's (`netns`): out to the world, but
+not to the host's loopback.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING
 from codegen_mcp.api.agent_settings import AgentSettings
 from codegen_mcp.sandbox_agent.isolation import CPU_SLACK_S, Limits, child_env
 from codegen_mcp.sandbox_agent.jail import Bind, JailCommand, Mount
+from codegen_mcp.sandbox_agent.netns import user_network
 from codegen_mcp.sandbox_agent.process import Captured, ProcessOutcome, start_failure, supervise
 from codegen_mcp.sandbox_agent.tasks import Task
 
@@ -89,24 +92,25 @@ async def run_sandboxed(
         if task is not None:
             task.stderr_bytes += n
 
+    jail = executor.sandbox.jail
     try:
-        with confine(executor, argv, limits, read_only_after=[p for p in bind_files if p.exists()]) as (
-            command,
-            popen_kwargs,
-        ):
-            return await supervise(
-                command,
-                env=child,
-                cwd=executor.root,
-                stdin=stdin,
-                timeout_s=timeout_s,
-                cancel=task.cancel_requested if task is not None else asyncio.Event(),
-                stdout=stdout,
-                stderr=stderr,
-                popen_kwargs=popen_kwargs,
-                on_stdout=count_out,
-                on_stderr=count_err,
-                quota_dir=executor.settings.tmp_dir,
-            )
+        with confine(executor, argv, limits, read_only_after=[p for p in bind_files if p.exists()]) as spawned:
+            # Without the jail (or its network) there is no namespace to give, and nothing changes.
+            network = jail is not None and jail.network
+            async with user_network(*spawned, jailed=jail is not None, network=network) as (command, popen_kwargs):
+                return await supervise(
+                    command,
+                    env=child,
+                    cwd=executor.root,
+                    stdin=stdin,
+                    timeout_s=timeout_s,
+                    cancel=task.cancel_requested if task is not None else asyncio.Event(),
+                    stdout=stdout,
+                    stderr=stderr,
+                    popen_kwargs=popen_kwargs,
+                    on_stdout=count_out,
+                    on_stderr=count_err,
+                    quota_dir=executor.settings.tmp_dir,
+                )
     except (OSError, subprocess.SubprocessError) as err:
         raise start_failure(f"{what} in the sandbox", err) from None

@@ -3,6 +3,8 @@
 The success path clones from a real smart-HTTP git server started here: `git http-backend` behind a small
 threaded TLS server with a throw-away CA made by `cryptography`, trusted through the agent's
 `git_extra_ca_bundle` setting (or `GIT_SSL_CAINFO` in its environment) — TLS verification stays on.
+Clones in the bubblewrap jail cannot reach the host's loopback (its network is user-mode, see `netns`), so
+the server they use listens on this machine's own non-loopback address (`host_address`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import datetime
 import ipaddress
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import threading
@@ -48,14 +51,28 @@ pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not 
 
 @dataclass(frozen=True)
 class GitServer:
-    base_url: str  # https://127.0.0.1:<port>
+    base_url: str  # https://<host>:<port>
     ca_file: Path  # the CA that signed the server's certificate (PEM)
     repo_url: str  # a repository with a `main` and a `feature` branch and a tag `v1`
     head: str  # main's commit
 
 
-def _certificates(folder: Path) -> tuple[Path, Path, Path]:
-    """A CA, and a server certificate for 127.0.0.1/localhost signed by it: (ca.pem, cert.pem, key.pem)."""
+def host_address() -> str | None:
+    """This machine's IPv4 address on its route out, or None when it has none but the loopback.
+
+    A UDP socket `connect`ed to a public address only picks its source address: no packet is sent.
+    """
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("9.9.9.9", 53))  # any public address: only the route to it matters
+            address = str(probe.getsockname()[0])
+    except OSError:
+        return None
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
+def _certificates(folder: Path, host: str) -> tuple[Path, Path, Path]:
+    """A CA, and a server certificate for `host`, 127.0.0.1 and localhost signed by it: (ca.pem, cert.pem, key.pem)."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "codegen-mcp test CA")])
@@ -87,14 +104,16 @@ def _certificates(folder: Path) -> tuple[Path, Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
         .issuer_name(ca_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            x509.SubjectAlternativeName(
+                [*(x509.IPAddress(ipaddress.ip_address(ip)) for ip in {host, "127.0.0.1"}), x509.DNSName("localhost")]
+            ),
             critical=False,
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -214,21 +233,21 @@ class _GitHandler(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def serve_git_over_https(folder: Path) -> Iterator[GitServer]:
-    """A throw-away repository served over https on 127.0.0.1 until the block ends."""
+def serve_git_over_https(folder: Path, host: str = "127.0.0.1") -> Iterator[GitServer]:
+    """A throw-away repository served over https on `host` (an IPv4 address of this machine) until the block ends."""
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o755)
-    ca_file, cert, key = _certificates(folder)
+    ca_file, cert, key = _certificates(folder, host)
     head = _make_repository(folder)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     handler = type("Handler", (_GitHandler,), {"project_root": str(folder / "served")})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = ThreadingHTTPServer((host, 0), handler)
     server.daemon_threads = True
     server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
-    base = f"https://127.0.0.1:{server.server_address[1]}"
+    base = f"https://{host}:{server.server_address[1]}"
     try:
         yield GitServer(base_url=base, ca_file=ca_file, repo_url=f"{base}/demo.git", head=head)
     finally:
@@ -239,7 +258,29 @@ def serve_git_over_https(folder: Path) -> Iterator[GitServer]:
 
 @pytest.fixture(scope="module")
 def git_server(base_dir: Path) -> Iterator[GitServer]:
+    """The server on 127.0.0.1, for agents without the jail (`sandbox=none`): they share the host's network."""
     with serve_git_over_https(base_dir / f"git-server-{os.getpid()}") as server:
+        yield server
+
+
+NO_HOST_ADDRESS = (
+    "this machine has no IPv4 address but the loopback, and code in the bubblewrap jail with the network "
+    "(slirp4netns, --disable-host-loopback) cannot reach a test git server on the host's loopback"
+)
+
+
+def jailed_git_host() -> str:
+    """The address a git server must listen on for clones in the jail, which cannot reach the host's loopback."""
+    host = host_address()
+    if host is None:
+        pytest.skip(reason=NO_HOST_ADDRESS)
+    return host
+
+
+@pytest.fixture(scope="module")
+def jailed_git_server(base_dir: Path) -> Iterator[GitServer]:
+    """The server on this machine's own non-loopback address, which clones in the jail can reach."""
+    with serve_git_over_https(base_dir / f"jailed-git-server-{os.getpid()}", jailed_git_host()) as server:
         yield server
 
 
@@ -395,8 +436,9 @@ async def test_clone_into_a_folder_that_is_not_empty_is_a_conflict(make_client: 
 
 
 async def test_clone_over_https_in_both_sandbox_modes(
-    make_client: MakeClient, git_server: GitServer, sandbox_mode: str
+    make_client: MakeClient, sandbox_mode: str, request: pytest.FixtureRequest
 ) -> None:
+    git_server: GitServer = request.getfixturevalue("jailed_git_server" if sandbox_mode == "bwrap" else "git_server")
     client = await make_client(sandbox=sandbox_mode, network=True, git_extra_ca_bundle=git_server.ca_file)
     status, data = await clone(client, url=git_server.repo_url)
     assert status == 200, data
