@@ -74,7 +74,10 @@ bench-security: install-dev ## As root: attack a local coordinator (paths, races
 bench-cluster: install-dev ## Real control plane: its start time; session create → Ready → first call (KUBEBUILDER_ASSETS)
 	$(BIN)/python bench/control_plane.py
 
-.PHONY: help install install-dev run test lint fmt bench bench-sessions bench-security bench-cluster conformance-install conformance crd test-operator
+bench-pool: install-dev ## Real control plane: pooled claim → Ready p50/p95; first call with and without a warm pool (KUBEBUILDER_ASSETS)
+	$(BIN)/python bench/pool.py
+
+.PHONY: help install install-dev run test lint fmt bench bench-sessions bench-security bench-cluster bench-pool conformance-install conformance crd test-operator
 
 include mk/cluster.mk
 include mk/node.mk

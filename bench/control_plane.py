@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +67,9 @@ def time_starts(count: int) -> list[float]:
     return took
 
 
-async def time_sessions(plane: ControlPlane, sessions: int, work: Path) -> list[dict[str, float]]:
+@contextlib.asynccontextmanager
+async def operated_cluster(plane: ControlPlane, work: Path) -> AsyncIterator[RealCluster]:
+    """The real cluster with the CRDs, the kubelet harness as its node and the real operator (in a thread)."""
     async with RealCluster(plane) as cluster:
         prepare_for_sessions(cluster)
         node_root = work / "node"
@@ -81,19 +85,30 @@ async def time_sessions(plane: ControlPlane, sessions: int, work: Path) -> list[
                 request_timeout_seconds=10,
                 node_selector={"kubernetes.io/hostname": node.node_name or ""},
             )
-            state = work / "coordinator"
-            state.mkdir()
-            env = {
-                "CODEGEN_K8S_KUBECONFIG": str(plane.kubeconfig),
-                "CODEGEN_K8S_NAMESPACE": NS,
-                "CODEGEN_K8S_READY_TIMEOUT_S": "60",
-            }
             async with OperatorThread(settings):
-                cp = await asyncio.to_thread(start_coordinator, state, "--backend", "kubernetes", env=env)
-                try:
-                    return [await one_session(cp.url, cluster) for _ in range(sessions)]
-                finally:
-                    await asyncio.to_thread(stop_process, cp.proc)
+                yield cluster
+
+
+@contextlib.asynccontextmanager
+async def kubernetes_coordinator(plane: ControlPlane, state: Path, **env: str) -> AsyncIterator[str]:
+    """A real coordinator process on the kubernetes backend (extra CODEGEN_K8S_* in `env`); yields its URL."""
+    state.mkdir()
+    env = {
+        "CODEGEN_K8S_KUBECONFIG": str(plane.kubeconfig),
+        "CODEGEN_K8S_NAMESPACE": NS,
+        "CODEGEN_K8S_READY_TIMEOUT_S": "60",
+        **env,
+    }
+    cp = await asyncio.to_thread(start_coordinator, state, "--backend", "kubernetes", env=env)
+    try:
+        yield cp.url
+    finally:
+        await asyncio.to_thread(stop_process, cp.proc)
+
+
+async def time_sessions(plane: ControlPlane, sessions: int, work: Path) -> list[dict[str, float]]:
+    async with operated_cluster(plane, work) as cluster, kubernetes_coordinator(plane, work / "coordinator") as url:
+        return [await one_session(url, cluster) for _ in range(sessions)]
 
 
 async def one_session(url: str, cluster: RealCluster) -> dict[str, float]:

@@ -34,6 +34,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
+from codegen_mcp.api import pool
 from codegen_mcp.api import session as api
 from codegen_mcp.operator import builders
 from tests.support.chart import (
@@ -421,3 +422,75 @@ async def test_an_mcp_session_lives_and_ends_with_the_charts_rights(
     assert operator.refusals() == [], operator.refusals()
     coordinator_log = cp.log_path.read_text(errors="replace")
     assert not FORBIDDEN.search(coordinator_log), coordinator_log[-3000:]
+
+
+def pool_sandboxes(installed: Installed, ns: str, pool_name: str) -> list[dict[str, Any]]:
+    """The pool's unclaimed sandbox Pods that are not being deleted."""
+    pods = installed.admin.request("GET", f"/api/v1/namespaces/{ns}/pods?labelSelector={pool.LABEL_POOL}={pool_name}")
+    return [
+        p
+        for p in pods["items"]
+        if api.LABEL_SESSION not in p["metadata"]["labels"] and not p["metadata"].get("deletionTimestamp")
+    ]
+
+
+def pool_ready(installed: Installed, ns: str, pool_name: str, ready: int, claimed: int = 0) -> bool:
+    found = installed.read(pool.POOL_PLURAL, pool_name, ns) or {}
+    status = found.get("status") or {}
+    return (status.get("ready"), status.get("replicas"), status.get("claimed")) == (ready, ready, claimed)
+
+
+async def test_a_pool_fills_is_adopted_from_refills_and_shrinks_with_the_charts_rights(
+    installed: Installed, operator: OperatorProcess, node: FakeKubelet
+) -> None:
+    """Every call the pool makes (list its Pods and claims, create and delete sandboxes, patch the children a
+    session adopts, write its status) is one the chart's Role allows: the operator's log shows no refusal."""
+    ns, admin = installed.sessions_ns, installed.admin
+    name = f"warm-{uuid.uuid4().hex[:6]}"
+    pools = api_path(G, api.VERSION, pool.POOL_PLURAL, ns)
+    admin.request("POST", pools, {"apiVersion": api.API_VERSION, "kind": pool.POOL_KIND, "metadata": {"name": name},
+                                  "spec": {"replicas": 1}})  # fmt: skip
+    await eventually(lambda: pool_ready(installed, ns, name, 1), timeout=60, what="the pool filled")
+    (member,) = pool_sandboxes(installed, ns, name)
+
+    session = admin.request("POST", api_path(G, api.VERSION, api.PLURAL, ns), session_body(f"s-{name}", poolRef=name))
+    await eventually(
+        lambda: (
+            ((installed.read(api.PLURAL, f"s-{name}", ns) or {}).get("status") or {}).get("podUID")
+            == member["metadata"]["uid"]
+        ),
+        timeout=30,
+        what="the session on the pool's Pod",
+    )
+    await eventually(functools.partial(owned_by_session, installed, session, member), what="the children moved")
+    await eventually(lambda: pool_ready(installed, ns, name, 1, claimed=1), timeout=60, what="the pool refilled")
+
+    merge_patch(installed, f"{pools}/{name}", {"spec": {"replicas": 0}})
+    await eventually(lambda: not pool_sandboxes(installed, ns, name), timeout=30, what="the pool emptied")
+    admin.request("DELETE", f"{pools}/{name}")
+    admin.request("DELETE", f"{api_path(G, api.VERSION, api.PLURAL, ns)}/s-{name}")
+    await eventually(
+        lambda: not any(member_children(installed, ns, member).values()), timeout=30, what="the session's children gone"
+    )
+    assert operator.refusals() == [], operator.refusals()
+
+
+def member_children(installed: Installed, ns: str, member: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
+    """Plural → the child (or None) of the pooled sandbox `member` is the Pod of."""
+    sandbox = member["metadata"]["labels"][pool.LABEL_SANDBOX]
+    names = {
+        "pods": api.sandbox_pod_name(sandbox),
+        "secrets": api.token_secret_name(sandbox),
+        "persistentvolumeclaims": api.workspace_claim_name(sandbox),
+        "networkpolicies": api.network_policy_name(sandbox),
+    }
+    return {plural: installed.read(plural, child, ns) for plural, child in names.items()}
+
+
+def owned_by_session(installed: Installed, session: dict[str, Any], member: dict[str, Any]) -> bool:
+    uid = session["metadata"]["uid"]
+    children = member_children(installed, session["metadata"]["namespace"], member).values()
+    return all(
+        [r.get("uid") for r in (child or {}).get("metadata", {}).get("ownerReferences") or []] == [uid]
+        for child in children
+    )

@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 from codegen_mcp.api import session as api
+from codegen_mcp.api.pool import POOL_PLURAL
 from codegen_mcp.operator.settings import OperatorSettings
 from tests.support.control_plane import ControlPlane, free_port, tail, terminate
 from tests.support.coordinator import CoordinatorProcess, print_log_tail, start_coordinator, stop_process
@@ -301,22 +302,22 @@ OPERATOR_NEEDS: dict[Right, str] = {
     ("", "pods", "get"): "sync_sandbox()",
     ("", "pods", "create"): "_ensure() and the replacement of a failed Pod",
     ("", "pods", "patch"): "_ensure(): adopt an orphaned Pod (ownerReferences)",
-    ("", "pods", "delete"): "sync_sandbox(): replace a failed Pod",
-    ("", "persistentvolumeclaims", "list"): "kopf: the claim event handler",
+    (
+        "",
+        "pods",
+        "delete",
+    ): "sync_sandbox(): replace a failed Pod; pools.py: remove a pooled sandbox (GC does the rest)",
+    ("", "persistentvolumeclaims", "list"): "kopf: the claim event handler; pools.py: a pool's sandboxes",
     ("", "persistentvolumeclaims", "watch"): "kopf: the claim event handler",
     ("", "persistentvolumeclaims", "get"): "_ensure() on 409, sync_sandbox(), expire()",
     ("", "persistentvolumeclaims", "create"): "_ensure()",
     ("", "persistentvolumeclaims", "patch"): "_ensure() adoption; retain on/off; a pooled claim adopted by a session",
-    ("", "persistentvolumeclaims", "delete"): "pools.py: a dead, outdated or surplus pooled sandbox",
     ("", "secrets", "get"): "_ensure() on 409",
     ("", "secrets", "create"): "_ensure(): the agent token",
     ("", "secrets", "patch"): "_ensure(): adopt an orphan; a session adopts a pooled sandbox",
-    ("", "secrets", "list"): "pools.py: a pool's sandboxes, by their token Secrets",
-    ("", "secrets", "delete"): "pools.py: a dead, outdated or surplus pooled sandbox",
     ("networking.k8s.io", "networkpolicies", "get"): "_ensure() on 409",
     ("networking.k8s.io", "networkpolicies", "create"): "_ensure()",
     ("networking.k8s.io", "networkpolicies", "patch"): "_ensure(): adopt an orphan; a session adopts a pooled sandbox",
-    ("networking.k8s.io", "networkpolicies", "delete"): "pools.py: a dead, outdated or surplus pooled sandbox",
     ("", "events", "create"): "kube.py post_event() and kopf's own Events",
 }
 PEERING_NEEDS: dict[Right, str] = {
@@ -418,6 +419,7 @@ class Installed:
         group, version = {
             "networkpolicies": ("networking.k8s.io", "v1"),
             api.PLURAL: (G, api.VERSION),
+            POOL_PLURAL: (G, api.VERSION),
         }.get(plural, ("", "v1"))
         return self.admin.read(group, version, plural, namespace or self.sessions_ns, name)
 

@@ -23,7 +23,7 @@ import aiohttp
 import yaml
 
 from codegen_mcp.api import session as api
-from codegen_mcp.api.pool import POOL_PLURAL
+from codegen_mcp.api.pool import LABEL_POOL, POOL_PLURAL
 from tests.support.control_plane import ControlPlane
 from tests.support.operator import SSL_CLOSE_GRACE
 
@@ -180,9 +180,11 @@ async def drain_namespace(cluster: RealCluster, namespace: str, timeout: float =
     """Delete every session of a test and wait until their children are gone, so the next test starts clean."""
     sessions = api_path(api.GROUP, api.VERSION, api.PLURAL, namespace)
     pools = api_path(api.GROUP, api.VERSION, POOL_PLURAL, namespace)
-    # Retained workspaces and a test's own objects have no owner: they go explicitly.
+    # The garbage collector learns of a CRD created moments ago only at its next discovery (up to 30 s): a pool's
+    # sandbox Pods go explicitly. Retained workspaces and a test's own objects have no owner: they go too.
+    pooled = api_path("", "v1", "pods", namespace) + f"?labelSelector={LABEL_POOL}"
     others = (api_path("", "v1", p, namespace) for p in ("persistentvolumeclaims", "secrets"))
-    for collection in (pools, sessions, *others):
+    for collection in (pools, pooled, sessions, *others):
         async with cluster.delete(collection, json={"propagationPolicy": "Background"}) as resp:
             assert resp.status in (200, 404), await resp.text()
     deadline = asyncio.get_running_loop().time() + timeout

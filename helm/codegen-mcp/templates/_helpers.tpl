@@ -159,3 +159,27 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- $out | join "," }}
 {{- end }}
+
+{{/* The sandbox-shaping part of the session spec the coordinator writes (see its CODEGEN_K8S_* env): a pool's
+template starts from it, so the coordinator's sessions match the pool's sandboxes (the operator compares image,
+pull policy, runtime class, resources, network, env, packages and workspace size/class). */}}
+{{- define "codegen-mcp.sessionTemplate" -}}
+{{- $s := .Values.sessions }}
+{{- $t := dict "image" (include "codegen-mcp.sandboxImage" .) "imagePullPolicy" $s.image.pullPolicy }}
+{{- with $s.runtimeClassName }}{{- $_ := set $t "runtimeClassName" . }}{{- end }}
+{{- $resources := dict }}
+{{- range $part, $values := dict "requests" ($s.resources.requests | default dict) "limits" ($s.resources.limits | default dict) }}
+{{- $picked := dict }}
+{{- range $key := list "cpu" "memory" }}
+{{- if hasKey $values $key }}{{- $_ := set $picked $key (index $values $key | toString) }}{{- end }}
+{{- end }}
+{{- if $picked }}{{- $_ := set $resources $part $picked }}{{- end }}
+{{- end }}
+{{- if $resources }}{{- $_ := set $t "resources" $resources }}{{- end }}
+{{- $workspace := dict "size" ($s.workspace.size | toString) }}
+{{- with $s.workspace.storageClassName }}{{- $_ := set $workspace "storageClassName" . }}{{- end }}
+{{- $_ := set $t "workspace" $workspace }}
+{{- $_ := set $t "network" (dict "egress" $s.network.egress) }}
+{{- with $s.packages }}{{- $_ := set $t "packages" . }}{{- end }}
+{{- toYaml $t }}
+{{- end }}

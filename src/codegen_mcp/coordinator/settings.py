@@ -114,6 +114,9 @@ class KubernetesBackendSettings(BaseSettings):
     ttl_seconds: int | None = Field(86400, ge=1, description="Absolute lifetime of a session.")
     idle_timeout_seconds: int | None = Field(3600, ge=1, description="A session idle this long is deleted.")
     packages: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Installed at session start.")
+    pool: str | None = Field(
+        None, description="CodegenSandboxPool whose ready sandboxes new sessions adopt (spec.poolRef); default: none."
+    )
 
     _split = field_validator("packages", mode="before")(_split_list)
 

@@ -114,6 +114,9 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
+    pools = memo.get("pools")
+    if isinstance(pools, PoolReconciler):
+        await pools.close()
     found = memo.get("reconciler")
     if isinstance(found, SessionReconciler):
         await found.kube.close()

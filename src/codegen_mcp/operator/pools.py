@@ -17,6 +17,7 @@ import secrets
 import string
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -52,18 +53,24 @@ def validate_pool(body: dict[str, Any]) -> tuple[PoolSpec | None, str]:
 
 @dataclass
 class Sandbox:
-    """One sandbox of the pool, as its Pod and token Secret show it."""
+    """One sandbox of the pool, as its Pod and workspace claim show it (Secrets are never listed: that reads them)."""
 
     name: str
     pod: dict[str, Any] | None = None
-    secret: dict[str, Any] | None = None
+    claim: dict[str, Any] | None = None
 
     def _labels(self) -> list[dict[str, str]]:
-        return [o["metadata"].get("labels") or {} for o in (self.pod, self.secret) if o is not None]
+        return [o["metadata"].get("labels") or {} for o in (self.pod, self.claim) if o is not None]
 
     @property
     def claimed(self) -> bool:
         return any(api.LABEL_SESSION in labels for labels in self._labels())
+
+    @property
+    def handed_to_pod(self) -> bool:
+        """Its claim is owned by its Pod (see `_hand_to_pod`): it goes when the Pod goes."""
+        refs = ((self.claim or {}).get("metadata") or {}).get("ownerReferences") or []
+        return any(r.get("kind") == "Pod" for r in refs)
 
     @property
     def template_hash(self) -> str | None:
@@ -75,13 +82,13 @@ class Sandbox:
 
     @property
     def created(self) -> str:
-        return str(((self.pod or self.secret or {}).get("metadata") or {}).get("creationTimestamp") or "")
+        return str(((self.pod or self.claim or {}).get("metadata") or {}).get("creationTimestamp") or "")
 
 
-def group_sandboxes(pods: list[dict[str, Any]], tokens: list[dict[str, Any]]) -> list[Sandbox]:
-    """The pool's Pods and token Secrets, grouped by the sandbox they belong to (its label)."""
+def group_sandboxes(pods: list[dict[str, Any]], claims: list[dict[str, Any]]) -> list[Sandbox]:
+    """The pool's Pods and workspace claims, grouped by the sandbox they belong to (its label)."""
     found: dict[str, Sandbox] = {}
-    for objects, slot in ((pods, "pod"), (tokens, "secret")):
+    for objects, slot in ((pods, "pod"), (claims, "claim")):
         for obj in objects:
             name = (obj["metadata"].get("labels") or {}).get(pool.LABEL_SANDBOX)
             if name:
@@ -91,33 +98,55 @@ def group_sandboxes(pods: list[dict[str, Any]], tokens: list[dict[str, Any]]) ->
 
 @dataclass(frozen=True)
 class Plan:
-    """What one sync does: sandboxes to remove (with why) and how many to make."""
+    """What one sync does: sandboxes to remove (with why), to give a Pod again, and how many to make."""
 
     remove: list[tuple[Sandbox, PoolReason, str]]
     keep: list[Sandbox]
+    repair: list[Sandbox]
     make: int
+    retry_in: float | None = None  # a failed sandbox waits out its backoff: look again then
 
 
-def plan(members: list[Sandbox], replicas: int, wanted_hash: str) -> Plan:
-    """Pure: dead and outdated sandboxes go; then trim to `replicas` (not-ready, newest first) or fill up."""
+def plan(
+    members: list[Sandbox], replicas: int, wanted_hash: str, *, at: datetime | None = None, backoff: float = 0.0
+) -> Plan:
+    """Pure: dead and outdated sandboxes go; then trim to `replicas` (not-ready, newest first) or fill up.
+
+    A sandbox without a Pod is either going (its claim is owned by its deleted Pod: garbage collection takes it)
+    or was left half-made (its claim is still the pool's): that one gets its Pod, when its template is current.
+    A failed sandbox is replaced `backoff` seconds after it ended, and counts until then: a template whose agent
+    cannot start must not make the pool hammer the node and the API server.
+    """
+    retry: list[float] = []
     remove: list[tuple[Sandbox, PoolReason, str]] = []
     keep: list[Sandbox] = []
+    repair: list[Sandbox] = []
     for sandbox in members:
         obs = sandbox.observed
-        if obs.state == st.PodState.TERMINATING:
+        if obs.state == st.PodState.TERMINATING or (sandbox.pod is None and sandbox.handed_to_pod):
             continue  # on its way out already: neither kept nor removed again
         if sandbox.template_hash != wanted_hash:
-            remove.append((sandbox, PoolReason.SANDBOX_REMOVED, f"sandbox {sandbox.name} has an older template"))
+            if sandbox.pod is not None:
+                remove.append((sandbox, PoolReason.SANDBOX_REMOVED, f"sandbox {sandbox.name} has an older template"))
+        elif sandbox.pod is None:
+            repair.append(sandbox)
         elif obs.replaceable:
-            why = f"sandbox {sandbox.name} is gone ({obs.reason}: {obs.message})"
-            remove.append((sandbox, PoolReason.SANDBOX_REPLACED, why))
+            wait = (obs.since - at).total_seconds() + backoff if obs.since is not None and at is not None else 0.0
+            if wait > 0:
+                retry.append(wait)
+                keep.append(sandbox)
+            else:
+                why = f"sandbox {sandbox.name} is gone ({obs.reason}: {obs.message})"
+                remove.append((sandbox, PoolReason.SANDBOX_REPLACED, why))
         else:
             keep.append(sandbox)
     if len(keep) > replicas:
         ordered = sorted(keep, key=lambda s: (s.observed.state != st.PodState.READY, s.created))
         keep, surplus = ordered[:replicas], ordered[replicas:]
         remove += [(s, PoolReason.SANDBOX_REMOVED, f"sandbox {s.name} is more than replicas") for s in surplus]
-    return Plan(remove=remove, keep=keep, make=max(0, replicas - len(keep)))
+    repair = repair[: max(0, replicas - len(keep))]
+    make = max(0, replicas - len(keep) - len(repair))
+    return Plan(remove=remove, keep=keep, repair=repair, make=make, retry_in=min(retry, default=None))
 
 
 def pool_status(
@@ -167,6 +196,7 @@ class PoolReconciler:
     kube: KubeClient
     settings: OperatorSettings
     _locks: defaultdict[tuple[str, str], asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
+    _later: dict[tuple[str, str], asyncio.Task[None]] = field(default_factory=dict)
 
     async def _event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
         if self.settings.post_events:
@@ -193,19 +223,24 @@ class PoolReconciler:
         owner = builders.SessionRef.from_body(body, spec.template)
         wanted_hash = pool.sandbox_hash(spec.template)
         selector = pool_selector(name)
-        pods, tokens = await asyncio.gather(
+        pods, claims = await asyncio.gather(
             self.kube.list(PODS, namespace, label_selector=selector),
-            self.kube.list(SECRETS, namespace, label_selector=selector),
+            self.kube.list(CLAIMS, namespace, label_selector=selector),
         )
-        sandboxes = group_sandboxes(pods, tokens)
+        sandboxes = group_sandboxes(pods, claims)
         claimed = sum(1 for s in sandboxes if s.claimed)
-        todo = plan([s for s in sandboxes if not s.claimed], spec.replicas, wanted_hash)
+        members = [s for s in sandboxes if not s.claimed]
+        todo = plan(members, spec.replicas, wanted_hash, at=now(), backoff=self.settings.restart_backoff_seconds)
+        if todo.retry_in is not None:
+            self._look_again(namespace, name, todo.retry_in)
         for sandbox, reason, why in todo.remove:
-            await self._remove(namespace, sandbox.name)
+            await self.kube.delete(PODS, namespace, api.sandbox_pod_name(sandbox.name))
             await self._event(
                 body, NORMAL, reason, why + ("; replacing it" if reason == PoolReason.SANDBOX_REPLACED else "")
             )
-        made = await asyncio.gather(*(self._make(body, owner) for _ in range(todo.make)))
+        for sandbox in todo.repair:
+            await self._start(replace(owner, sandbox=sandbox.name, kind=pool.POOL_KIND))
+        made = await asyncio.gather(*(self._make(owner) for _ in range(todo.make)))
         for sandbox_name in made:
             await self._event(body, NORMAL, PoolReason.SANDBOX_CREATED, f"created sandbox {sandbox_name}")
         await self.kube.update_pool_status(
@@ -223,21 +258,61 @@ class PoolReconciler:
         )
         return ""
 
-    async def _remove(self, namespace: str, sandbox: str) -> None:
-        names = child_names(sandbox)
-        for kind in (PODS, SECRETS, CLAIMS, NETWORK_POLICIES):
-            await self.kube.delete(kind, namespace, names[kind.plural])
+    def _look_again(self, namespace: str, name: str, delay: float) -> None:
+        """Sync the pool once more after `delay` seconds (no event will come when a backoff ends)."""
+        key = (namespace, name)
+        if key in self._later and not self._later[key].done():
+            return
 
-    async def _make(self, body: dict[str, Any], owner: builders.SessionRef) -> str:
+        async def later() -> None:
+            await asyncio.sleep(delay + 0.1)
+            try:
+                await self.sync(namespace, name)
+            except KubeError as exc:
+                log.warning("syncing pool %s/%s after a backoff failed: %s", namespace, name, exc)
+
+        self._later[key] = asyncio.create_task(later())
+
+    async def close(self) -> None:
+        """Cancel the pending looks (the operator is stopping)."""
+        for task in self._later.values():
+            task.cancel()
+        await asyncio.gather(*self._later.values(), return_exceptions=True)
+
+    async def _make(self, owner: builders.SessionRef) -> str:
         """One new sandbox of the pool: its Secret, claim and NetworkPolicy, then its Pod; returns its name."""
         for _ in range(NAME_ATTEMPTS):
             suffix = "".join(secrets.choice(_SUFFIX_ALPHABET) for _ in range(pool.MEMBER_SUFFIX_LENGTH - 1))
             ref = replace(owner, sandbox=f"{owner.name}-{suffix}", kind=pool.POOL_KIND)
-            secret, claim, policy, pod = builders.build_children(ref, self.settings, secrets.token_urlsafe(32))
+            secret, claim, policy, _pod = builders.build_children(ref, self.settings, secrets.token_urlsafe(32))
             _, fresh = await self.kube.create(secret)
             if not fresh:
                 continue  # a namesake exists (the suffix is random): draw another name
             await asyncio.gather(self.kube.create(claim), self.kube.create(policy))
-            await self.kube.create(pod)
+            await self._start(ref)
             return ref.base
         raise KubeError(409, f"no free sandbox name for pool {owner.name} after {NAME_ATTEMPTS} random draws")
+
+    async def _start(self, ref: builders.SessionRef) -> None:
+        """The sandbox's Pod, then its other children handed to it.
+
+        Owned by their Pod (itself the pool's), the Secret, claim and NetworkPolicy go with it when a dead,
+        outdated or surplus sandbox is removed: the operator deletes only Pods and never needs the right to
+        delete a Secret or a claim. A session that adopts the sandbox takes them over from the Pod.
+        """
+        pod, _ = await self.kube.create(builders.build_sandbox_pod(ref, self.settings))
+        owner = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "name": pod["metadata"]["name"],
+            "uid": pod["metadata"]["uid"],
+            "blockOwnerDeletion": False,
+        }
+        names = child_names(ref.base)
+        patch = {"metadata": {"ownerReferences": [owner]}}
+        await asyncio.gather(
+            *(
+                self.kube.patch(kind, ref.namespace, names[kind.plural], patch)
+                for kind in (SECRETS, CLAIMS, NETWORK_POLICIES)
+            )
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -211,13 +212,31 @@ def test_plan(pods: list[dict[str, Any]], replicas: int, removed: list[str], mak
     assert todo.make == make
 
 
-def test_a_sandbox_whose_pod_is_gone_is_replaced_and_a_claimed_one_is_not_the_pools() -> None:
-    secret_only = {
-        "metadata": {"name": "x-agent-token", "labels": {pool.LABEL_SANDBOX: "x", pool.LABEL_TEMPLATE_HASH: "h1"}}
-    }
-    (sandbox,) = pools.group_sandboxes([], [secret_only])
-    todo = pools.plan([sandbox], 1, "h1")
-    assert [(s.name, reason) for s, reason, _ in todo.remove] == [("x", pool.PoolReason.SANDBOX_REPLACED)]
-    assert todo.make == 1
+def claim(name: str, owner_kind: str) -> dict[str, Any]:
+    labels = {pool.LABEL_SANDBOX: name, pool.LABEL_TEMPLATE_HASH: "h1"}
+    refs = [{"kind": owner_kind, "uid": "x"}]
+    return {"metadata": {"name": f"{name}-workspace", "labels": labels, "ownerReferences": refs}}
+
+
+def test_a_sandbox_without_its_pod_is_left_to_the_garbage_collector_or_given_a_pod() -> None:
+    # Its claim owned by its (deleted) Pod: going. Still the pool's (a fill stopped half-way): it gets its Pod.
+    going, halfway = pools.group_sandboxes([], [claim("x", "Pod"), claim("y", pool.POOL_KIND)])
+    todo = pools.plan([going, halfway], 2, "h1")
+    assert todo.remove == [] and [s.name for s in todo.repair] == ["y"] and todo.make == 1
+    assert pools.plan([halfway], 0, "h1").repair == []
+
+
+def test_a_claimed_sandbox_is_not_the_pools() -> None:
     claimed = pools.group_sandboxes([pod("y", session="demo")], [])
     assert [s.claimed for s in claimed] == [True]
+
+
+def test_a_failed_sandbox_waits_out_its_backoff_and_counts_until_then() -> None:
+    ended = datetime(2026, 1, 1, tzinfo=UTC)
+    dead = failed("a")
+    dead["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"] = "2026-01-01T00:00:00Z"
+    sandboxes = pools.group_sandboxes([dead], [])
+    soon = pools.plan(sandboxes, 1, "h1", at=ended + timedelta(seconds=1), backoff=5)
+    assert (soon.remove, soon.make, soon.retry_in) == ([], 0, 4.0)
+    due = pools.plan(sandboxes, 1, "h1", at=ended + timedelta(seconds=6), backoff=5)
+    assert [s.name for s, _, _ in due.remove] == ["a"] and due.make == 1 and due.retry_in is None

@@ -79,6 +79,7 @@ def build_session_manifest(
         "runtimeClassName": template.runtime_class_name,
         "ttlSeconds": template.ttl_seconds,
         "idleTimeoutSeconds": template.idle_timeout_seconds,
+        "poolRef": template.pool,
     }
     spec.update({k: v for k, v in optional.items() if v is not None})
     if template.packages:
