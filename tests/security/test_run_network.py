@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
+from codegen_mcp.sandbox_agent import netns
 from codegen_mcp.sandbox_agent.app import create_app
-from codegen_mcp.sandbox_agent.netns import user_network
+from codegen_mcp.sandbox_agent.netns import jail_resolv_conf, user_network
 from tests.security.test_pip_network import (  # noqa: F401 - fixtures
     PROBE,
     LoopbackServer,
@@ -100,3 +101,43 @@ async def test_networked_jails_start_every_time(jailed_user_mode_network: None) 
         if proc.returncode != 0:
             failures.append(err.decode(errors="replace").strip())
     assert not failures, f"{len(failures)} of {STARTS} networked jails did not start: {failures[:3]}"
+
+
+@pytest.mark.parametrize(
+    ("host", "shown"),
+    [
+        ("nameserver 10.255.255.53\n", None),
+        ("nameserver 127.0.0.53\nnameserver 192.0.2.1\n", None),  # one reachable server is enough
+        (
+            "# systemd-resolved\nnameserver 127.0.0.53\noptions edns0 trust-ad\nsearch lan\n",
+            "# systemd-resolved\noptions edns0 trust-ad\nsearch lan\nnameserver 10.0.2.3\n",
+        ),
+        ("nameserver ::1\nnameserver 127.0.0.1\n", "nameserver 10.0.2.3\n"),
+        ("", "nameserver 10.0.2.3\n"),  # no server: the C library asks 127.0.0.1
+        ("nameserver not-an-address\n", "nameserver 10.0.2.3\n"),
+    ],
+)
+def test_the_jail_is_shown_slirps_dns_forwarder_where_the_host_has_only_loopback_servers(
+    host: str, shown: str | None
+) -> None:
+    assert jail_resolv_conf(host) == shown
+
+
+async def test_a_jail_with_a_loopback_only_host_resolver_is_shown_slirps_forwarder(
+    aiohttp_client: Callable[..., Awaitable[AgentClient]],
+    workspace: Path,
+    venv: Path,  # noqa: F811
+    base_dir: Path,
+    jailed_user_mode_network: None,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    host = base_dir / f"resolv-{os.getpid()}.conf"
+    host.write_text("nameserver 127.0.0.53\nsearch lan\n")
+    monkeypatch.setattr(netns, "HOST_RESOLV_CONF", host)
+    code = "print(open('/etc/resolv.conf').read(), end='')"
+    data = await run_in_networked_jail(aiohttp_client, workspace, venv, code)
+    assert data["run"]["stdout"] == "search lan\nnameserver 10.0.2.3\n", data["run"]
+    if pypi_reachable():  # and the forwarder answers (it asks the host's real resolver)
+        code = "import socket; print(socket.getaddrinfo('pypi.org', 443)[0][4][0])"
+        data = await run_in_networked_jail(aiohttp_client, workspace, venv, code)
+        assert data["run"]["exit_code"] == 0, data["run"]

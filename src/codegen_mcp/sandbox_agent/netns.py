@@ -11,6 +11,11 @@ The order: bwrap reports its child's pid on `--info-fd` and waits on `--block-fd
 slirp4netns to `/proc/<pid>/ns/net`, waits for its ready byte, then lets bwrap go on. If slirp4netns cannot
 attach, bwrap is released anyway and the child runs with loopback only: it fails, the host stays closed.
 
+DNS: the jail shows the host's /etc/resolv.conf. Where that names only loopback servers (systemd-resolved's
+127.0.0.53, a local dnsmasq), they are out of reach with the host's loopback refused, so such jails are shown
+a resolv.conf naming slirp4netns's own forwarder instead (10.0.2.3, which sends the query to the host's
+resolver, loopback included: `jail_resolv_conf`, `resolv_conf_mounts`).
+
 pasta (Debian's passt) is not used: the version Debian 12 ships cannot start as the sandbox uid where
 /dev/net/tun is 0600 ("Failed to open tun socket in namespace"), and as root it switches itself to nobody.
 Without slirp4netns (or, for pip, without the jail) the child keeps the host's network, and a line saying so is
@@ -21,11 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
+import secrets
 import shutil
 from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+
+from codegen_mcp.sandbox_agent.jail import Bind
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +52,10 @@ FALLBACK = (
     "so it can reach services on the host's loopback"
 )
 _warned: set[str] = set()
+# slirp4netns's DNS forwarder in the namespace (its default 10.0.2.0/24 network).
+SLIRP_NAMESERVER = "10.0.2.3"
+RESOLV_CONF = Path("/etc/resolv.conf")
+HOST_RESOLV_CONF = RESOLV_CONF  # the host's, as the agent reads it (a test points it elsewhere)
 
 
 def find_slirp4netns() -> str | None:
@@ -55,6 +69,56 @@ def fallback_reason(*, jailed: bool, slirp: str | None) -> str | None:
     if slirp is None:
         return f"slirp4netns is not installed (Debian package slirp4netns): {FALLBACK}"
     return None
+
+
+def jail_resolv_conf(host: str) -> str | None:
+    """The resolv.conf a jail with the user-mode network must see instead of the host's `host`, or None to keep it.
+
+    None when the host names a server the jail can reach (any but loopback ones); else the host's file with
+    its `nameserver` lines replaced by slirp4netns's forwarder (no server at all means 127.0.0.1 to the C
+    library, so loopback too). `search`, `options` and comments are kept.
+    """
+    servers: list[str] = []
+    kept: list[str] = []
+    for line in host.splitlines():
+        words = line.split()
+        if words[:1] == ["nameserver"]:
+            servers.append(words[1] if len(words) > 1 else "")
+        else:
+            kept.append(line)
+    if any(_reachable_server(server) for server in servers):
+        return None
+    return "\n".join([*kept, f"nameserver {SLIRP_NAMESERVER}", ""])
+
+
+def _reachable_server(server: str) -> bool:
+    try:
+        return not ipaddress.ip_address(server.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False  # not an address: the C library ignores it
+
+
+def resolv_conf_mounts(state_dir: Path) -> list[Bind]:
+    """The bind that shows a networked jail `jail_resolv_conf`'s file (written in `state_dir`), if one is needed.
+
+    Nothing without slirp4netns: the jail then shares the host's network, and its loopback resolver with it.
+    """
+    if find_slirp4netns() is None:
+        return []
+    try:
+        host = HOST_RESOLV_CONF.read_text(errors="replace")
+    except FileNotFoundError:
+        host = ""
+    text = jail_resolv_conf(host)
+    if text is None:
+        return []
+    path = state_dir / "resolv.conf"
+    if not path.is_file() or path.read_text() != text:
+        partial = path.with_name(f".resolv.conf.{secrets.token_hex(4)}")  # runs may start side by side
+        partial.write_text(text)
+        partial.chmod(0o644)  # read by the sandbox uid through the bind
+        partial.replace(path)
+    return [Bind(path, RESOLV_CONF)]
 
 
 def _warn_once(reason: str) -> None:

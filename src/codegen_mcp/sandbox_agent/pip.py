@@ -32,7 +32,7 @@ from codegen_mcp.api.errors import SandboxUnavailable
 from codegen_mcp.api.tools import PkgInstallResult, TaskState
 from codegen_mcp.sandbox_agent.isolation import CPU_SLACK_S, Limits, child_env, unreachable_parent
 from codegen_mcp.sandbox_agent.jail import Bind, Jail, JailCommand, Mount
-from codegen_mcp.sandbox_agent.netns import user_network
+from codegen_mcp.sandbox_agent.netns import resolv_conf_mounts, user_network
 from codegen_mcp.sandbox_agent.process import (
     LOG_TAIL_BYTES,
     Captured,
@@ -221,6 +221,7 @@ async def run_pip(
             *pip_path_mounts(executor.pip_env, jail, folders),
             Bind(executor.venv_dir, writable=True),
             Bind(home, writable=True),
+            *(resolv_conf_mounts(executor.state_dir) if network else ()),
         ]
         command = executor.sandbox.jail_command(argv, binds=binds, chdir=home, network=network)
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from codegen_mcp.api.agent_settings import AgentSettings
 from codegen_mcp.sandbox_agent.isolation import CPU_SLACK_S, Limits, child_env
 from codegen_mcp.sandbox_agent.jail import Bind, JailCommand, Mount
-from codegen_mcp.sandbox_agent.netns import user_network
+from codegen_mcp.sandbox_agent.netns import resolv_conf_mounts, user_network
 from codegen_mcp.sandbox_agent.process import Captured, ProcessOutcome, start_failure, supervise
 from codegen_mcp.sandbox_agent.tasks import Task
 
@@ -55,6 +55,8 @@ def confine(
         binds: list[Mount] = [*executor.python_mounts(), Bind(executor.root, writable=True)]
         if executor.venv_dir.exists():
             binds.append(Bind(executor.venv_dir))
+        if sandbox.jail.network:
+            binds += resolv_conf_mounts(executor.state_dir)
         command = sandbox.jail_command(
             argv, binds=binds, chdir=executor.root, hidden_inside=[executor.state_dir], read_only_after=read_only_after
         )
