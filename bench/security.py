@@ -372,6 +372,8 @@ def coordinators(workdir: Path) -> Iterator[tuple[CoordinatorProcess, Coordinato
         # of its own): a coordinator ending its session kills what its uid runs, so sharing one is sharing deaths.
         "CODEGEN_LOCAL_UID_REGISTRY_DIR": str(workdir / "uids"),
         "CODEGEN_LOCAL_SANDBOX_UID_BASE": str(SANDBOX_UID_BASE),
+        # The attacked session's cgroups and agents are counted: no pooled sandboxes beside it.
+        "CODEGEN_LOCAL_WARM_POOL": "0",
         "CODEGEN_LOCAL_SESSION_MEMORY_BYTES": str(SESSION_MEMORY),
         "CODEGEN_LOCAL_SESSION_MAX_PROCESSES": str(SESSION_PROCESSES),
         "CODEGEN_LOCAL_DISK_QUOTA_BYTES": str(DISK_QUOTA),

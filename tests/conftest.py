@@ -19,6 +19,12 @@ from tests.support.k8s_providers import LOCAL_PROVIDER, LocalControlPlaneManager
 from tests.support.node import real_node  # noqa: F401 - one node per test run, for every suite that needs one
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Coordinators the tests start (in this process or as children, which inherit it) keep no warm pool unless the
+# test asks for one: a pool of 2 beside every test coordinator would start agents nobody claims (on 2 cores), and
+# tests that count a session's agents, folders or cgroups would count the pool's too. The pool's own tests
+# (tests/integration/test_warm_pool.py) and a few end-to-end ones set it explicitly.
+os.environ.setdefault("CODEGEN_LOCAL_WARM_POOL", "0")
 ProviderFactory = Callable[[str | None], type[AClusterManager]]
 
 

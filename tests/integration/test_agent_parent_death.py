@@ -1,4 +1,4 @@
-"""A coordinator that dies without cleaning up (SIGKILL, OOM) takes its agents with it."""
+"""A coordinator that dies without cleaning up (SIGKILL, OOM) takes its agents, serving or pooled, with it."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def all_ended(pids: list[int]) -> bool:
 async def test_agents_get_sigterm_when_their_coordinator_is_killed() -> None:
     for root in state_root():
         (root / "state").mkdir()
-        cp = start_coordinator(root / "state")
+        cp = start_coordinator(root / "state", env={"CODEGEN_LOCAL_WARM_POOL": "2"})  # pooled agents too
         try:
             async with mcp_session(cp) as s:
                 await call(s, "echo", message="start a sandbox")
