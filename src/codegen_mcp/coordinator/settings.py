@@ -45,6 +45,11 @@ class LocalBackendSettings(BaseSettings):
         description="Sandboxes kept started ahead (agent up, empty workspace, own uid) for new sessions to claim "
         "without waiting; they count against max_sessions and give way to real sessions at the cap. 0: none.",
     )
+    zygote: bool = Field(
+        True,
+        description="Fork agents from one process that imported the agent once (milliseconds and shared code "
+        "pages per agent) instead of starting an interpreter each; false: start each agent directly.",
+    )
     retain_workspaces: bool = Field(False, description="Keep a session's workspace folder after the session ends.")
     python: str | None = Field(None, description="Base interpreter for session venvs (default: a system python3).")
     memory_bytes: int | None = None

@@ -13,6 +13,10 @@ The agent is trusted code and runs as this user; the code it runs is confined by
 namespaces when they work here, rlimits always, a per-session uid when we are root). The coordinator probes
 bubblewrap once at start-up, logs what is in force and tells every agent, so agents skip their own probe.
 
+Agents are forked from the agent zygote (`agent_zygote.py`, `zygote` setting), one process per coordinator that
+imported the agent once; without it (or while it is being replaced) each agent is started as its own
+interpreter. Either way an agent is its session's own process, in its session's cgroups before it serves.
+
 As root, each sandbox's uid comes from the host-wide registry of `uids.py`: a named workspace keeps its uid
 across restarts (its folder's `uid` file and the registry both say it), and no coordinator on this host
 hands out a uid while the folder it was given for exists.
@@ -48,6 +52,7 @@ from codegen_mcp.api.agent_settings import AgentSettings, SandboxMode, agent_var
 from codegen_mcp.api.errors import SandboxUnavailable
 from codegen_mcp.coordinator.agent_client import AgentClient, AgentEndpoint
 from codegen_mcp.coordinator.backends import disks
+from codegen_mcp.coordinator.backends.agent_zygote import AgentZygote, ForkedAgent, ZygoteUnavailable
 from codegen_mcp.coordinator.backends.base import Backend, Sandbox, is_named_workspace
 from codegen_mcp.coordinator.backends.cgroups import SessionCgroups
 from codegen_mcp.coordinator.backends.cleanup import kill_processes_of, remove_tree
@@ -67,7 +72,7 @@ _AGENT_PID = "agent.pid"
 
 @dataclass
 class _Process:
-    proc: asyncio.subprocess.Process
+    proc: asyncio.subprocess.Process | ForkedAgent
     watcher: asyncio.Task[None]
     drain: asyncio.Task[None] | None
 
@@ -127,10 +132,13 @@ def _kill_leftover_agent(session_dir: Path) -> None:
     try:
         pid = int((session_dir / _AGENT_PID).read_text())
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        cwd = os.readlink(f"/proc/{pid}/cwd")
     except (OSError, ValueError):
         return
-    # The pid may have been reused since: only a process serving this very workspace is that agent.
-    if f"{AgentSettings.env_name('workspace')}={session_dir / 'workspace'}".encode() in environ:
+    # The pid may have been reused since: only a process serving this very workspace is that agent. A started
+    # agent has it in its environment; a forked one has the zygote's environment, and the folder as its cwd.
+    started = f"{AgentSettings.env_name('workspace')}={session_dir / 'workspace'}".encode() in environ
+    if started or cwd == str(session_dir):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         log.warning("killed agent %d, left running on %s by a coordinator that stopped uncleanly", pid, session_dir)
@@ -168,6 +176,11 @@ class LocalBackend(Backend):
         )
         self._sandbox_mode: SandboxMode = "none"
         self._isolation = "rlimits"
+        self.zygote = (
+            AgentZygote(self._root / "zygote.log", self._inherited_env(), parent_death_prefix())
+            if self._local.zygote
+            else None
+        )
         self._cgroups = SessionCgroups(
             root=self._local.cgroup_root,
             parent=self._local.cgroup_parent,
@@ -237,11 +250,18 @@ class LocalBackend(Backend):
                 reason,
             )
         log.info("local backend: state in %s; isolation: %s", self._root, self._isolation)
+        if self.zygote is not None:
+            try:
+                await self.zygote.start()
+            except ZygoteUnavailable as err:
+                log.warning("local backend: %s; agents are started directly", err)
         self.pool.begin()
 
     async def aclose(self) -> None:
         await self.pool.aclose()
         await asyncio.gather(*(self._stop(sid) for sid in list(self._procs)), return_exceptions=True)
+        if self.zygote is not None:
+            await self.zygote.aclose_all()
         if self._cgroups.found:
             await asyncio.to_thread(self._cgroups.sweep)  # groups of sandboxes stopped above without a close
             await asyncio.to_thread(self._cgroups.close)
@@ -462,10 +482,13 @@ class LocalBackend(Backend):
         if removed:
             log.warning("removed %d per-session folders left by a coordinator that stopped uncleanly", removed)
 
+    @staticmethod
+    def _inherited_env() -> dict[str, str]:
+        """What agents inherit: the coordinator's environment but its own settings (PATH, AWS_* stay)."""
+        return {k: v for k, v in os.environ.items() if not k.upper().startswith("CODEGEN_")}
+
     def _agent_env(self, sandbox_id: str, workspace: Path, token: str) -> dict[str, str]:
-        # The coordinator's own settings stay private; the rest of its environment is inherited (PATH, AWS_*).
-        inherited = {k: v for k, v in os.environ.items() if not k.upper().startswith("CODEGEN_")}
-        return {**inherited, **self._agent_settings(sandbox_id, workspace, token).to_env()}
+        return {**self._inherited_env(), **self._agent_settings(sandbox_id, workspace, token).to_env()}
 
     def _agent_settings(self, sandbox_id: str, workspace: Path, token: str) -> AgentSettings:
         """The agent's settings: this coordinator's `CODEGEN_AGENT_*` variables, then what it decides itself."""
@@ -498,35 +521,27 @@ class LocalBackend(Backend):
         workspace = session_dir / "workspace"
         socket_path = session_dir / "agent.sock"
         token = secrets.token_urlsafe(32)
-        argv = [*parent_death_prefix(), sys.executable, "-m", "codegen_mcp.sandbox_agent"]
         if len(str(socket_path)) <= _MAX_UNIX_SOCKET_PATH:
             socket_path.unlink(missing_ok=True)
-            argv += ["--unix-socket", str(socket_path)]
+            argv = ["--unix-socket", str(socket_path)]
         else:
-            argv += ["--host", "127.0.0.1", "--port", "0"]
+            argv = ["--host", "127.0.0.1", "--port", "0"]
         if self._cgroups.found:
             await asyncio.to_thread(self._cgroups.create, sandbox_id)
-        log_file = (session_dir / "agent.log").open("ab")
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log_file,
-                env=self._agent_env(sandbox_id, workspace, token),
-            )
-        finally:
-            log_file.close()
+        proc = await self._spawn(argv, session_dir, self._agent_env(sandbox_id, workspace, token))
         self.agents_started += 1
         (session_dir / _AGENT_PID).write_text(f"{proc.pid}\n")
         if self._cgroups.found:
-            # Before it serves anything (it prints LISTENING first), so every run and pip it starts is inside.
+            # Before it serves anything (it prints LISTENING first; a forked one waits for its go), so every
+            # run and pip it starts is inside.
             try:
                 self._cgroups.add(sandbox_id, proc.pid)
             except OSError:
                 proc.kill()
                 await proc.wait()
                 raise
+        if isinstance(proc, ForkedAgent):
+            proc.go()
         assert proc.stdout is not None
         try:
             async with asyncio.timeout(self._local.agent_start_timeout_s):
@@ -571,16 +586,42 @@ class LocalBackend(Backend):
         self._procs[sandbox_id] = _Process(proc, watcher, drain)
         return sandbox
 
+    async def _spawn(
+        self, argv: list[str], session_dir: Path, env: dict[str, str]
+    ) -> asyncio.subprocess.Process | ForkedAgent:
+        """The agent process: forked by the zygote when there is one (it then waits for its go), else started."""
+        log_path = session_dir / "agent.log"
+        if self.zygote is not None:
+            try:
+                return await self.zygote.fork(env=env, argv=argv, log_path=log_path, cwd=session_dir)
+            except ZygoteUnavailable as err:
+                log.warning("starting the agent of %s directly: %s", session_dir.name, err)
+        with log_path.open("ab") as log_file:
+            return await asyncio.create_subprocess_exec(
+                *parent_death_prefix(),
+                sys.executable,
+                "-m",
+                "codegen_mcp.sandbox_agent",
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log_file,
+                env=env,
+            )
+
     @staticmethod
     async def _drain(stream: asyncio.StreamReader) -> None:
         while await stream.read(65536):
             pass
 
-    async def _watch(self, sandbox: Sandbox, proc: asyncio.subprocess.Process) -> None:
+    async def _watch(self, sandbox: Sandbox, proc: asyncio.subprocess.Process | ForkedAgent) -> None:
         code = await proc.wait()
         if sandbox.alive:
             sandbox.alive = False
-            sandbox.exit_reason = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            if isinstance(proc, ForkedAgent):  # the zygote reaped it: how it ended is not known here
+                sandbox.exit_reason = "its process ended"
+            else:
+                sandbox.exit_reason = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
             log.warning("sandbox %s stopped unexpectedly: %s", sandbox.sandbox_id, sandbox.exit_reason)
             self.pool.died(sandbox)
 
