@@ -35,6 +35,8 @@ sys.path.insert(0, str(REPO))
 from bench.control_plane import NS, kubernetes_coordinator, one_session, operated_cluster, start_plane  # noqa: E402
 from codegen_mcp.api import pool  # noqa: E402
 from codegen_mcp.api import session as api  # noqa: E402
+from codegen_mcp.api.session import SessionSpec  # noqa: E402
+from codegen_mcp.operator.adoption import candidates  # noqa: E402
 from tests.support.control_plane import ControlPlane, assets_problem  # noqa: E402
 from tests.support.real_cluster import RealCluster, api_path  # noqa: E402
 
@@ -60,19 +62,15 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 async def wait_full(cluster: RealCluster, replicas: int) -> set[str]:
-    """Wait until the pool has `replicas` Ready sandboxes; the uids of their Pods."""
+    """Wait until the pool has `replicas` Ready, unclaimed sandboxes (its Pods, not its status, which lags a
+    claim by a moment); the uids of their Pods."""
+    wanted = pool.sandbox_hash(SessionSpec(pool_ref=POOL))
     deadline = time.monotonic() + FILL_TIMEOUT
     while time.monotonic() < deadline:
-        found = cluster.read(api.GROUP, api.VERSION, pool.POOL_PLURAL, NS, POOL) or {}
-        status = found.get("status") or {}
-        if status.get("ready") == replicas and status.get("replicas") == replicas:
-            pods = cluster.list_objects("", "v1", "pods", NS)
-            return {
-                p["metadata"]["uid"]
-                for p in pods
-                if (p["metadata"].get("labels") or {}).get(pool.LABEL_POOL) == POOL
-                and api.LABEL_SESSION not in p["metadata"]["labels"]
-            }
+        pods = [p for p in cluster.list_objects("", "v1", "pods", NS) if p["metadata"].get("labels")]
+        ready = candidates(pods, wanted)
+        if len(ready) >= replicas:
+            return {p["metadata"]["uid"] for p in ready}
         await asyncio.sleep(0.05)
     raise TimeoutError(f"pool {POOL} did not fill to {replicas} within {FILL_TIMEOUT:g} s")
 
@@ -104,6 +102,9 @@ async def time_claims(cluster: RealCluster, claims: int, replicas: int) -> tuple
             took.append(seconds)
         else:
             fresh += 1  # not adopted (should not happen with a full pool): not a claim figure
+            events = cluster.request("GET", f"/api/v1/namespaces/{NS}/events")["items"]
+            why = [e["message"] for e in events if e["involvedObject"].get("name") == f"claim-{i}"]
+            print(f"claim-{i} was not adopted: {why}", file=sys.stderr)
         async with cluster.delete(f"{SESSIONS}/claim-{i}"):
             pass
     return took, fresh

@@ -26,12 +26,14 @@ def real(control_plane: ControlPlane) -> Iterator[RealCluster]:
         yield cluster
 
 
-def create(cluster: RealCluster, name: str, spec: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
-    """POST a session; (status code, body) — the body is the Status object when refused."""
-    body: dict[str, Any] = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name}}
+def create(
+    cluster: RealCluster, name: str, spec: dict[str, Any] | None, kind: str = api.KIND, plural: str = api.PLURAL
+) -> tuple[int, dict[str, Any]]:
+    """POST a session (or another kind of ours); (status code, body) — the body is the Status object when refused."""
+    body: dict[str, Any] = {"apiVersion": api.API_VERSION, "kind": kind, "metadata": {"name": name}}
     if spec is not None:
         body["spec"] = spec
-    return cluster.call("POST", api_path(api.GROUP, api.VERSION, api.PLURAL, cluster.namespace), body)
+    return cluster.call("POST", api_path(api.GROUP, api.VERSION, plural, cluster.namespace), body)
 
 
 def test_the_shipped_crd_is_established(real: RealCluster) -> None:

@@ -621,8 +621,10 @@ def running_coordinator(installed: Installed, folder: Path) -> Iterator[Coordina
     state.mkdir()
     env["CODEGEN_AUDIT_LOG"] = str(state / "audit.jsonl")  # the chart's path is an emptyDir in the Pod
     env["CODEGEN_K8S_KUBECONFIG"] = str(installed.coordinator.kubeconfig)
-    for key in [k for k in os.environ if k.startswith("CODEGEN_") and k not in env]:
-        env[key] = ""  # nothing from this shell's environment leaks in
+    # Nothing from this shell's environment leaks in; the local backend's CODEGEN_LOCAL_* do not apply to the
+    # chart's kubernetes backend (and an empty value would not even parse: tests/conftest.py sets one).
+    for key in [k for k in os.environ if k.startswith("CODEGEN_") and not k.startswith("CODEGEN_LOCAL_")]:
+        env.setdefault(key, "")
     command, *args = container_args(deployment)
     assert command == "serve", command
     args = _without(args, ("--host", "--port"))  # start_coordinator's 127.0.0.1 and a free port instead

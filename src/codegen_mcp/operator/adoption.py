@@ -3,8 +3,8 @@
 The sandbox Pod is the lock: the session claims it with a patch that carries the Pod's `resourceVersion`, so
 of two sessions that read the same Pod the API server lets exactly one write (the other gets 409 and tries the
 next one, or makes a fresh sandbox). Only then do the Secret, claim and NetworkPolicy follow, unguarded: they
-are the claimed Pod's. The session's own annotation naming the sandbox comes last; until then a retry finds its
-claimed Pod again by the session label, so a crash between the steps never leaves a sandbox half-moved.
+are the claimed Pod's, together with the session's own annotation naming the sandbox. A retry finds its claimed
+Pod again by the session label, so a crash between the steps never leaves a sandbox half-moved.
 """
 
 from __future__ import annotations
@@ -19,12 +19,15 @@ from codegen_mcp.operator import builders
 from codegen_mcp.operator import status as st
 from codegen_mcp.operator.kube import CLAIMS, NETWORK_POLICIES, PODS, POOLS, SECRETS, SESSIONS, KubeClient, KubeError
 
+CLAIM_ATTEMPTS = 3
+
 
 @dataclass(frozen=True)
 class Adopted:
     session: builders.SessionRef  # now naming the sandbox's children
     pod: dict[str, Any]
     claim: dict[str, Any] | None
+    body: dict[str, Any] | None  # the session as its annotation patch returned it (None: it is gone)
 
 
 @dataclass(frozen=True)
@@ -85,12 +88,21 @@ def claimed_by(pods: list[dict[str, Any]], session: builders.SessionRef) -> dict
     return None
 
 
-async def adopt(kube: KubeClient, body: dict[str, Any], session: builders.SessionRef) -> Adopted | NotAdopted:
-    """Claim a Ready sandbox of `spec.poolRef` for the session and move its children over."""
+async def adopt(
+    kube: KubeClient, body: dict[str, Any], session: builders.SessionRef, known: list[dict[str, Any]] | None = None
+) -> Adopted | NotAdopted:
+    """Claim a Ready sandbox of `spec.poolRef` for the session and move its children over.
+
+    `known`: the pool's Pods as the operator's watch last saw them (its index), which saves a list call; a
+    stale one costs a retry at most, since every claim is judged on the Pod's current resourceVersion.
+    """
     pool_name = session.spec.pool_ref or ""
-    pods = await kube.list(PODS, session.namespace, label_selector=pool_selector(pool_name))
-    pod = claimed_by(pods, session)
-    for candidate in [] if pod is not None else candidates(pods, pool.sandbox_hash(session.spec)):
+    wanted = pool.sandbox_hash(session.spec)
+    if known is None or not (claimed_by(known, session) or candidates(known, wanted)):
+        # kopf batches a Pod's events for a moment before its index sees them: ask the API server itself.
+        known = await kube.list(PODS, session.namespace, label_selector=pool_selector(pool_name))
+    pod = claimed_by(known, session)
+    for candidate in [] if pod is not None else candidates(known, wanted):
         pod = await _claim(kube, candidate, session)
         if pod is not None:
             break
@@ -99,27 +111,37 @@ async def adopt(kube: KubeClient, body: dict[str, Any], session: builders.Sessio
     sandbox = _labels(pod)[pool.LABEL_SANDBOX]
     names = child_names(sandbox)
     retained = session.spec.workspace.retain
+    annotate = {"metadata": {"annotations": {pool.ANNOTATION_SANDBOX: sandbox}}}
+    # All at once: the Pod is claimed already, and a retry finds it by its session label whatever else was done.
     moved = await asyncio.gather(
         kube.patch(SECRETS, session.namespace, names[SECRETS.plural], claim_patch(session)),
         kube.patch(CLAIMS, session.namespace, names[CLAIMS.plural], claim_patch(session, owned=not retained)),
         kube.patch(NETWORK_POLICIES, session.namespace, names[NETWORK_POLICIES.plural], claim_patch(session)),
+        kube.patch(SESSIONS, session.namespace, session.name, annotate),
     )
-    claim_obj = moved[1]
-    annotate = {"metadata": {"annotations": {pool.ANNOTATION_SANDBOX: sandbox}}}
-    await kube.patch(SESSIONS, session.namespace, session.name, annotate)
-    return Adopted(session=replace(session, sandbox=sandbox), pod=pod, claim=claim_obj)
+    return Adopted(session=replace(session, sandbox=sandbox), pod=pod, claim=moved[1], body=moved[3])
 
 
 async def _claim(kube: KubeClient, pod: dict[str, Any], session: builders.SessionRef) -> dict[str, Any] | None:
-    """The Pod as claimed by this session, or None when another session was faster (or it is gone)."""
-    patch = claim_patch(session)
-    patch["metadata"]["resourceVersion"] = pod["metadata"]["resourceVersion"]
-    try:
-        return await kube.patch(PODS, session.namespace, pod["metadata"]["name"], patch)
-    except KubeError as exc:
-        if exc.status == 409:
+    """The Pod as claimed by this session, or None when another session was faster (or it is gone).
+
+    A conflict means the Pod changed since it was read: claimed by another session, or only its status moved
+    on (the kubelet's, or a stale copy from the index). Read again, and try again while it is still unclaimed.
+    """
+    name = pod["metadata"]["name"]
+    for _ in range(CLAIM_ATTEMPTS):
+        patch = claim_patch(session)
+        patch["metadata"]["resourceVersion"] = pod["metadata"]["resourceVersion"]
+        try:
+            return await kube.patch(PODS, session.namespace, name, patch)
+        except KubeError as exc:
+            if exc.status != 409:
+                raise
+        fresh = await kube.get(PODS, session.namespace, name)
+        if fresh is None or not candidates([fresh], _labels(pod).get(pool.LABEL_TEMPLATE_HASH) or ""):
             return None
-        raise
+        pod = fresh
+    return None
 
 
 async def _why_not(kube: KubeClient, session: builders.SessionRef, pool_name: str) -> NotAdopted:

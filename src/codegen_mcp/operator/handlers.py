@@ -131,8 +131,16 @@ async def probe_sessions(**kwargs: Any) -> int:
 # --- CodegenSession ---------------------------------------------------------------------------------------------
 
 
-async def session_created(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    await reconciler(memo).reconcile(_plain(body))
+async def session_created(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    pool_pods: kopf.Index[Any, Any] = kwargs["pool_pods"]
+    pool_name = (body.get("spec") or {}).get("poolRef")
+    known = [_plain(p) for p in pool_pods.get((body.meta.namespace, pool_name), [])] if pool_name else None
+    await reconciler(memo).reconcile(_plain(body), known)
+
+
+def index_pool_pod(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """Every pooled sandbox Pod by (namespace, pool), kept by the watch: a session adopts without a list call."""
+    return {(namespace, labels.get(pool.LABEL_POOL)): _plain(body)}
 
 
 async def spec_updated(body: kopf.Body, old: Any, new: Any, memo: kopf.Memo, **_: Any) -> None:
@@ -266,6 +274,7 @@ def build_registry() -> kopf.OperatorRegistry:
     kopf.on.resume(*pools, registry=registry, backoff=3)(pool_changed)
     kopf.on.update(*pools, field="spec", registry=registry, backoff=3)(pool_changed)
     kopf.on.event("v1", "pods", labels=POOLED, registry=registry)(pooled_pod_event)
+    kopf.index("v1", "pods", labels=POOLED, id="pool_pods", registry=registry)(index_pool_pod)
     return registry
 
 

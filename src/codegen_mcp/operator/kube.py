@@ -226,13 +226,16 @@ class KubeClient:
         namespace: str,
         name: str,
         mutate: Callable[[dict[str, Any], SessionStatus], SessionStatus | Awaitable[SessionStatus]],
+        *,
+        body: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
         """Read-modify-write of a session's status, guarded by resourceVersion (retried on 409).
 
         `mutate(body, status)` returns the new status; nothing is written when it returns an equal one.
+        `body`: the session as just returned by the API server, to write on without reading it first.
         Returns the session as written (or as read, when unchanged); None when the session is gone.
         """
-        return await self._update_status(SESSIONS, SessionStatus, namespace, name, mutate)
+        return await self._update_status(SESSIONS, SessionStatus, namespace, name, mutate, body)
 
     async def update_pool_status(
         self,
@@ -250,9 +253,10 @@ class KubeClient:
         namespace: str,
         name: str,
         mutate: Callable[[dict[str, Any], StatusT], StatusT | Awaitable[StatusT]],
+        known: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
         for _ in range(STATUS_CONFLICT_RETRIES):
-            body = await self.get(kind, namespace, name)
+            body, known = known or await self.get(kind, namespace, name), None
             if body is None:
                 return None
             old = model.model_validate(body.get("status") or {})

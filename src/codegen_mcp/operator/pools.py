@@ -17,7 +17,7 @@ import secrets
 import string
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -230,7 +230,8 @@ class PoolReconciler:
         sandboxes = group_sandboxes(pods, claims)
         claimed = sum(1 for s in sandboxes if s.claimed)
         members = [s for s in sandboxes if not s.claimed]
-        todo = plan(members, spec.replicas, wanted_hash, at=now(), backoff=self.settings.restart_backoff_seconds)
+        at = datetime.now(UTC)  # not now(): its whole seconds would make a short backoff look unfinished
+        todo = plan(members, spec.replicas, wanted_hash, at=at, backoff=self.settings.restart_backoff_seconds)
         if todo.retry_in is not None:
             self._look_again(namespace, name, todo.retry_in)
         for sandbox, reason, why in todo.remove:
@@ -266,6 +267,7 @@ class PoolReconciler:
 
         async def later() -> None:
             await asyncio.sleep(delay + 0.1)
+            del self._later[key]  # this look may need another
             try:
                 await self.sync(namespace, name)
             except KubeError as exc:

@@ -123,8 +123,11 @@ class SessionReconciler:
 
     # --- create / resume -----------------------------------------------------------------------------------
 
-    async def reconcile(self, body: dict[str, Any]) -> None:
-        """Make every child exist and the status say where the session stands (create and resume)."""
+    async def reconcile(self, body: dict[str, Any], pool_pods: list[dict[str, Any]] | None = None) -> None:
+        """Make every child exist and the status say where the session stands (create and resume).
+
+        `pool_pods`: the Pods of the pool spec.poolRef names, as the operator's index knows them (None: list them).
+        """
         spec, problem = validate(body)
         if spec is None:
             raise await self._fail(body, Reason.INVALID_SPEC, problem)
@@ -132,6 +135,9 @@ class SessionReconciler:
         meta = body["metadata"]
         generation = meta.get("generation")
         try:
+            unstarted = not (body.get("status") or {}).get("podUID") and not meta.get("deletionTimestamp")
+            if spec.pool_ref and not session.sandbox and unstarted and await self._adopt(body, session, pool_pods):
+                return
             accepted = await self.kube.update_status(
                 session.namespace, session.name, lambda _b, s: self._accepted(s, spec, generation)
             )
@@ -139,14 +145,6 @@ class SessionReconciler:
                 # Gone or going (a fresh read): adopting children now would hand them to the garbage collector,
                 # also those a `kubectl delete --cascade=orphan` meant to leave behind.
                 return
-            if session.spec.pool_ref and not session.sandbox:
-                found = await adoption.adopt(self.kube, body, session)
-                if isinstance(found, adoption.Adopted):
-                    await self._observe(body, found.session, found.pod, found.claim)
-                    message = f"adopted sandbox {found.session.sandbox} from pool {session.spec.pool_ref}"
-                    await self._event(body, NORMAL, PoolReason.ADOPTED, message)
-                    return
-                await self._event(body, NORMAL, found.reason, found.message)
             token = secrets.token_urlsafe(32)
             secret, claim, policy, pod = builders.build_children(session, self.settings, token)
             await self._ensure(secret, session, body)
@@ -156,6 +154,28 @@ class SessionReconciler:
             await self._observe(body, session, pod_obj, claim_obj)
         except KubeError as exc:
             raise temporary(exc, f"reconciling {session.namespace}/{session.name}") from exc
+
+    async def _adopt(
+        self, body: dict[str, Any], session: builders.SessionRef, pool_pods: list[dict[str, Any]] | None
+    ) -> bool:
+        """Take a Ready sandbox of spec.poolRef: its children move over, and one status write makes the session
+        Ready (no read first: the session as the adoption's last patch returned it). False: none was taken."""
+        spec = session.spec
+        found = await adoption.adopt(self.kube, body, session, pool_pods)
+        if isinstance(found, adoption.NotAdopted):
+            await self._event(body, NORMAL, found.reason, found.message)
+            return False
+        generation = body["metadata"].get("generation")
+        observed = self._observation(found.session, found.pod, found.claim, generation)
+
+        def mutate(_b: dict[str, Any], status: SessionStatus) -> SessionStatus:
+            return observed(self._accepted(status, spec, generation))
+
+        written = await self.kube.update_status(session.namespace, session.name, mutate, body=found.body)
+        message = f"adopted sandbox {found.session.sandbox} from pool {spec.pool_ref}"
+        await self._event(body, NORMAL, PoolReason.ADOPTED, message)
+        await self._announce(status_before=body.get("status") or {}, written=written)
+        return True
 
     def _accepted(self, status: SessionStatus, spec: SessionSpec, generation: int | None) -> SessionStatus:
         new = status.model_copy(deep=True)
@@ -174,11 +194,22 @@ class SessionReconciler:
         pod: dict[str, Any] | None,
         claim: dict[str, Any] | None,
     ) -> None:
+        observed = self._observation(session, pod, claim, body["metadata"].get("generation"))
+        written = await self.kube.update_status(session.namespace, session.name, lambda _b, s: observed(s))
+        await self._announce(status_before=body.get("status") or {}, written=written)
+
+    def _observation(
+        self,
+        session: builders.SessionRef,
+        pod: dict[str, Any] | None,
+        claim: dict[str, Any] | None,
+        generation: int | None,
+    ) -> Callable[[SessionStatus], SessionStatus]:
+        """The status change that what the Pod and claim look like now calls for."""
         pod_obs = st.observe_pod(pod)
         claim_obs = st.observe_claim(claim)
-        generation = body["metadata"].get("generation")
 
-        def mutate(_b: dict[str, Any], status: SessionStatus) -> SessionStatus:
+        def change(status: SessionStatus) -> SessionStatus:
             new = st.apply_observations(
                 status,
                 pod=pod_obs,
@@ -192,8 +223,7 @@ class SessionReconciler:
             new.workspace_claim_name = api.workspace_claim_name(session.base)
             return new
 
-        written = await self.kube.update_status(session.namespace, session.name, mutate)
-        await self._announce(status_before=body.get("status") or {}, written=written)
+        return change
 
     async def _announce(self, *, status_before: dict[str, Any], written: dict[str, Any] | None) -> None:
         """One Event when the session becomes Ready or Failed."""
