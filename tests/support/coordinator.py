@@ -57,17 +57,24 @@ def _read_listening_line(proc: subprocess.Popen[bytes], timeout_s: float) -> str
     raise RuntimeError(f"coordinator did not report LISTENING within {timeout_s} s (exit code {proc.poll()})")
 
 
-# The host's shared registry hands out 61000 and up (the default); the security bench takes 63000 and up.
-PRIVATE_UID_BASE = 45000
+# The host's shared registry hands out 61000 and up (the default); the security bench takes 63000 and up. Private
+# registries take a block of 45000-60999 chosen by this test process's pid, so two test runs on one host (say, a
+# developer's beside CI's) do not share uids either.
+PRIVATE_UID_SLOTS = 250
+PRIVATE_UID_BASE = 45000 + (os.getpid() % 64) * PRIVATE_UID_SLOTS
 
 
 def private_uid_registry(directory: Path) -> dict[str, str]:
     """A coordinator's env for a uid registry of its own, on uids the host's shared registry never hands out.
 
     Two registries over one range would give one uid to two live sandboxes, and ending either session kills
-    every process of that uid: the other coordinator's runs die with -9.
+    every process of that uid (`kill -1` as that uid): the other's runs die with SIGKILL (exit 137 in the jail).
     """
-    return {"CODEGEN_LOCAL_UID_REGISTRY_DIR": str(directory), "CODEGEN_LOCAL_SANDBOX_UID_BASE": str(PRIVATE_UID_BASE)}
+    return {
+        "CODEGEN_LOCAL_UID_REGISTRY_DIR": str(directory),
+        "CODEGEN_LOCAL_SANDBOX_UID_BASE": str(PRIVATE_UID_BASE),
+        "CODEGEN_LOCAL_SANDBOX_UID_SLOTS": str(PRIVATE_UID_SLOTS),
+    }
 
 
 def start_coordinator(state_dir: Path, *extra: str, env: dict[str, str] | None = None) -> CoordinatorProcess:
