@@ -93,14 +93,16 @@ class AgentZygote:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
+        """The zygote's pid once it is ready to fork, while it runs; else None."""
+        proc = self._proc
+        return proc.pid if self._control is not None and proc is not None and proc.returncode is None else None
 
     async def start(self) -> None:
         """Start the zygote and wait until it has imported the agent; raise ZygoteUnavailable if it cannot."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             with self._log_path.open("ab") as log_file:
-                self._proc = await asyncio.create_subprocess_exec(
+                proc = await asyncio.create_subprocess_exec(
                     *self._argv,
                     stdin=theirs.fileno(),
                     stdout=asyncio.subprocess.DEVNULL,
@@ -114,16 +116,17 @@ class AgentZygote:
             theirs.close()
         self.starts += 1
         ours.setblocking(False)
-        self._control = ours
         try:
-            reply = await self._receive(_START_TIMEOUT_S)
-        except ZygoteUnavailable:
-            await self.aclose()
+            reply = await self._receive(ours, _START_TIMEOUT_S)
+            if not reply.get("ready"):
+                raise ZygoteUnavailable(f"the agent zygote said {reply!r} instead of ready")
+        except BaseException:
+            ours.close()
+            await _end(proc)
             raise
-        if not reply.get("ready"):
-            await self.aclose()
-            raise ZygoteUnavailable(f"the agent zygote said {reply!r} instead of ready")
-        log.info("agent zygote %d ready: local agents are forked from it", self._proc.pid)
+        # Only now may requests be sent: the ready message is never taken for a fork's reply.
+        self._proc, self._control = proc, ours
+        log.info("agent zygote %d ready: local agents are forked from it", proc.pid)
 
     async def fork(self, *, env: dict[str, str], argv: list[str], log_path: Path, cwd: Path) -> ForkedAgent:
         """A new agent, forked and waiting for its `go`; ZygoteUnavailable when there is no zygote to ask."""
@@ -136,7 +139,7 @@ class AgentZygote:
                     raise ZygoteUnavailable("the agent zygote is not running")
                 try:
                     socket.send_fds(self._control, [request], [theirs.fileno()])
-                    reply = await self._receive(_REPLY_TIMEOUT_S)
+                    reply = await self._receive(self._control, _REPLY_TIMEOUT_S)
                 except (OSError, ZygoteUnavailable) as err:
                     log.warning("agent zygote lost (%s); starting a new one", err)
                     await self.aclose()
@@ -159,11 +162,11 @@ class AgentZygote:
         stdout, channel = await asyncio.open_unix_connection(sock=ours)
         return ForkedAgent(pid, pidfd, stdout, channel)
 
-    async def _receive(self, timeout_s: float) -> dict[str, Any]:
-        assert self._control is not None
+    @staticmethod
+    async def _receive(control: socket.socket, timeout_s: float) -> dict[str, Any]:
         try:
             async with asyncio.timeout(timeout_s):
-                data = await asyncio.get_running_loop().sock_recv(self._control, 65536)
+                data = await asyncio.get_running_loop().sock_recv(control, 65536)
         except TimeoutError:
             raise ZygoteUnavailable(f"the agent zygote did not answer within {timeout_s:g} s") from None
         if not data:
@@ -188,11 +191,8 @@ class AgentZygote:
         control, self._control = self._control, None
         if control is not None:
             control.close()
-        proc = self._proc
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-            await proc.wait()
+        if self._proc is not None:
+            await _end(self._proc)
 
     async def aclose_all(self) -> None:
         """Stop the zygote and any restart of it under way (the backend is closing)."""
@@ -201,3 +201,10 @@ class AgentZygote:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._restart
         await self.aclose()
+
+
+async def _end(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        await proc.wait()
