@@ -424,6 +424,9 @@ class SessionStatus(_Model):
     endpoint: str | None = Field(None, description="http://<podIP>:<port> of the sandbox agent.")
     token_secret_name: str | None = Field(None, description="Secret holding the agent's bearer token (key: token).")
     workspace_claim_name: str | None = None
+    sandbox_name: str | None = Field(
+        None, description="The pooled sandbox this session adopted: the base name of its children (<name>-sandbox…)."
+    )
     image: str | None = Field(None, description="The image the sandbox runs.")
     restart_count: int = Field(0, description="How many times the sandbox Pod was recreated.")
     pod_uid: str | None = Field(None, alias="podUID")

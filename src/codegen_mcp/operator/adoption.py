@@ -2,9 +2,10 @@
 
 The sandbox Pod is the lock: the session claims it with a patch that carries the Pod's `resourceVersion`, so
 of two sessions that read the same Pod the API server lets exactly one write (the other gets 409 and tries the
-next one, or makes a fresh sandbox). Only then do the Secret, claim and NetworkPolicy follow, unguarded: they
-are the claimed Pod's, together with the session's own annotation naming the sandbox. A retry finds its claimed
-Pod again by the session label, so a crash between the steps never leaves a sandbox half-moved.
+next one, or makes a fresh sandbox). Only then do the Secret, claim and NetworkPolicy follow, unguarded (they
+are the claimed Pod's), while the session's status takes the sandbox (`status.sandboxName`) and says Ready. A
+retry finds its claimed Pod again by the session label, or its sandbox by that status, and moves the children
+again: a crash between the steps never leaves a sandbox half-moved.
 """
 
 from __future__ import annotations
@@ -25,9 +26,7 @@ CLAIM_ATTEMPTS = 3
 @dataclass(frozen=True)
 class Adopted:
     session: builders.SessionRef  # now naming the sandbox's children
-    pod: dict[str, Any]
-    claim: dict[str, Any] | None
-    body: dict[str, Any] | None  # the session as its annotation patch returned it (None: it is gone)
+    pod: dict[str, Any]  # claimed: its children follow with `move_children`
 
 
 @dataclass(frozen=True)
@@ -91,7 +90,7 @@ def claimed_by(pods: list[dict[str, Any]], session: builders.SessionRef) -> dict
 async def adopt(
     kube: KubeClient, body: dict[str, Any], session: builders.SessionRef, known: list[dict[str, Any]] | None = None
 ) -> Adopted | NotAdopted:
-    """Claim a Ready sandbox of `spec.poolRef` for the session and move its children over.
+    """Claim a Ready sandbox of `spec.poolRef` for the session (its children follow: `move_children`).
 
     `known`: the pool's Pods as the operator's watch last saw them (its index), which saves a list call; a
     stale one costs a retry at most, since every claim is judged on the Pod's current resourceVersion.
@@ -108,18 +107,24 @@ async def adopt(
             break
     if pod is None:
         return await _why_not(kube, session, pool_name)
-    sandbox = _labels(pod)[pool.LABEL_SANDBOX]
-    names = child_names(sandbox)
+    return Adopted(session=replace(session, sandbox=_labels(pod)[pool.LABEL_SANDBOX]), pod=pod)
+
+
+async def move_children(kube: KubeClient, session: builders.SessionRef) -> None:
+    """The claimed sandbox's Secret, claim and NetworkPolicy become the session's (idempotent: also on a retry)."""
+    names = child_names(session.base)
     retained = session.spec.workspace.retain
-    annotate = {"metadata": {"annotations": {pool.ANNOTATION_SANDBOX: sandbox}}}
-    # All at once: the Pod is claimed already, and a retry finds it by its session label whatever else was done.
-    moved = await asyncio.gather(
+    await asyncio.gather(
         kube.patch(SECRETS, session.namespace, names[SECRETS.plural], claim_patch(session)),
         kube.patch(CLAIMS, session.namespace, names[CLAIMS.plural], claim_patch(session, owned=not retained)),
         kube.patch(NETWORK_POLICIES, session.namespace, names[NETWORK_POLICIES.plural], claim_patch(session)),
-        kube.patch(SESSIONS, session.namespace, session.name, annotate),
     )
-    return Adopted(session=replace(session, sandbox=sandbox), pod=pod, claim=moved[1], body=moved[3])
+
+
+async def annotate(kube: KubeClient, session: builders.SessionRef) -> None:
+    """The session names its sandbox in an annotation too: a restored resource without status still finds it."""
+    patch = {"metadata": {"annotations": {pool.ANNOTATION_SANDBOX: session.base}}}
+    await kube.patch(SESSIONS, session.namespace, session.name, patch)
 
 
 async def _claim(kube: KubeClient, pod: dict[str, Any], session: builders.SessionRef) -> dict[str, Any] | None:

@@ -58,7 +58,11 @@ class SessionRef:
             namespace=str(meta.get("namespace") or "default"),
             uid=str(meta.get("uid") or ""),
             spec=spec,
-            sandbox=str((meta.get("annotations") or {}).get(pool.ANNOTATION_SANDBOX) or ""),
+            sandbox=str(
+                (meta.get("annotations") or {}).get(pool.ANNOTATION_SANDBOX)
+                or (body.get("status") or {}).get("sandboxName")
+                or ""
+            ),
             kind=str(body.get("kind") or api.KIND),
         )
 

@@ -7,6 +7,7 @@ first attempt made and carries on. Status is written read-modify-write under `re
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Any, Literal
 import kopf
 from pydantic import ValidationError
 
+from codegen_mcp.api import pool
 from codegen_mcp.api import session as api
 from codegen_mcp.api.errors import validation_sentence
 from codegen_mcp.api.pool import PoolReason
@@ -145,6 +147,11 @@ class SessionReconciler:
                 # Gone or going (a fresh read): adopting children now would hand them to the garbage collector,
                 # also those a `kubectl delete --cascade=orphan` meant to leave behind.
                 return
+            if spec.pool_ref and session.sandbox:
+                # Adopted before: whatever an interrupted adoption left undone is done now (idempotent).
+                await adoption.move_children(self.kube, session)
+                if pool.ANNOTATION_SANDBOX not in (meta.get("annotations") or {}):
+                    await adoption.annotate(self.kube, session)
             token = secrets.token_urlsafe(32)
             secret, claim, policy, pod = builders.build_children(session, self.settings, token)
             await self._ensure(secret, session, body)
@@ -158,20 +165,26 @@ class SessionReconciler:
     async def _adopt(
         self, body: dict[str, Any], session: builders.SessionRef, pool_pods: list[dict[str, Any]] | None
     ) -> bool:
-        """Take a Ready sandbox of spec.poolRef: its children move over, and one status write makes the session
-        Ready (no read first: the session as the adoption's last patch returned it). False: none was taken."""
+        """Take a Ready sandbox of spec.poolRef: its children move over while one status write makes the session
+        Ready. False: none was taken."""
         spec = session.spec
         found = await adoption.adopt(self.kube, body, session, pool_pods)
         if isinstance(found, adoption.NotAdopted):
             await self._event(body, NORMAL, found.reason, found.message)
             return False
         generation = body["metadata"].get("generation")
-        observed = self._observation(found.session, found.pod, found.claim, generation)
+        # A Ready Pod has its volume mounted: the claim's own object is not needed to say so.
+        observed = self._observation(found.session, found.pod, None, generation)
 
         def mutate(_b: dict[str, Any], status: SessionStatus) -> SessionStatus:
             return observed(self._accepted(status, spec, generation))
 
-        written = await self.kube.update_status(session.namespace, session.name, mutate, body=found.body)
+        # Status on the session as kopf handed it over (no read first), while the children move.
+        _, written = await asyncio.gather(
+            adoption.move_children(self.kube, found.session),
+            self.kube.update_status(session.namespace, session.name, mutate, body=body),
+        )
+        await adoption.annotate(self.kube, found.session)
         message = f"adopted sandbox {found.session.sandbox} from pool {spec.pool_ref}"
         await self._event(body, NORMAL, PoolReason.ADOPTED, message)
         await self._announce(status_before=body.get("status") or {}, written=written)
@@ -221,6 +234,7 @@ class SessionReconciler:
             )
             new.token_secret_name = api.token_secret_name(session.base)
             new.workspace_claim_name = api.workspace_claim_name(session.base)
+            new.sandbox_name = session.sandbox or None
             return new
 
         return change

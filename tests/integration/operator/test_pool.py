@@ -64,8 +64,14 @@ async def test_pool_fills_and_a_session_adopts_a_ready_sandbox_then_the_pool_ref
     assert session.pod_name in before and session.pod_uid == before[session.pod_name]
     assert kubectl.child("pods", "demo-sandbox") is None
     sandbox = str(session.pod_name).removesuffix("-sandbox")
-    body = kubectl.session("demo") or {}
-    assert body["metadata"]["annotations"][pool.ANNOTATION_SANDBOX] == sandbox
+    assert session.sandbox_name == sandbox
+    await eventually(
+        lambda: (
+            ((kubectl.session("demo") or {})["metadata"].get("annotations") or {}).get(pool.ANNOTATION_SANDBOX)
+            == sandbox
+        ),
+        what="the session annotated with its sandbox",
+    )
     children = (
         ("pods", api.sandbox_pod_name(sandbox), "", "v1"),
         ("secrets", api.token_secret_name(sandbox), "", "v1"),
