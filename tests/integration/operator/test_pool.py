@@ -13,7 +13,8 @@ from typing import Any
 
 from codegen_mcp.api import pool
 from codegen_mcp.api import session as api
-from tests.integration.operator.conftest import Kubectl
+from codegen_mcp.operator.settings import OperatorSettings
+from tests.integration.operator.conftest import NS, Kubectl
 from tests.integration.operator.test_lifecycle import PODS, agent, event_reasons, wait_phase
 from tests.support.kubelet import FakeKubelet
 from tests.support.operator import OperatorThread
@@ -202,3 +203,38 @@ async def test_deleting_a_pooled_pod_by_hand_is_repaired(
         what="a replacement Pod",
     )
     await filled(kubectl, 1)
+
+
+async def test_a_restarted_operator_finishes_an_adoption_it_was_stopped_in(
+    kubelet: FakeKubelet, kubectl: Kubectl, operator_settings: OperatorSettings
+) -> None:
+    async with OperatorThread(operator_settings):
+        await kubectl.apply_pool("warm", {"replicas": 1, "template": TEMPLATE})
+        await filled(kubectl, 1)
+        created = await kubectl.apply("demo", SESSION)
+        session = await wait_phase(kubectl, "demo", api.Phase.READY)
+    # As if the operator had died after claiming the Pod and writing the status: the other children still the pool's.
+    sandbox = str(session.sandbox_name)
+    pool_labels = {api.LABEL_SESSION: None, pool.LABEL_TEMPLATE_HASH: "old"}
+    moved_back = {"metadata": {"labels": pool_labels, "ownerReferences": None}}
+    for path in (f"/api/v1/namespaces/{NS}/secrets/{api.token_secret_name(sandbox)}",
+                 f"/api/v1/namespaces/{NS}/persistentvolumeclaims/{api.workspace_claim_name(sandbox)}"):  # fmt: skip
+        async with kubectl.cluster.patch(
+            path, json=moved_back, headers={"Content-Type": "application/merge-patch+json"}
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+
+    async with OperatorThread(operator_settings):  # kopf resumes the session
+        for plural, name in (("secrets", api.token_secret_name(sandbox)),
+                             ("persistentvolumeclaims", api.workspace_claim_name(sandbox))):  # fmt: skip
+            await eventually(
+                lambda p=plural, n=name: (
+                    (child := kubectl.child(p, n)) is not None
+                    and child["metadata"]["labels"].get(api.LABEL_SESSION) == "demo"
+                    and [r["uid"] for r in child["metadata"].get("ownerReferences") or []]
+                    == [created["metadata"]["uid"]]
+                ),
+                timeout=20,
+                what=f"{plural}/{name} moved to the session again",
+            )
+        assert kubectl.status("demo").phase == api.Phase.READY
