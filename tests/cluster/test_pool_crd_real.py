@@ -11,6 +11,7 @@ import pytest
 from codegen_mcp.api import pool
 from codegen_mcp.api import session as api
 from tests.cluster.test_crd_real import create, patch
+from tests.cluster.test_printer_columns_real import TABLE, send
 from tests.support.control_plane import ControlPlane
 from tests.support.real_cluster import POOL_CRD_FILE, RealCluster, api_path, apply_crd_file, module_namespace
 
@@ -68,3 +69,20 @@ def test_a_pools_template_may_change_but_a_sessions_pool_ref_may_not(real: RealC
     session = api_path(api.GROUP, api.VERSION, api.PLURAL, real.namespace, "pooled")
     with pytest.raises(AssertionError, match="spec.poolRef is immutable"):
         patch(real, session, {"spec": {"poolRef": "other"}})
+
+
+def test_kubectl_get_shows_replicas_ready_claimed_and_age(real: RealCluster) -> None:
+    """What `kubectl get cgsp` prints, as the real server renders it (kubectl asks for a Table)."""
+    code, _ = create_pool(real, "shown", {"replicas": 3})
+    assert code == 201
+    path = api_path(api.GROUP, api.VERSION, pool.POOL_PLURAL, real.namespace, "shown")
+    status = {"status": {"replicas": 3, "ready": 2, "claimed": 5, "message": "2 of 3 sandboxes ready"}}
+    send(real, "PATCH", f"{path}/status", status, "application/merge-patch+json", "application/json")
+
+    table = send(real, "GET", path, None, "application/json", TABLE)
+    names = [c["name"] for c in table["columnDefinitions"]]
+    assert names[:5] == ["Name", "Replicas", "Ready", "Claimed", "Age"]
+    [row] = table["rows"]
+    cells = dict(zip(names, row["cells"], strict=True))
+    assert (cells["Replicas"], cells["Ready"], cells["Claimed"]) == (3, 2, 5)
+    assert cells["Message"] == "2 of 3 sandboxes ready"  # -o wide
