@@ -37,7 +37,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from codegen_mcp import __version__
-from codegen_mcp.api.errors import CodegenError, ErrorCode
+from codegen_mcp.api.errors import CodegenError, ErrorCode, SandboxUnavailable
 from codegen_mcp.api.tools import TOOLS_BY_NAME
 from codegen_mcp.coordinator import tools
 from codegen_mcp.coordinator.agent_client import AgentUnreachable
@@ -266,12 +266,14 @@ class Coordinator:
 
             handshake = handshake_id(ctx)
             for attempt in (1, 2):
+                sent = False
                 try:
                     # A first call may wait long for its sandbox: its session is not idle meanwhile.
                     with self.handshakes.serving(handshake):
                         async with self.sessions.use(key, notice) as sandbox:
                             sandbox_id = sandbox.sandbox_id
                             self.handshakes.promote(handshake)
+                            sent = True
                             result = await tools.call_tool(
                                 spec,
                                 args,
@@ -287,6 +289,14 @@ class Coordinator:
                         raise
                     log.info("sandbox of session %s unreachable; reconnecting", key)
                     await notice("warning", "your sandbox did not answer; reconnecting and sending the call again")
+                except SandboxUnavailable:
+                    # The sandbox stopped under the call (say, a keep-alive connection to an agent that just
+                    # died). A read-only call changes nothing, so it is sent once more to the revived sandbox;
+                    # any other call reports it, since it may have had an effect.
+                    if attempt == 2 or not sent or not spec.read_only:
+                        raise
+                    log.info("sandbox of session %s stopped during a read-only call; sending it again", key)
+                    await notice("warning", "your sandbox stopped during this call; restarting it and sending it again")
             if result.is_error:
                 outcome = "error"
             return result
