@@ -33,6 +33,11 @@ def parse_settings(argv: list[str] | None) -> tuple[CoordinatorSettings, str]:
         "--warm-pool", type=int, help="local backend: sandboxes started ahead for new sessions (default: 2; 0: none)"
     )
     parser.add_argument("--idle-timeout", type=float, help="close sessions idle this many seconds (default: 1800)")
+    parser.add_argument(
+        "--suspend-after",
+        type=float,
+        help="local backend: suspend sessions idle this long (s); their next call resumes them (default: 300; 0: off)",
+    )
     parser.add_argument("--allowed-host", action="append", default=None, help="extra accepted Host header (repeat)")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING… (default: INFO)")
     ns = parser.parse_args(argv)
@@ -47,6 +52,7 @@ def parse_settings(argv: list[str] | None) -> tuple[CoordinatorSettings, str]:
             "state_dir": ns.state_dir,
             "audit_log": ns.audit_log,
             "session_idle_timeout_s": ns.idle_timeout,
+            "suspend_after_s": ns.suspend_after,
             "allowed_hosts": ns.allowed_host,
         }.items()
         if v is not None

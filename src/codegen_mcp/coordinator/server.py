@@ -125,6 +125,7 @@ class Coordinator:
         self.sessions = SessionManager(
             self.backend,
             idle_timeout_s=settings.session_idle_timeout_s,
+            suspend_after_s=settings.suspend_after_s,
             max_sessions=settings.max_sessions,
             # A streamable-HTTP session's key is its id: once its sandbox idled out, the SDK has let it go too.
             on_close=self.streamable.forget,

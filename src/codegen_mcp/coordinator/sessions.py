@@ -1,5 +1,9 @@
 """Which sandbox serves which MCP session: created on first use, revived when it died, closed when done.
 
+A session idle for `suspend_after_s` (on a backend that `suspends`) is suspended: its processes stop, its
+workspace stays, and it no longer counts against `max_sessions`; its next call resumes it on the same
+workspace. The idle timeout still closes it, counted from its last call like any other.
+
 And the MCP sessions that have no sandbox yet (handshakes): bounded per client and ended when idle.
 """
 
@@ -36,6 +40,7 @@ class SessionEntry:
     sandbox: Sandbox | None = None
     last_used: float = field(default_factory=time.monotonic)
     calls_in_flight: int = 0
+    suspended: bool = False  # its sandbox is stopped while idle; the next acquire resumes it
 
 
 class SessionManager:
@@ -47,10 +52,14 @@ class SessionManager:
         *,
         idle_timeout_s: float,
         max_sessions: int,
+        suspend_after_s: float = 0,
         on_close: Callable[[str], None] | None = None,
     ) -> None:
         self._backend = backend
         self._idle_timeout_s = idle_timeout_s
+        # Suspending only makes sense before the idle timeout closes the session anyway.
+        suspends = backend.suspends and 0 < suspend_after_s < idle_timeout_s
+        self._suspend_after_s = suspend_after_s if suspends else None
         self._max_sessions = max_sessions
         self._on_close = on_close  # told of each session key closed, to forget what else was kept for it
         self._entries: dict[str, SessionEntry] = {}
@@ -58,6 +67,16 @@ class SessionManager:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def running(self) -> int:
+        """Sessions that hold a session slot: all but the suspended ones."""
+        return sum(not e.suspended for e in self._entries.values())
+
+    def _at_capacity(self) -> CodegenError:
+        return CodegenError(
+            f"this server already runs its maximum of {self._max_sessions} sessions; try again later",
+            code=ErrorCode.SANDBOX_UNAVAILABLE,
+        )
 
     def start(self) -> None:
         self._reaper = asyncio.create_task(self._reap_idle(), name="session-reaper")
@@ -86,11 +105,8 @@ class SessionManager:
         """The session's working sandbox: created on first use, revived (same workspace) if it stopped."""
         entry = self._entries.get(key)
         if entry is None:
-            if len(self._entries) >= self._max_sessions:
-                raise CodegenError(
-                    f"this server already runs its maximum of {self._max_sessions} sessions; try again later",
-                    code=ErrorCode.SANDBOX_UNAVAILABLE,
-                )
+            if self.running() >= self._max_sessions:
+                raise self._at_capacity()
             entry = self._entries[key] = SessionEntry(key)
         entry.last_used = time.monotonic()
         async with entry.lock:
@@ -101,6 +117,13 @@ class SessionManager:
                 # kubernetes its CodegenSession) that closing the session must delete. The next call retries.
                 entry.sandbox = await self._backend.open(key)
                 log.info("session %s → sandbox %s (%s)", key, entry.sandbox.sandbox_id, entry.sandbox.where)
+            elif entry.suspended:
+                if self.running() >= self._max_sessions:
+                    raise self._at_capacity()
+                log.info("resuming the suspended sandbox %s of session %s", entry.sandbox.sandbox_id, key)
+                await notice("info", "resuming your suspended sandbox on its workspace; this call waits until it runs")
+                entry.sandbox = await self._backend.revive(entry.sandbox)
+                entry.suspended = False
             elif not entry.sandbox.alive:
                 reason = entry.sandbox.exit_reason or "it stopped answering"
                 await notice("warning", f"your sandbox stopped ({reason}); starting it again with your workspace")
@@ -149,11 +172,33 @@ class SessionManager:
                 log.info("session %s ends without a working sandbox; removing what its open left", key)
                 await self._backend.close_unopened(key)
 
+    async def _suspend(self, entry: SessionEntry) -> None:
+        """Suspend a session still idle (checked under its lock: a call may have come meanwhile)."""
+        assert self._suspend_after_s is not None
+        async with entry.lock:
+            sandbox = entry.sandbox
+            if entry.suspended or sandbox is None or not sandbox.alive or entry.calls_in_flight:
+                return
+            idle_s = time.monotonic() - entry.last_used
+            if idle_s <= self._suspend_after_s or self._entries.get(entry.key) is not entry:
+                return
+            log.info("session %s idle for over %.0f s; suspending its sandbox", entry.key, self._suspend_after_s)
+            await self._backend.suspend(sandbox)
+            entry.suspended = True
+
     async def _reap_idle(self) -> None:
-        interval = max(1.0, min(60.0, self._idle_timeout_s / 4))
+        shortest = min(self._idle_timeout_s, self._suspend_after_s or self._idle_timeout_s)
+        interval = max(0.5, min(60.0, shortest / 4))
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
+            if self._suspend_after_s is not None:
+                for entry in list(self._entries.values()):
+                    if not entry.suspended and now - entry.last_used > self._suspend_after_s:
+                        try:
+                            await self._suspend(entry)
+                        except Exception:
+                            log.exception("suspending idle session %s failed", entry.key)
             idle = [
                 key
                 for key, e in self._entries.items()

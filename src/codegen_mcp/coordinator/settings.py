@@ -141,7 +141,15 @@ class CoordinatorSettings(BaseSettings):
         gt=0,
         description="A session with no tool call for this long is closed and its sandbox stopped.",
     )
-    max_sessions: int = Field(100, ge=1, description="Sandboxes served at once; only a session with a sandbox counts.")
+    suspend_after_s: float = Field(
+        300.0,
+        ge=0,
+        description="A session with no tool call for this long is suspended (local backend): its processes stop, "
+        "its workspace stays, and its next call resumes it. 0, or not below the idle timeout: never.",
+    )
+    max_sessions: int = Field(
+        100, ge=1, description="Sandboxes served at once; only a session with a running (not suspended) sandbox counts."
+    )
     handshake_idle_timeout_s: float = Field(
         300.0,
         gt=0,

@@ -29,6 +29,7 @@ class Sandbox:
 
 class Backend(ABC):
     name: str
+    suspends = False  # whether `suspend` works: only then are idle sessions suspended rather than kept whole
 
     @abstractmethod
     async def start(self) -> None:
@@ -49,6 +50,13 @@ class Backend(ABC):
     @abstractmethod
     async def close(self, sandbox: Sandbox) -> None:
         """End a session's sandbox (its workspace is kept or removed as configured)."""
+
+    async def suspend(self, sandbox: Sandbox) -> None:
+        """Stop an idle session's sandbox (every process of it) but keep its workspace; `revive` resumes it.
+
+        A suspended sandbox no longer counts as running. Only for backends with `suspends` set.
+        """
+        raise NotImplementedError(f"the {self.name} backend does not suspend sandboxes")
 
     async def close_unopened(self, session_key: str) -> None:  # noqa: B027 - optional hook
         """End a session whose `open` failed: delete whatever that open made for it (idempotent).

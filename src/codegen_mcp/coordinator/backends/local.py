@@ -26,6 +26,10 @@ pool (`warm_pool.py`, `warm_pool` setting) keeps sandboxes started for nobody, a
 claims one instead of waiting for a start. A named workspace always starts its own, on its own folder.
 Pooled sandboxes hold folder locks like any other, and all of them together stay within max_sessions.
 
+An idle session's sandbox may be suspended (`suspend`): its agent and every process of its uid and cgroup
+end, while its folder, lock, uid and disk stay; `revive` resumes it on them. A suspended sandbox does not
+count against max_sessions.
+
 A coordinator that is killed leaves its folders behind, their owner locks free (the kernel drops a dead
 process's flocks). The next start on the state folder sweeps them: a leftover agent and any process of the
 folder's uid are killed, a per-session folder is removed and its uid freed; a named workspace stays, with
@@ -157,6 +161,7 @@ def _tail(path: Path, limit: int = 4000) -> str:
 
 class LocalBackend(Backend):
     name = "local"
+    suspends = True
 
     def __init__(self, settings: CoordinatorSettings) -> None:
         self._settings = settings
@@ -169,6 +174,7 @@ class LocalBackend(Backend):
         self._procs: dict[str, _Process] = {}
         self._uids: dict[str, int] = {}
         self._locks: dict[str, int] = {}  # sandbox_id -> its folder's owner lock, held while we serve it
+        self._suspended: set[str] = set()  # sandboxes stopped while their sessions idle (folder lock still held)
         self._registry = (
             UidRegistry(self._local.uid_registry_dir, self._local.sandbox_uid_base, self._local.sandbox_uid_slots)
             if os.geteuid() == 0
@@ -285,17 +291,24 @@ class LocalBackend(Backend):
             sandbox_id = _new_sandbox_id()
         self._opening += 1
         try:
-            # Pooled sandboxes count against max_sessions, and give way to a real session at the cap.
-            while len(self._locks) + self._opening > self._settings.max_sessions and await self.pool.shrink():
-                pass
+            await self._make_room()
             sandbox = await self._start_sandbox(sandbox_id)
         finally:
             self._opening -= 1
         return self._attach(sandbox, session_key, "started for it")
 
+    def _running(self) -> int:
+        """Sandboxes that count against max_sessions: pooled, serving and being started; not suspended ones."""
+        return len(self._locks) - len(self._suspended) + self._opening
+
     def _has_room(self) -> bool:
-        """Whether one more sandbox fits under max_sessions (pooled, serving and being started all count)."""
-        return len(self._locks) + self._opening < self._settings.max_sessions
+        """Whether one more sandbox fits under max_sessions."""
+        return self._running() < self._settings.max_sessions
+
+    async def _make_room(self) -> None:
+        """Pooled sandboxes count against max_sessions, and give way to a session starting or resuming at the cap."""
+        while self._running() > self._settings.max_sessions and await self.pool.shrink():
+            pass
 
     async def _start_for_pool(self) -> Sandbox:
         sandbox = await self._start_sandbox(_new_sandbox_id())
@@ -350,11 +363,36 @@ class LocalBackend(Backend):
             log.warning("removed %d empty per-session cgroups left by a coordinator that stopped uncleanly", swept)
 
     async def revive(self, sandbox: Sandbox) -> Sandbox:
-        await self._stop(sandbox.sandbox_id)
+        sandbox_id = sandbox.sandbox_id
+        await self._stop(sandbox_id)
         await sandbox.client.aclose()
-        session_dir = self._sessions_dir / sandbox.sandbox_id
-        log.warning("restarting sandbox %s on its workspace (%s)", sandbox.sandbox_id, sandbox.exit_reason)
-        return await self._launch(sandbox.sandbox_id, session_dir)
+        session_dir = self._sessions_dir / sandbox_id
+        if sandbox_id not in self._suspended:
+            log.warning("restarting sandbox %s on its workspace (%s)", sandbox_id, sandbox.exit_reason)
+            return await self._launch(sandbox_id, session_dir)
+        log.info("resuming suspended sandbox %s on its workspace", sandbox_id)
+        self._suspended.discard(sandbox_id)
+        try:
+            await self._make_room()
+            return await self._launch(sandbox_id, session_dir)
+        except BaseException:
+            self._suspended.add(sandbox_id)  # still stopped: it keeps not counting, and the next call tries again
+            raise
+
+    async def suspend(self, sandbox: Sandbox) -> None:
+        sandbox_id = sandbox.sandbox_id
+        sandbox.alive = False
+        sandbox.exit_reason = "suspended while idle"
+        await self._stop(sandbox_id)
+        await sandbox.client.aclose()
+        # Nothing of the session may run on: what its code left (in its cgroup, or as its uid) ends too.
+        if self._cgroups.found:
+            await asyncio.to_thread(self._cgroups.remove, sandbox_id)
+        uid = self._uids.get(sandbox_id)
+        if uid is not None:
+            await asyncio.to_thread(self._kill_processes, uid, self._sessions_dir / sandbox_id)
+        self._suspended.add(sandbox_id)
+        self.pool.room_freed()
 
     async def close(self, sandbox: Sandbox) -> None:
         sandbox.alive = False
@@ -411,6 +449,7 @@ class LocalBackend(Backend):
     async def _discard(self, sandbox_id: str, session_dir: Path) -> None:
         uid = self._uids.pop(sandbox_id, None)
         lock = self._locks.pop(sandbox_id, None)
+        self._suspended.discard(sandbox_id)
         try:
             if self._cgroups.found:
                 await asyncio.to_thread(self._cgroups.remove, sandbox_id)
