@@ -83,9 +83,15 @@ async def test_an_idle_session_is_suspended_and_resumed_on_its_workspace(root: P
             assert processes_of(uid) == [], "a process of the suspended session is still running"
         assert (folder / "workspace" / "notes.txt").exists()  # the workspace stays
 
-        read = await call(s, "fs.read", path="notes.txt")
+        messages: list[str | None] = []
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            messages.append(message)
+
+        read = await s.call_tool("fs.read", {"path": "notes.txt"}, progress_callback=on_progress)
         assert "written before the suspension" in text_of(read)
         assert any("resuming your suspended sandbox" in m for m in notices.messages), notices.messages
+        assert any("resuming your suspended sandbox" in (m or "") for m in messages), messages
         assert coordinator.sessions.running() == 1 and only_folder(root) == folder
         assert int((folder / "agent.pid").read_text()) != agent
         after = await run(s, "import os; print(os.getuid()); print(open('notes.txt').read())")

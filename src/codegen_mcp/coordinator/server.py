@@ -265,13 +265,20 @@ class Coordinator:
             async def notice(level: LoggingLevel, message: str) -> None:
                 await self.notify(ctx, level, message)
 
+            async def waiting(message: str) -> None:
+                # Progress 0, before the call's own (its elapsed seconds, from later on): it stays increasing.
+                try:
+                    await ctx.session.report_progress(0, None, message)
+                except Exception as exc:  # advisory, like a notice
+                    log.debug("progress to the client not sent: %s", exc)
+
             handshake = handshake_id(ctx)
             for attempt in (1, 2):
                 sent = False
                 try:
                     # A first call may wait long for its sandbox: its session is not idle meanwhile.
                     with self.handshakes.serving(handshake):
-                        async with self.sessions.use(key, notice) as sandbox:
+                        async with self.sessions.use(key, notice, waiting) as sandbox:
                             sandbox_id = sandbox.sandbox_id
                             self.handshakes.promote(handshake)
                             sent = True

@@ -33,6 +33,14 @@ async def _no_notice(level: LoggingLevel, message: str) -> None:
     pass
 
 
+# Tells the client of a call that waits for its sandbox why (MCP progress, when the call asked for it).
+Waiting = Callable[[str], Awaitable[None]]
+
+
+async def _no_waiting(message: str) -> None:
+    pass
+
+
 @dataclass(eq=False)
 class SessionEntry:
     key: str
@@ -101,7 +109,7 @@ class SessionManager:
         entry = self._entries.get(key)
         return entry.sandbox.sandbox_id if entry and entry.sandbox else None
 
-    async def acquire(self, key: str, notice: Notice = _no_notice) -> Sandbox:
+    async def acquire(self, key: str, notice: Notice = _no_notice, waiting: Waiting = _no_waiting) -> Sandbox:
         """The session's working sandbox: created on first use, revived (same workspace) if it stopped."""
         entry = self._entries.get(key)
         if entry is None:
@@ -121,7 +129,9 @@ class SessionManager:
                 if self.running() >= self._max_sessions:
                     raise self._at_capacity()
                 log.info("resuming the suspended sandbox %s of session %s", entry.sandbox.sandbox_id, key)
-                await notice("info", "resuming your suspended sandbox on its workspace; this call waits until it runs")
+                resuming = "resuming your suspended sandbox on its workspace; this call waits until it runs"
+                await notice("info", resuming)
+                await waiting(resuming)
                 entry.sandbox = await self._backend.revive(entry.sandbox)
                 entry.suspended = False
             elif not entry.sandbox.alive:
@@ -131,9 +141,11 @@ class SessionManager:
             return entry.sandbox
 
     @contextlib.asynccontextmanager
-    async def use(self, key: str, notice: Notice = _no_notice) -> AsyncIterator[Sandbox]:
+    async def use(
+        self, key: str, notice: Notice = _no_notice, waiting: Waiting = _no_waiting
+    ) -> AsyncIterator[Sandbox]:
         """Hold a session's sandbox for one call; a sandbox that dies under it becomes a clear error."""
-        sandbox = await self.acquire(key, notice)
+        sandbox = await self.acquire(key, notice, waiting)
         entry = self._entries[key]
         entry.calls_in_flight += 1
         try:
