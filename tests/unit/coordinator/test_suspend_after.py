@@ -31,7 +31,7 @@ async def idle_until_closed(backend: RecordingBackend, suspend_after_s: float) -
     manager.start()
     try:
         await manager.acquire("s1")
-        await eventually(lambda: len(manager) == 0, timeout=10, what="the idle timeout to close the session")
+        await eventually(lambda: backend.deleted == 1, timeout=10, what="the idle timeout to close the session")
     finally:
         await manager.aclose()
 
