@@ -258,3 +258,4 @@ class HealthView(_Result):
     workspace: str
     isolation: str = Field(description="What confines code the agent runs, e.g. 'bwrap+rlimits' or 'rlimits'.")
     python: str
+    running_tasks: int = Field(0, description="Tasks queued or running: a busy sandbox is not idle.")

@@ -101,6 +101,15 @@ class AgentClient:
                 "the sandbox did not answer in time; the call was abandoned", code=ErrorCode.TIMEOUT
             ) from exc
 
+    async def running_tasks(self) -> int:
+        """How many tasks the agent has queued or running (0 when it cannot say)."""
+        try:
+            data = await self.request(routes.HEALTHZ.method, routes.HEALTHZ.path)
+        except CodegenError:
+            return 0
+        count = data.get("running_tasks", 0)
+        return count if isinstance(count, int) else 0
+
     async def healthy(self, timeout_s: float = 2.0) -> bool:
         try:
             async with asyncio.timeout(timeout_s), self._session.get(self._base + routes.HEALTHZ.path) as resp:

@@ -194,6 +194,8 @@ class SessionManager:
             idle_s = time.monotonic() - entry.last_used
             if idle_s <= self._suspend_after_s or self._entries.get(entry.key) is not entry:
                 return
+            if await sandbox.client.running_tasks():
+                return  # a task still runs (started with a short wait_s): the session is busy, not idle
             log.info("session %s idle for over %.0f s; suspending its sandbox", entry.key, self._suspend_after_s)
             await self._backend.suspend(sandbox)
             entry.suspended = True

@@ -57,6 +57,7 @@ async def healthz(request: web.Request) -> web.Response:
             workspace=str(agent.workspace.root),
             isolation=agent.sandbox.describe(),
             python=f"{agent.python_version} ({python})" if agent.python_version else python,
+            running_tasks=len(agent.tasks.running()),
         )
     )
 
