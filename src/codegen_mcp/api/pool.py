@@ -44,8 +44,9 @@ MAX_POOL_NAME_LENGTH = api.MAX_SESSION_NAME_LENGTH - MEMBER_SUFFIX_LENGTH  # a m
 
 # The spec fields that shape a sandbox: what a session and a pooled sandbox must agree on.
 SANDBOX_SPEC_FIELDS: tuple[str, ...] = tuple(f for f in api.IMMUTABLE_SPEC_FIELDS if f != "poolRef")
-# Session-level fields a template cannot hold: the session that adopts the sandbox decides them.
-SESSION_ONLY_FIELDS: tuple[str, ...] = ("poolRef", "ttlSeconds", "idleTimeoutSeconds")
+# Session-level fields a template cannot hold: the session that adopts the sandbox decides them. A pooled
+# sandbox never suspends: it may be suspended only as a session's, once one adopted it.
+SESSION_ONLY_FIELDS: tuple[str, ...] = ("poolRef", "ttlSeconds", "idleTimeoutSeconds", "suspendAfterSeconds")
 
 
 def sandbox_hash(spec: SessionSpec) -> str:
@@ -100,6 +101,8 @@ class PoolSpec(_Model):
     def _template_is_a_sandbox(self) -> PoolSpec:
         given = self.template.model_dump(by_alias=True, exclude_none=True)
         misplaced = [f"template.{f}" for f in SESSION_ONLY_FIELDS if f in given]
+        if self.template.suspend:
+            misplaced.append("template.suspend")
         if self.template.workspace.retain:
             misplaced.append("template.workspace.retain")
         if misplaced:

@@ -96,6 +96,7 @@ class Phase(StrEnum):
     READY = "Ready"
     FAILED = "Failed"
     TERMINATING = "Terminating"
+    SUSPENDED = "Suspended"  # spec.suspend: no Pod runs, the workspace stays
 
 
 class ConditionType(StrEnum):
@@ -135,6 +136,9 @@ class Reason(StrEnum):
     IMMUTABLE_FIELD = "ImmutableFieldChanged"
     UPDATED = "SpecUpdated"
     CONFLICT = "NameConflict"
+    SUSPENDED = "Suspended"
+    RESUMED = "Resumed"
+    IDLE_SUSPEND = "IdleSuspend"
 
 
 class EgressMode(StrEnum):
@@ -358,6 +362,23 @@ class SessionSpec(_Model):
         description="Requirement specifiers installed into the session's venv when the sandbox starts.",
     )
     owner: str | None = Field(None, max_length=256, description="Free text naming who asked for it, for audit.")
+    suspend: bool = Field(
+        False,
+        description=(
+            "Stop the sandbox now and keep its workspace (mutable, like a Job's spec.suspend): its Pod and token "
+            "Secret go, its workspace volume and NetworkPolicy stay, phase Suspended; false again starts a new Pod "
+            "(with a new token) on the same workspace."
+        ),
+    )
+    suspend_after_seconds: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_TTL_SECONDS,
+        description=(
+            "Set spec.suspend when no tool call happened for this long, counted from the last activity or the "
+            "last time the sandbox became Ready, whichever is later (mutable); default: the operator's setting."
+        ),
+    )
     pool_ref: str | None = Field(
         None,
         min_length=1,
@@ -382,7 +403,7 @@ class SessionSpec(_Model):
 
 # Fields that cannot change once the session exists (the CRD rejects changes with CEL rules, and the
 # operator ignores them with a Warning Event if a cluster lets one through). ttlSeconds, idleTimeoutSeconds,
-# workspace.retain and owner are mutable.
+# suspend, suspendAfterSeconds, workspace.retain and owner are mutable.
 IMMUTABLE_SPEC_FIELDS: tuple[str, ...] = (
     "image",
     "imagePullPolicy",
@@ -416,7 +437,7 @@ class SessionStatus(_Model):
     # Status is read leniently: other writers may add fields this version does not know.
     model_config = ConfigDict(extra="ignore")
 
-    phase: Phase | None = Field(None, description="Pending, Starting, Ready, Failed or Terminating.")
+    phase: Phase | None = Field(None, description="Pending, Starting, Ready, Suspended, Failed or Terminating.")
     conditions: list[Condition] = Field(default_factory=list)
     message: str | None = Field(None, description="One human sentence about the current state.")
     pod_name: str | None = None
@@ -434,6 +455,7 @@ class SessionStatus(_Model):
     ready_at: datetime | None = None
     last_activity_at: datetime | None = Field(None, description="Last tool call (written by the coordinator).")
     expires_at: datetime | None = Field(None, description="When the TTL or idle timeout deletes the session.")
+    suspended_at: datetime | None = Field(None, description="When the session was suspended (while it is).")
     observed_generation: int | None = None
 
     def condition(self, type_: ConditionType) -> Condition | None:

@@ -87,6 +87,24 @@ def owner_reference(session: SessionRef) -> dict[str, Any]:
     }
 
 
+def pod_owner_reference(pod: dict[str, Any]) -> dict[str, Any]:
+    """An ownerReference to a sandbox Pod: a child handed to its Pod goes when the Pod goes (garbage collection),
+    so the operator never needs the right to delete a Secret or a claim."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "name": pod["metadata"]["name"],
+        "uid": pod["metadata"]["uid"],
+        "blockOwnerDeletion": False,
+    }
+
+
+def handed_to_pod(obj: dict[str, Any] | None) -> bool:
+    """Whether a child is owned by a Pod (see `pod_owner_reference`): it goes when that Pod goes."""
+    refs = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
+    return any(r.get("kind") == "Pod" for r in refs)
+
+
 def sandbox_labels(session: SessionRef) -> dict[str, str]:
     """Labels of every child: the session's (or, while unclaimed, the pool's, with the template's hash)."""
     if session.pooled:

@@ -120,7 +120,7 @@ def _status(model: type[BaseModel]) -> dict[str, Any]:
 
 def status_schema() -> dict[str, Any]:
     schema = _status(api.SessionStatus)
-    schema["properties"]["phase"]["description"] = "Pending, Starting, Ready, Failed or Terminating."
+    schema["properties"]["phase"]["description"] = "Pending, Starting, Ready, Suspended, Failed or Terminating."
     return schema
 
 
@@ -224,9 +224,13 @@ def pool_spec_schema() -> dict[str, Any]:
         for field in pool.SESSION_ONLY_FIELDS
     ] + [
         {
+            "rule": "!has(self.suspend) || !self.suspend",
+            "message": "template.suspend belongs on the session, not on a pool (a pooled sandbox never suspends)",
+        },
+        {
             "rule": "!has(self.workspace) || !has(self.workspace.retain) || !self.workspace.retain",
             "message": "template.workspace.retain belongs on the session, not on a pool",
-        }
+        },
     ]
     schema["properties"]["template"] = template
     return schema

@@ -159,7 +159,8 @@ def index_session(namespace: str | None, name: str | None, body: kopf.Body, **_:
 
 
 async def sweep_forever(rec: SessionReconciler, sessions: kopf.Index[Any, Any], interval: float) -> None:
-    """Expire sessions past their TTL or idle timeout; keep status.expiresAt current.
+    """Expire sessions past their TTL or idle timeout, suspend those idle for suspendAfterSeconds; keep
+    status.expiresAt current.
 
     One loop for the operator rather than a kopf timer per session: kopf puts its finalizer on every
     object that has a timer or daemon, and a finalizer wedges namespace deletion when the operator is gone.

@@ -68,9 +68,8 @@ class Sandbox:
 
     @property
     def handed_to_pod(self) -> bool:
-        """Its claim is owned by its Pod (see `_hand_to_pod`): it goes when the Pod goes."""
-        refs = ((self.claim or {}).get("metadata") or {}).get("ownerReferences") or []
-        return any(r.get("kind") == "Pod" for r in refs)
+        """Its claim is owned by its Pod (see `_start`): it goes when the Pod goes."""
+        return builders.handed_to_pod(self.claim)
 
     @property
     def template_hash(self) -> str | None:
@@ -303,15 +302,8 @@ class PoolReconciler:
         delete a Secret or a claim. A session that adopts the sandbox takes them over from the Pod.
         """
         pod, _ = await self.kube.create(builders.build_sandbox_pod(ref, self.settings))
-        owner = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "name": pod["metadata"]["name"],
-            "uid": pod["metadata"]["uid"],
-            "blockOwnerDeletion": False,
-        }
         names = child_names(ref.base)
-        patch = {"metadata": {"ownerReferences": [owner]}}
+        patch = {"metadata": {"ownerReferences": [builders.pod_owner_reference(pod)]}}
         await asyncio.gather(
             *(
                 self.kube.patch(kind, ref.namespace, names[kind.plural], patch)

@@ -3,6 +3,12 @@
 Every step is level-triggered and idempotent: it reads the current state fresh, compares it with what the
 spec asks for, and changes only the difference. A retry after a partial failure therefore finds what the
 first attempt made and carries on. Status is written read-modify-write under `resourceVersion`.
+
+Suspension (`spec.suspend`, set by a user, the coordinator, or the expiry sweep after `suspendAfterSeconds`
+idle) stops the sandbox and keeps its workspace: the Pod is deleted and the token Secret, handed to the Pod
+first, goes with it (garbage collection: the operator cannot delete Secrets); the claim and NetworkPolicy stay,
+and nothing recreates the Pod while the session is Suspended. `spec.suspend: false` makes a new Secret (a new
+token) and Pod on the same claim, once the old Pod is gone: Pending → Starting → Ready, no restart counted.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from codegen_mcp.api.pool import PoolReason
 from codegen_mcp.api.session import Phase, Reason, SessionSpec, SessionStatus
 from codegen_mcp.operator import adoption, builders
 from codegen_mcp.operator import status as st
-from codegen_mcp.operator.kube import CLAIMS, KINDS_BY_NAME, PODS, SESSIONS, KubeClient, KubeError, now
+from codegen_mcp.operator.kube import CLAIMS, KINDS_BY_NAME, PODS, SECRETS, SESSIONS, KubeClient, KubeError, now
 from codegen_mcp.operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -136,8 +142,16 @@ class SessionReconciler:
         session = self._ref(body, spec)
         meta = body["metadata"]
         generation = meta.get("generation")
+        status = body.get("status") or {}
         try:
-            unstarted = not (body.get("status") or {}).get("podUID") and not meta.get("deletionTimestamp")
+            if spec.suspend:
+                await self._suspend(body, session)
+                return
+            if status.get("phase") == Phase.SUSPENDED:
+                await self._resume(body, session)
+            # A session that had a sandbox of its own (its claim is named in status) never adopts another.
+            had_sandbox = status.get("podUID") or status.get("workspaceClaimName")
+            unstarted = not had_sandbox and not meta.get("deletionTimestamp")
             if spec.pool_ref and not session.sandbox and unstarted and await self._adopt(body, session, pool_pods):
                 return
             accepted = await self.kube.update_status(
@@ -252,6 +266,58 @@ class SessionReconciler:
         elif after.phase == Phase.FAILED:
             await self._event(written, WARNING, Reason.POD_FAILED, after.message or "the sandbox failed")
 
+    # --- suspend / resume ------------------------------------------------------------------------------------
+
+    async def _suspend(self, body: dict[str, Any], session: builders.SessionRef) -> None:
+        """spec.suspend: the workspace claim and NetworkPolicy exist (also for a session created suspended), the
+        sandbox stops."""
+        await self._ensure(builders.build_workspace_claim(session, self.settings), session, body)
+        await self._ensure(builders.build_network_policy(session, self.settings), session, body)
+        await self._stop_sandbox(body, session)
+
+    async def _stop_sandbox(self, body: dict[str, Any], session: builders.SessionRef) -> None:
+        """Delete the sandbox Pod, its token Secret handed to it first (it goes with the Pod); status Suspended."""
+        namespace, pod_name = session.namespace, api.sandbox_pod_name(session.base)
+        pod = await self.kube.get(PODS, namespace, pod_name)
+        if pod is not None and ownership(pod, session) in ("ours", "orphan"):
+            secret_name = api.token_secret_name(session.base)
+            secret = await self.kube.get(SECRETS, namespace, secret_name)
+            mine = secret is not None and ownership(secret, session) in ("ours", "orphan")
+            if mine and not builders.handed_to_pod(secret):
+                handover = {"metadata": {"ownerReferences": [builders.pod_owner_reference(pod)]}}
+                await self.kube.patch(SECRETS, namespace, secret_name, handover)
+            if not pod["metadata"].get("deletionTimestamp"):
+                await self.kube.delete(PODS, namespace, pod_name)
+                pod = await self.kube.get(PODS, namespace, pod_name)
+        obs = st.observe_pod(pod)
+        claim = api.workspace_claim_name(session.base)
+        generation = body["metadata"].get("generation")
+        written = await self.kube.update_status(
+            namespace,
+            session.name,
+            lambda _b, s: st.mark_suspended(s, pod=obs, claim_name=claim, now=now(), generation=generation),
+        )
+        before = (body.get("status") or {}).get("phase")
+        if written is not None and before != Phase.SUSPENDED:
+            message = f"stopped sandbox Pod {pod_name}; the workspace {claim} and the NetworkPolicy stay"
+            await self._event(body, NORMAL, Reason.SUSPENDED, message)
+
+    async def _resume(self, body: dict[str, Any], session: builders.SessionRef) -> None:
+        """spec.suspend is false again: once the old Pod and its Secret are gone, the session is Pending again (the
+        caller makes a new Secret and Pod). A Pod of the same name cannot be made while the old one still stops,
+        and an old Secret taken over now would keep the old token."""
+        namespace = session.namespace
+        pod = await self.kube.get(PODS, namespace, api.sandbox_pod_name(session.base))
+        secret = await self.kube.get(SECRETS, namespace, api.token_secret_name(session.base))
+        if (pod is not None and pod["metadata"].get("deletionTimestamp")) or builders.handed_to_pod(secret):
+            raise kopf.TemporaryError("waiting for the suspended sandbox's Pod to stop before starting anew", delay=1)
+        generation = body["metadata"].get("generation")
+        written = await self.kube.update_status(
+            namespace, session.name, lambda _b, s: st.mark_resuming(s, now=now(), generation=generation)
+        )
+        if written is not None:
+            await self._event(body, NORMAL, Reason.RESUMED, "resuming: a new sandbox Pod on the same workspace")
+
     # --- Pod and claim events ------------------------------------------------------------------------------
 
     async def sync_sandbox(self, namespace: str, session_name: str) -> None:
@@ -264,6 +330,11 @@ class SessionReconciler:
         if spec is None or status.phase == Phase.TERMINATING:
             return
         session = self._ref(body, spec)
+        if spec.suspend:
+            await self._stop_sandbox(body, session)  # nothing is recreated while suspended
+            return
+        if status.phase == Phase.SUSPENDED:
+            return  # being resumed: the update handler makes the new Pod
         pod = await self.kube.get(PODS, namespace, api.sandbox_pod_name(session.base))
         obs = st.observe_pod(pod)
         if obs.state == st.PodState.FAILED:
@@ -430,8 +501,11 @@ class SessionReconciler:
             await self.kube.update_status(session.namespace, session.name, mutate)
         except KubeError as exc:
             raise temporary(exc, f"applying the change to {session.namespace}/{session.name}") from exc
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        await self._event(body, NORMAL, Reason.UPDATED, f"applied the change of spec.{', spec.'.join(changed)}")
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k != "suspend")
+        if changed:
+            await self._event(body, NORMAL, Reason.UPDATED, f"applied the change of spec.{', spec.'.join(changed)}")
+        if bool(old.get("suspend")) != bool(new.get("suspend")):
+            await self.reconcile(body)
 
     # --- expiry ----------------------------------------------------------------------------------------------
 
@@ -452,6 +526,7 @@ class SessionReconciler:
         if expiry.due(at):
             await self.expire(body, expiry)
             return
+        await self._suspend_if_idle(body, status, at)
         if status.expires_at != expiry.at:
 
             def mutate(b: dict[str, Any], s: SessionStatus) -> SessionStatus:
@@ -460,6 +535,26 @@ class SessionReconciler:
                 return updated
 
             await self.kube.update_status(namespace, name, mutate)
+
+    async def _suspend_if_idle(self, body: dict[str, Any], status: SessionStatus, at: datetime) -> None:
+        """A Ready session idle for suspendAfterSeconds gets spec.suspend (the update handler then stops it)."""
+        spec = body.get("spec") or {}
+        after = spec.get("suspendAfterSeconds") or self.settings.default_suspend_after_seconds
+        created = st.parse_time(body["metadata"].get("creationTimestamp")) or at
+        if spec.get("suspend") or not st.suspend_due(after, status, created, at):
+            return
+        meta = body["metadata"]
+        # Guarded by resourceVersion: a session that changed since it was read (a tool call) is judged again.
+        patch = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "spec": {"suspend": True}}
+        try:
+            patched = await self.kube.patch(SESSIONS, meta["namespace"], meta["name"], patch)
+        except KubeError as exc:
+            if exc.status == 409:
+                return
+            raise
+        if patched is not None:
+            log.info("suspending %s/%s: no tool call for %ss", meta["namespace"], meta["name"], after)
+            await self._event(body, NORMAL, Reason.IDLE_SUSPEND, f"no tool call for {after}s: suspending the session")
 
     async def expire(self, body: dict[str, Any], expiry: st.Expiry) -> None:
         meta = body["metadata"]

@@ -157,8 +157,14 @@ class OperatorSettings(BaseSettings):
     default_idle_timeout_seconds: int | None = Field(
         None, ge=1, description="Idle timeout when spec.idleTimeoutSeconds is unset."
     )
+    default_suspend_after_seconds: int | None = Field(
+        None,
+        ge=1,
+        description="Idle time after which a session is suspended when spec.suspendAfterSeconds is unset; "
+        "empty: sessions without it are never suspended for being idle.",
+    )
     expiry_check_seconds: float = Field(
-        10.0, gt=0, description="How often expiry is checked; sessions expire at most this late."
+        10.0, gt=0, description="How often expiry and idle suspension are checked; both happen at most this late."
     )
 
     _split_lists = field_validator(

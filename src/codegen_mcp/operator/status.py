@@ -293,6 +293,74 @@ def mark_failed(
     return new
 
 
+# --- suspension ----------------------------------------------------------------------------------------------
+
+
+def mark_suspended(
+    status: SessionStatus, *, pod: PodObservation, claim_name: str, now: datetime, generation: int | None
+) -> SessionStatus:
+    """Suspended (spec.suspend): what the session says while its Pod stops, and once it has.
+
+    Nothing of the old Pod is kept (no endpoint, no token Secret, no Pod name or uid: a resumed session's new Pod
+    is its first, not a restart); the workspace claim stays, and the status names it.
+    """
+    new = status.model_copy(deep=True)
+    if new.phase == Phase.TERMINATING:
+        return new
+    stopping = pod.state != PodState.MISSING
+    sandbox = "the sandbox Pod is stopping" if stopping else "no sandbox Pod runs"
+    new.phase = Phase.SUSPENDED
+    new.message = f"suspended: {sandbox}; the workspace {claim_name} stays until spec.suspend is false again"
+    new.suspended_at = status.suspended_at if status.phase == Phase.SUSPENDED and status.suspended_at else now
+    new.endpoint = new.pod_ip = new.pod_name = new.pod_uid = new.token_secret_name = None
+    new.workspace_claim_name = claim_name
+    new.observed_generation = generation
+    for type_ in (ConditionType.SANDBOX_READY, ConditionType.READY):
+        new.conditions = set_condition(
+            new.conditions,
+            type_,
+            ConditionStatus.FALSE,
+            Reason.SUSPENDED,
+            f"the session is suspended: {sandbox}",
+            now=now,
+            generation=generation,
+        )
+    return new
+
+
+def mark_resuming(status: SessionStatus, *, now: datetime, generation: int | None) -> SessionStatus:
+    """spec.suspend is false again: Pending until the new token Secret and Pod exist on the same workspace."""
+    new = status.model_copy(deep=True)
+    if new.phase != Phase.SUSPENDED:
+        return new
+    new.phase = Phase.PENDING
+    new.message = "resuming: creating a new token and sandbox Pod on the same workspace"
+    new.suspended_at = None
+    new.observed_generation = generation
+    new.conditions = set_condition(
+        new.conditions,
+        ConditionType.READY,
+        ConditionStatus.FALSE,
+        Reason.RESUMED,
+        new.message,
+        now=now,
+        generation=generation,
+    )
+    return new
+
+
+def suspend_due(suspend_after_seconds: int | None, status: SessionStatus, created_at: datetime, now: datetime) -> bool:
+    """Whether a Ready session has been idle long enough to be suspended.
+
+    Idle since its last activity or since its sandbox last became Ready, whichever is later (then creation):
+    a session resumed without a tool call (`kubectl patch`) is not suspended again at once.
+    """
+    if not suspend_after_seconds or status.phase != Phase.READY:
+        return False
+    since = max((t for t in (status.last_activity_at, status.ready_at) if t is not None), default=created_at)
+    return now >= since + timedelta(seconds=suspend_after_seconds)
+
+
 # --- expiry --------------------------------------------------------------------------------------------------
 
 
