@@ -26,6 +26,8 @@ RUN_PYTHON = Route("POST", "/v1/run/python")
 PKG_INSTALL = Route("POST", "/v1/pkg/install")
 TASK = Route("GET", "/v1/tasks/{task_id}")
 TASK_CANCEL = Route("POST", "/v1/tasks/{task_id}/cancel")
+# A task's output as it is printed: newline-delimited `OutputChunk`s from `?offset=` on, until the task ends.
+TASK_OUTPUT = Route("GET", "/v1/tasks/{task_id}/output")
 ARTIFACTS = Route("GET", "/v1/artifacts")
 ARTIFACT_REGISTER = Route("POST", "/v1/artifacts")
 ARTIFACT = Route("GET", "/v1/artifacts/{artifact_id}")
@@ -45,6 +47,7 @@ AGENT_ROUTES: tuple[Route, ...] = (
     PKG_INSTALL,
     TASK,
     TASK_CANCEL,
+    TASK_OUTPUT,
     ARTIFACTS,
     ARTIFACT_REGISTER,
     ARTIFACT,

@@ -175,6 +175,29 @@ class TaskProgress(_Result):
     stdout_bytes: int = 0
     stderr_bytes: int = 0
     message: str = ""
+    output_tail: str = Field(
+        "", description="The last lines the task printed so far, while it runs (its result has the output after)."
+    )
+
+
+OutputStream = Literal["stdout", "stderr"]
+
+
+class OutputChunk(_Result):
+    """One line of a task's live output stream (the agent's `TASK_OUTPUT` route, newline-delimited JSON)."""
+
+    offset: int = Field(description="Where `text` starts in the task's output, in characters since it started.")
+    skipped: int = Field(
+        0, description="Characters before `offset` this reader missed: it fell behind the agent's bounded buffer."
+    )
+    stream: OutputStream = "stdout"
+    text: str = ""
+    end: bool = Field(False, description="The task finished: its output ends at `offset`, nothing follows.")
+
+    @property
+    def next_offset(self) -> int:
+        """Where a reader that got this chunk continues (on reconnecting, too)."""
+        return self.offset + len(self.text)
 
 
 class TaskView(ToolResult):
@@ -334,4 +357,5 @@ class TaskStatus(TaskView):
 
     def reply(self, notes: Mapping[str, str] = NO_NOTES) -> Reply:
         status = f"Task {self.task_id} ({self.kind.value}): {self.state.value}, {self.progress_message()}"
-        return Reply("\n".join([status, *notes.values()]))
+        live = [f"Output so far (last lines):\n{self.progress.output_tail}"] if self.progress.output_tail else []
+        return Reply("\n".join([status, *live, *notes.values()]))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +13,14 @@ import aiohttp
 
 from codegen_mcp.api import routes
 from codegen_mcp.api.errors import CodegenError, ErrorCode, SandboxUnavailable
+from codegen_mcp.api.task_results import OutputChunk
 from codegen_mcp.coordinator.settings import DEFAULT_AGENT_CONNECT_TIMEOUT_S
+
+# The agent sends a live-output follower an empty line after 15 s without output: a stream silent for this
+# long has lost its agent.
+OUTPUT_SILENCE_S = 45.0
+# Longer than any line the agent sends (16 Ki characters of output, JSON-escaped).
+MAX_OUTPUT_LINE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -71,22 +80,41 @@ class AgentClient:
         timeout = aiohttp.ClientTimeout(
             total=self._request_timeout_s + extra_wait_s, sock_connect=self._connect_timeout_s
         )
-        try:
+        with self._errors():
             async with self._session.request(
                 method, self._base + path, json=body, params=params, timeout=timeout, headers=self._headers
             ) as resp:
                 raw = await resp.read()
-                try:
-                    data = json.loads(raw) if raw else {}
-                except ValueError:
-                    data = None
                 if resp.status >= 400:
-                    raise CodegenError.from_dict(
-                        data, fallback=f"the sandbox answered HTTP {resp.status} without an explanation"
-                    )
+                    raise _refusal(resp.status, raw)
+                data = _json(raw)
                 if not isinstance(data, dict):
                     raise CodegenError("the sandbox answered with something that is not a JSON object")
                 return data
+
+    async def output(self, task_id: str, offset: int = 0) -> AsyncIterator[OutputChunk]:
+        """A task's live output from `offset` on, as the agent streams it, up to its `end` chunk."""
+        path = routes.TASK_OUTPUT.path.format(task_id=task_id)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout_s, sock_read=OUTPUT_SILENCE_S)
+        with self._errors():
+            async with self._session.get(
+                self._base + path, params={"offset": str(offset)}, timeout=timeout, headers=self._headers
+            ) as resp:
+                if resp.status >= 400:
+                    raise _refusal(resp.status, await resp.read())
+                while line := await resp.content.readline(max_line_length=MAX_OUTPUT_LINE_BYTES):
+                    if line.strip():  # an empty line is the agent's heartbeat
+                        chunk = OutputChunk.model_validate_json(line)
+                        yield chunk
+                        if chunk.end:
+                            return
+                raise SandboxUnavailable("the sandbox ended the output stream before the task's end")
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Connection failures and timeouts as the coordinator's errors (unreachable: nothing was sent)."""
+        try:
+            yield
         except aiohttp.ClientConnectorError as exc:
             raise AgentUnreachable(f"the sandbox is not reachable ({type(exc).__name__})") from exc
         except aiohttp.ConnectionTimeoutError as exc:
@@ -116,3 +144,15 @@ class AgentClient:
                 return resp.status == 200
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else {}
+    except ValueError:
+        return None
+
+
+def _refusal(status: int, raw: bytes) -> CodegenError:
+    """The agent's error answer as the error it names."""
+    return CodegenError.from_dict(_json(raw), fallback=f"the sandbox answered HTTP {status} without an explanation")

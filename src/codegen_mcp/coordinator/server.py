@@ -214,7 +214,9 @@ class Coordinator:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    async def notify(self, ctx: ServerRequestContext[McpSessions, Any], level: LoggingLevel, message: str) -> None:
+    async def notify(
+        self, ctx: ServerRequestContext[McpSessions, Any], level: LoggingLevel, message: str, logger: str = SERVER_NAME
+    ) -> None:
         """Tell the client of this request what happens to its session, at or above the level it set.
 
         Rides the request's own stream. On 2026-07-28 connections the SDK also drops notices the request
@@ -225,9 +227,7 @@ class Coordinator:
         with warnings.catch_warnings():
             # `send_log_message` is deprecated upstream (SEP-2577) with the rest of the logging capability.
             warnings.simplefilter("ignore", MCPDeprecationWarning)
-            sending = ctx.session.send_log_message(
-                level, message, logger=SERVER_NAME, related_request_id=ctx.request_id
-            )
+            sending = ctx.session.send_log_message(level, message, logger=logger, related_request_id=ctx.request_id)
         try:
             await sending
         except Exception as exc:  # a notice is advisory: a closed stream must not fail the call
@@ -265,6 +265,10 @@ class Coordinator:
             async def notice(level: LoggingLevel, message: str) -> None:
                 await self.notify(ctx, level, message)
 
+            async def output(stream: str, text: str) -> None:
+                # A run's live output: log messages at info from logger "stdout" / "stderr".
+                await self.notify(ctx, "info", text, logger=stream)
+
             async def waiting(message: str) -> None:
                 # Progress 0, before the call's own (its elapsed seconds, from later on): it stays increasing.
                 try:
@@ -288,6 +292,7 @@ class Coordinator:
                                 sandbox.client,
                                 progress=progress,
                                 progress_interval_s=self.settings.progress_interval_s,
+                                output=output,
                             )
                     break
                 except AgentUnreachable:

@@ -6,6 +6,10 @@ content (the agent's JSON, schema'd) and as text an LLM reads well (the Go origi
 
 Both copies together stay within the result budget (coordinator/budget.py). Requests are bounded too
 (`MAX_REQUEST_BYTES`), so `fs.write` takes at most `MAX_WRITE_CONTENT_BYTES` per call.
+
+While a call waits for its task, it reports MCP progress (a heartbeat every `progress_interval_s`) and hands
+the task's live output to `output` as it is printed (`live_output`), with progress whose message is the
+latest lines.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,11 +28,17 @@ from pydantic import BaseModel, ValidationError
 from codegen_mcp.api import routes
 from codegen_mcp.api.errors import CodegenError, ErrorCode, SandboxUnavailable, validation_sentence
 from codegen_mcp.api.results import ToolResult, sentence
+from codegen_mcp.api.task_results import OutputStream
 from codegen_mcp.api.tools import DEFAULT_READ_LIMIT, MAX_WRITE_BYTES, TOOLS, TaskView, ToolSpec
 from codegen_mcp.coordinator.agent_client import AgentClient, AgentUnreachable
 from codegen_mcp.coordinator.budget import COPY_BUDGET, fit_content, fit_result, fit_task_output
+from codegen_mcp.coordinator.live_output import Follower, OutputSink
 
 ProgressFn = Callable[[float, float | None, str], Awaitable[None]]
+
+# A progress message carries the last lines of a batch of output, no more.
+PROGRESS_LINES = 5
+PROGRESS_CHARS = 1000
 
 MiB = 1024 * 1024
 # The HTTP transports refuse a request body over this (the MCP SDK's default cap, set explicitly).
@@ -86,11 +97,14 @@ async def call_tool(
     *,
     progress: ProgressFn,
     progress_interval_s: float,
+    output: OutputSink | None = None,
 ) -> types.CallToolResult:
     """Run one validated call against an agent and format its MCP result (within the result budget)."""
     body = args.model_dump(mode="json", exclude_none=True)
+    progress = increasing(progress)
+    live = None if output is None else _with_progress(output, progress)
     if spec.starts_task:
-        view = await _run_task(spec, body, client, progress=progress, interval_s=progress_interval_s)
+        view = await _run_task(spec, body, client, progress=progress, interval_s=progress_interval_s, output=live)
         view, notes = await fit_task_output(view, client)
         return fit_result(format_result(view, notes))
     if spec.name == "task.get_result":
@@ -100,6 +114,7 @@ async def call_tool(
             float(body.get("wait_s", 0)),
             progress=progress,
             interval_s=progress_interval_s,
+            output=live,
         )
         view, notes = await fit_task_output(view, client)
         return fit_result(format_result(view, notes))
@@ -131,8 +146,42 @@ def check_write_size(content: str) -> None:
         raise CodegenError(f"the content is {size} bytes, but {WRITE_LIMIT}", code=ErrorCode.TOO_LARGE)
 
 
+def increasing(progress: ProgressFn) -> ProgressFn:
+    """`progress` made strictly increasing, as MCP asks, across heartbeats and output (two clocks)."""
+    last = -math.inf
+
+    async def report(done: float, total: float | None, message: str) -> None:
+        nonlocal last
+        last = max(done, math.nextafter(last, math.inf))
+        await progress(last, total, message)
+
+    return report
+
+
+def latest_lines(text: str) -> str:
+    """The end of a batch of output, short enough for a progress message."""
+    return "\n".join(text.rstrip("\n").splitlines()[-PROGRESS_LINES:])[-PROGRESS_CHARS:]
+
+
+def _with_progress(output: OutputSink, progress: ProgressFn) -> OutputSink:
+    """Each batch of output also as progress (for clients that show progress but not log messages)."""
+    started = time.monotonic()
+
+    async def forward(stream: OutputStream, text: str) -> None:
+        await progress(time.monotonic() - started, None, latest_lines(text))
+        await output(stream, text)
+
+    return forward
+
+
 async def _run_task(
-    spec: ToolSpec, body: dict[str, Any], client: AgentClient, *, progress: ProgressFn, interval_s: float
+    spec: ToolSpec,
+    body: dict[str, Any],
+    client: AgentClient,
+    *,
+    progress: ProgressFn,
+    interval_s: float,
+    output: OutputSink | None,
 ) -> TaskView:
     # Start without waiting, so the task id is known before anything can be cancelled; then wait in GETs.
     data = await client.request(spec.route.method, spec.route.path, body={**body, "wait_s": 0})
@@ -141,7 +190,13 @@ async def _run_task(
         return view
     try:
         return await _wait_task(
-            client, view.task_id, float(body.get("wait_s", 0)), progress=progress, interval_s=interval_s
+            client,
+            view.task_id,
+            float(body.get("wait_s", 0)),
+            progress=progress,
+            interval_s=interval_s,
+            output=output,
+            running=True,
         )
     except AgentUnreachable as exc:
         # The task started, so this call must not be retried elsewhere: it is lost with its sandbox.
@@ -164,23 +219,35 @@ async def _wait_task(
     *,
     progress: ProgressFn,
     interval_s: float,
+    output: OutputSink | None,
+    running: bool = False,
 ) -> TaskView:
+    """Wait up to `wait_s` for the task, with a progress heartbeat; its live output goes to `output` meanwhile
+    (from the start when the caller knows it is `running`, else once a first wait finds it still is)."""
     deadline = time.monotonic() + wait_s
     view: TaskView | None = None
-    while True:
-        if view is not None:
-            await progress(view.progress.elapsed_s, None, view.progress_message())
-        remaining = deadline - time.monotonic()
-        step = max(0.0, min(interval_s, remaining))
-        data = await client.request(
-            routes.TASK.method,
-            routes.TASK.path.format(task_id=task_id),
-            params={"wait_s": f"{step:.3f}"},
-            extra_wait_s=step,
-        )
-        view = TaskView.model_validate(data)
-        if view.state.finished or time.monotonic() >= deadline:
-            return view
+    follower = Follower(client, task_id, output) if output is not None and running else None
+    try:
+        while True:
+            if view is not None:
+                if follower is None and output is not None:
+                    follower = Follower(client, task_id, output)
+                await progress(view.progress.elapsed_s, None, view.progress_message())
+            remaining = deadline - time.monotonic()
+            step = max(0.0, min(interval_s, remaining))
+            data = await client.request(
+                routes.TASK.method,
+                routes.TASK.path.format(task_id=task_id),
+                params={"wait_s": f"{step:.3f}"},
+                extra_wait_s=step,
+            )
+            view = TaskView.model_validate(data)
+            if view.state.finished or time.monotonic() >= deadline:
+                return view
+    finally:
+        if follower is not None:
+            # The output a finished task printed last reaches the client before its result does.
+            await follower.close(finished=view is not None and view.state.finished)
 
 
 # --- formatting -------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from codegen_mcp.api.tools import (
 )
 from codegen_mcp.sandbox_agent.agent import AGENT, PLANNED, Agent
 from codegen_mcp.sandbox_agent.http import model_response, read_args, validated
+from codegen_mcp.sandbox_agent.output_stream import follow, offset_of
 from codegen_mcp.sandbox_agent.requirements import parse_requirements
 from codegen_mcp.sandbox_agent.tasks import Outcome, Task
 from codegen_mcp.sandbox_agent.toolruns import lint_target, pytest_targets
@@ -160,6 +161,12 @@ async def get_task(request: web.Request) -> web.Response:
     return await _respond_after(agent, agent.tasks.get(task_id), wait_s)
 
 
+async def task_output(request: web.Request) -> web.StreamResponse:
+    agent = request.app[AGENT]
+    task = agent.tasks.get(_task_id(request))
+    return await follow(request, task.output, offset_of(request.query))
+
+
 async def cancel_task(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
     task = await agent.tasks.cancel(_task_id(request))
@@ -252,6 +259,7 @@ HANDLERS: dict[Route, Handler] = {
     routes.PKG_INSTALL: pkg_install,
     routes.TASK: get_task,
     routes.TASK_CANCEL: cancel_task,
+    routes.TASK_OUTPUT: task_output,
     routes.ARTIFACTS: list_artifacts,
     routes.ARTIFACT_REGISTER: register_artifact,
     routes.ARTIFACT: get_artifact,

@@ -3,7 +3,8 @@
 Every child the agent starts for a session (run.python, pip, pytest, ruff, mypy, git) goes through
 `supervise`: it gets its own session (so the whole process group can be killed, also when the agent itself
 is cancelled), its stdout and stderr are read concurrently, the first (or last) bytes kept and the rest only
-counted. `run_quiet` is the small version for the agent's own short helpers (building a venv, asking the
+counted; each chunk is also copied, as it arrives, to the live output of the task it runs for (`output_stream`).
+`run_quiet` is the small version for the agent's own short helpers (building a venv, asking the
 base interpreter where it lives).
 """
 
@@ -20,8 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from codegen_mcp.api.errors import CodegenError, ErrorCode
+from codegen_mcp.api.task_results import OutputStream
 from codegen_mcp.api.tools import TaskState
 from codegen_mcp.sandbox_agent import diskquota
+from codegen_mcp.sandbox_agent.output_stream import CURRENT
 
 
 def start_failure(what: str, err: OSError | subprocess.SubprocessError) -> CodegenError:
@@ -75,12 +78,17 @@ class ProcessOutcome:
     disk_full: bool = False
 
 
-async def _pump(stream: asyncio.StreamReader | None, out: Captured, on_bytes: Callable[[int], None]) -> None:
+async def _pump(
+    stream: asyncio.StreamReader | None, out: Captured, on_bytes: Callable[[int], None], name: OutputStream
+) -> None:
     if stream is None:
         return
+    live = CURRENT.get()
     while chunk := await stream.read(65536):
         out.add(chunk)
         on_bytes(len(chunk))
+        if live is not None:
+            live.write(name, chunk)
 
 
 async def _feed(writer: asyncio.StreamWriter | None, data: bytes | None) -> None:
@@ -136,8 +144,8 @@ async def supervise(
     )
     err_capture = stderr if stderr is not None else Captured(cap=0)
     io_tasks = [
-        asyncio.create_task(_pump(proc.stdout, stdout, on_stdout)),
-        asyncio.create_task(_pump(proc.stderr, err_capture, on_stderr)),
+        asyncio.create_task(_pump(proc.stdout, stdout, on_stdout, "stdout")),
+        asyncio.create_task(_pump(proc.stderr, err_capture, on_stderr, "stderr")),
         asyncio.create_task(_feed(proc.stdin, stdin)),
     ]
     exited = asyncio.create_task(proc.wait())

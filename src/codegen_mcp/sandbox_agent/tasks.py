@@ -2,7 +2,8 @@
 progress and a result.
 
 Callers wait on an `asyncio.Event` that is set when the task finishes (never a sleep loop). Finished tasks
-are kept up to a retention count, oldest forgotten first.
+are kept up to a retention count, oldest forgotten first. What a task's processes print is also kept live, in
+a bounded buffer readers can follow (`output_stream`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from codegen_mcp.api.tools import (
     TaskState,
     TaskView,
 )
+from codegen_mcp.sandbox_agent.output_stream import CURRENT, LiveOutput
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,7 @@ class Task:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_requested: asyncio.Event = field(default_factory=asyncio.Event)
     runner: asyncio.Task[None] | None = None
+    output: LiveOutput = field(default_factory=LiveOutput)
 
     def view(self) -> TaskView:
         elapsed = 0.0
@@ -86,6 +89,7 @@ class Task:
                 stdout_bytes=self.stdout_bytes,
                 stderr_bytes=self.stderr_bytes,
                 message=self.message,
+                output_tail=self.output.tail(),
             ),
             run=self.run,
             install=self.install,
@@ -130,6 +134,7 @@ class TaskManager:
                 task.state = TaskState.RUNNING
                 task.started_at = datetime.now(UTC)
                 task.started_mono = time.monotonic()
+                CURRENT.set(task.output)  # this runner's own context: what its processes print goes there
                 outcome = await work(task)
             task.state, task.run, task.install, task.error = outcome.state, outcome.run, outcome.install, outcome.error
             task.test, task.lint, task.clone = outcome.test, outcome.lint, outcome.clone
@@ -147,6 +152,7 @@ class TaskManager:
             task.finished_mono = time.monotonic()
             if task.started_mono is None:
                 task.started_mono = task.finished_mono
+            task.output.close()
             task.done.set()
             self._forget_old()
 
