@@ -35,6 +35,11 @@ DEFAULT_CLONE_TIMEOUT_S = 300.0
 DEFAULT_GIT_TIMEOUT_S = 60.0
 MAX_URL_LENGTH = 2048
 MAX_COMMIT_MESSAGE = 20_000
+# Persistent Python contexts (run.python's `context`): how many one session may hold at once, and how much of a
+# cell's last expression (its repr) a result carries.
+MAX_CONTEXTS = 4
+MAX_VALUE_CHARS = 8192
+CONTEXT_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 
 
 class _Args(BaseModel):
@@ -129,6 +134,19 @@ class FsListArgs(_Args):
 # --- run.python, pkg.install, task.* --------------------------------------------------------------
 
 
+def _context_name(value: str) -> str:
+    if re.fullmatch(CONTEXT_NAME_PATTERN, value) is None:
+        shown = value if len(value) <= 40 else value[:40] + "…"
+        raise ValueError(
+            "must be a short name: a lowercase letter, then up to 31 lowercase letters, digits, '_' or '-' "
+            f"(e.g. 'main'), not {shown!r}"
+        )
+    return value
+
+
+ContextName = Annotated[str, Field(json_schema_extra={"pattern": CONTEXT_NAME_PATTERN}), AfterValidator(_context_name)]
+
+
 class RunPythonArgs(_Args):
     code: str | None = Field(None, description="Python source to run. Give exactly one of `code` or `file`.")
     file: str | None = Field(
@@ -148,12 +166,36 @@ class RunPythonArgs(_Args):
         le=MAX_WAIT_S,
         description="How long to wait for the result; a longer run returns a task_id for task.get_result.",
     )
+    context: ContextName | None = Field(
+        None,
+        description=(
+            "Run in this persistent Python context (e.g. 'main'), like a notebook kernel: its variables, imports "
+            f"and loaded data stay for the next call with the same context. At most {MAX_CONTEXTS} per session; "
+            "run.contexts lists them. A timeout interrupts the cell (KeyboardInterrupt) and keeps the state. "
+            "Default: a fresh interpreter for this call only."
+        ),
+    )
+    reset: bool = Field(
+        False,
+        description=(
+            "With `context`: discard that context's state first (its interpreter is stopped). Without `code` or "
+            "`file`, just end the context and free its place."
+        ),
+    )
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> RunPythonArgs:
-        if (self.code is None) == (self.file is None):
+        if self.reset and self.context is None:
+            raise ValueError("`reset` needs the `context` to reset")
+        if self.code is not None and self.file is not None:
+            raise ValueError("give exactly one of `code` or `file`")
+        if self.code is None and self.file is None and not self.reset:
             raise ValueError("give exactly one of `code` or `file`")
         return self
+
+
+class RunContextsArgs(_Args):
+    """run.contexts takes no arguments."""
 
 
 class PkgInstallArgs(_Args):

@@ -141,7 +141,8 @@ def validation_sentence(exc: ValidationError, *, prefix: str = "", model: type[B
         if where not in problems:
             problems[where] = _problem(error, where)
             if model is not None and error["type"] == "extra_forbidden" and len(error["loc"]) == 1:
-                problems[where] += f" (accepted: {', '.join(f'`{name}`' for name in model.model_fields)})"
+                accepted = ", ".join(f"`{name}`" for name in model.model_fields)
+                problems[where] += f" (accepted: {accepted})" if accepted else " (this tool takes no arguments)"
                 model = None  # said once
     shown = list(problems.values())[:MAX_PROBLEMS]
     hidden = len(problems) - len(shown)

@@ -249,6 +249,40 @@ class GitCommitResult(ToolResult):
         return Reply("\n".join(lines))
 
 
+# --- run.contexts ---------------------------------------------------------------------------------
+
+
+class ContextInfo(_Result):
+    name: str
+    running: bool = Field(description="True while its interpreter is up (a context that lost it starts a new one).")
+    busy: bool = Field(False, description="True while a cell runs in it.")
+    started_at: datetime | None = Field(None, description="When its current interpreter started.")
+    cells: int = Field(0, description="Cells its current interpreter has run.")
+    memory_bytes: int | None = Field(None, description="Its interpreter's resident memory after its last cell.")
+    lost: str | None = Field(None, description="Why its state was lost when its interpreter died (the next call says).")
+
+
+class ContextListResult(ToolResult):
+    contexts: list[ContextInfo]
+    max_contexts: int = Field(description="How many contexts this session may hold at once.")
+
+    def reply(self, notes: Mapping[str, str] = NO_NOTES) -> Reply:
+        if not self.contexts:
+            return Reply(
+                f"No Python contexts yet (at most {self.max_contexts}): run.python with context='main' starts one."
+            )
+        lines = [f"{len(self.contexts)} of at most {self.max_contexts} Python contexts:"]
+        for c in self.contexts:
+            if not c.running:
+                lines.append(f"  {c.name}: stopped ({c.lost or 'not started'}); its next cell starts a fresh one")
+                continue
+            memory = f", {c.memory_bytes / 2**20:.1f} MiB" if c.memory_bytes else ""
+            busy = ", running a cell" if c.busy else ""
+            started = f"{c.started_at:%Y-%m-%d %H:%M:%S}Z" if c.started_at else "?"
+            lines.append(f"  {c.name}: started {started}, {c.cells} cells{memory}{busy}")
+        return Reply("\n".join(lines))
+
+
 # --- health ---------------------------------------------------------------------------------------
 
 

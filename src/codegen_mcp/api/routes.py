@@ -23,6 +23,7 @@ FS_READ = Route("POST", "/v1/fs/read")
 FS_WRITE = Route("POST", "/v1/fs/write")
 FS_LIST = Route("POST", "/v1/fs/list")
 RUN_PYTHON = Route("POST", "/v1/run/python")
+RUN_CONTEXTS = Route("GET", "/v1/run/contexts")
 PKG_INSTALL = Route("POST", "/v1/pkg/install")
 TASK = Route("GET", "/v1/tasks/{task_id}")
 TASK_CANCEL = Route("POST", "/v1/tasks/{task_id}/cancel")
@@ -44,6 +45,7 @@ AGENT_ROUTES: tuple[Route, ...] = (
     FS_WRITE,
     FS_LIST,
     RUN_PYTHON,
+    RUN_CONTEXTS,
     PKG_INSTALL,
     TASK,
     TASK_CANCEL,

@@ -50,8 +50,26 @@ class TaskKind(StrEnum):
 # --- run.python, pkg.install ----------------------------------------------------------------------
 
 
+class ContextCell(_Result):
+    """A run.python call in a persistent context: which one, and what happened to its state."""
+
+    name: str
+    cell: int = Field(description="How many cells this context's interpreter has run, this one included.")
+    started_at: datetime = Field(description="When the context's current interpreter started.")
+    restarted: str | None = Field(
+        None, description="Set when the context's state was lost before this cell (why); the cell ran in a fresh one."
+    )
+    ended: str | None = Field(
+        None, description="What this cell did to the context when it did not end normally (interrupted, stopped)."
+    )
+    state_kept: bool = Field(True, description="False when the context's state is gone after this cell.")
+
+
 class RunResult(_Result):
-    exit_code: int | None = Field(description="The process exit code; negative for a signal; None if it never ran.")
+    exit_code: int | None = Field(
+        description="The process exit code; negative for a signal; None if it never ran. In a context: 0, 1 when "
+        "the cell raised, SystemExit's code, or the interpreter's own code when it died."
+    )
     stdout: str
     stderr: str
     stdout_truncated: bool = False
@@ -59,6 +77,11 @@ class RunResult(_Result):
     duration_s: float
     timed_out: bool = False
     artifacts: list[ArtifactInfo] = Field(default_factory=list, description="Files the run created or changed.")
+    value: str | None = Field(
+        None, description="In a context: the repr of the cell's last expression, when it is one and not None."
+    )
+    value_truncated: bool = False
+    context: ContextCell | None = Field(None, description="Set for a run in a persistent context.")
 
 
 class InstalledPackage(_Result):
@@ -246,7 +269,12 @@ class TaskView(ToolResult):
             text = f"Task {self.task_id} {self.state.value}: {self.error or 'no result'}"
             return Reply(text, is_error=self.state is TaskState.FAILED)
         lines = [f"Exit Code: {run.exit_code}"]
-        if self.state is TaskState.TIMED_OUT:
+        context = run.context
+        if context is not None and context.restarted:
+            lines.insert(0, sentence(context.restarted))
+        if context is not None and context.ended:
+            lines.append(sentence(context.ended))
+        elif self.state is TaskState.TIMED_OUT:
             lines.append(f"Timed out: the run was killed after {run.duration_s:.1f} s.")
         elif self.state is TaskState.CANCELLED:
             lines.append("Cancelled: the run was stopped on request.")
@@ -255,9 +283,13 @@ class TaskView(ToolResult):
             note = notes.get(stream) or (f"[{stream} truncated]" if getattr(run, f"{stream}_truncated") else "")
             lines.append(f"{stream.capitalize()}:")
             lines.append(output + ("\n" + note if note else ""))
+        if run.value is not None:
+            lines += ["Value:", run.value + ("\n[value truncated]" if run.value_truncated else "")]
         if run.artifacts:
             lines.append("Artifacts:")
             lines += [f"  {a.artifact_id}  {a.path}  ({a.size} bytes, {a.media_type})" for a in run.artifacts]
+        if context is not None:
+            lines.append(f"Context: {context.name}, cell {context.cell}")
         lines.append(f"Duration: {run.duration_s:.3f} s (task {self.task_id})")
         return Reply("\n".join(lines))
 

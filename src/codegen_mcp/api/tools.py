@@ -16,8 +16,10 @@ from codegen_mcp.api.arguments import (
     ARTIFACT_ID_PATTERN,
     DEFAULT_INSTALL_TIMEOUT_S,
     DEFAULT_READ_LIMIT,
+    MAX_CONTEXTS,
     MAX_LIST_ENTRIES,
     MAX_PATH_LENGTH,
+    MAX_VALUE_CHARS,
     MAX_WAIT_S,
     MAX_WRITE_BYTES,
     OUTPUT_FOLDER,
@@ -35,6 +37,7 @@ from codegen_mcp.api.arguments import (
     LintArgs,
     PkgInstallArgs,
     PytestArgs,
+    RunContextsArgs,
     RunPythonArgs,
     TaskIdArgs,
     TaskResultArgs,
@@ -46,6 +49,8 @@ from codegen_mcp.api.results import (
     ArtifactInfo,
     ArtifactListResult,
     ArtifactUploadResult,
+    ContextInfo,
+    ContextListResult,
     EchoResult,
     EntryType,
     FsEntry,
@@ -59,6 +64,7 @@ from codegen_mcp.api.results import (
 )
 from codegen_mcp.api.routes import Route
 from codegen_mcp.api.task_results import (
+    ContextCell,
     GitCloneResult,
     InstalledPackage,
     LintDiagnostic,
@@ -85,6 +91,9 @@ __all__ = [
     "ArtifactListResult",
     "ArtifactUploadArgs",
     "ArtifactUploadResult",
+    "ContextCell",
+    "ContextInfo",
+    "ContextListResult",
     "DEFAULT_INSTALL_TIMEOUT_S",
     "DEFAULT_READ_LIMIT",
     "EchoArgs",
@@ -109,8 +118,10 @@ __all__ = [
     "LintDiagnostic",
     "LintFix",
     "LintResult",
+    "MAX_CONTEXTS",
     "MAX_LIST_ENTRIES",
     "MAX_PATH_LENGTH",
+    "MAX_VALUE_CHARS",
     "MAX_WAIT_S",
     "MAX_WRITE_BYTES",
     "OUTPUT_FOLDER",
@@ -119,6 +130,7 @@ __all__ = [
     "PytestArgs",
     "PytestFailure",
     "PytestResult",
+    "RunContextsArgs",
     "RunPythonArgs",
     "RunResult",
     "Severity",
@@ -203,13 +215,28 @@ TOOLS: tuple[ToolSpec, ...] = (
             "Run Python code (or a .py file) in your workspace's own virtual environment, with the workspace "
             "as working directory. Returns exit code, stdout and stderr, and any files the run produced as "
             "artifacts. If it is still running after wait_s seconds you get a task_id: fetch the result with "
-            "task.get_result."
+            "task.get_result. With `context` (e.g. 'main') the code runs in a persistent interpreter whose "
+            "variables and imports survive between calls, like a notebook; the repr of its last expression comes "
+            "back as `value`."
         ),
         args=RunPythonArgs,
         route=routes.RUN_PYTHON,
         result=TaskView,
         long_running=True,
         starts_task=True,
+    ),
+    ToolSpec(
+        name="run.contexts",
+        title="List Python contexts",
+        description=(
+            "List this session's persistent Python contexts (run.python's `context`): name, when its interpreter "
+            "started, cells run, memory, and whether it is running a cell or lost its state. run.python with "
+            "reset=true ends one."
+        ),
+        args=RunContextsArgs,
+        route=routes.RUN_CONTEXTS,
+        result=ContextListResult,
+        read_only=True,
     ),
     ToolSpec(
         name="pkg.install",

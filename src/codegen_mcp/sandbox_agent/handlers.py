@@ -43,6 +43,7 @@ from codegen_mcp.api.tools import (
 )
 from codegen_mcp.sandbox_agent.agent import AGENT, PLANNED, Agent
 from codegen_mcp.sandbox_agent.http import model_response, read_args, validated
+from codegen_mcp.sandbox_agent.interpreter import CellRequest
 from codegen_mcp.sandbox_agent.output_stream import follow, offset_of
 from codegen_mcp.sandbox_agent.requirements import parse_requirements
 from codegen_mcp.sandbox_agent.tasks import Outcome, Task
@@ -117,13 +118,25 @@ async def run_python(request: web.Request) -> web.Response:
         file, fd = await asyncio.to_thread(agent.workspace.open_regular_file, args.file)
         os.close(fd)
 
+    context = args.context
+    if context is not None:
+        agent.executor.contexts.claim(context)  # past the cap: refused now, in one sentence
+
     async def work(task: Task) -> Outcome:
+        if context is not None:
+            reset_only = args.code is None and file is None
+            cell = None if reset_only else CellRequest(args.code, file, args.args, args.stdin, timeout_s)
+            return await agent.executor.contexts.run(task, context, cell, reset=args.reset)
         return await agent.executor.run_python(
             task, code=args.code, file=file, args=args.args, stdin=args.stdin, timeout_s=timeout_s
         )
 
     task = agent.tasks.submit(TaskKind.RUN_PYTHON, work)
     return await _respond_after(agent, task, args.wait_s)
+
+
+async def run_contexts(request: web.Request) -> web.Response:
+    return model_response(request.app[AGENT].executor.contexts.listing())
 
 
 async def pkg_install(request: web.Request) -> web.Response:
@@ -256,6 +269,7 @@ HANDLERS: dict[Route, Handler] = {
     routes.FS_WRITE: fs_write,
     routes.FS_LIST: fs_list,
     routes.RUN_PYTHON: run_python,
+    routes.RUN_CONTEXTS: run_contexts,
     routes.PKG_INSTALL: pkg_install,
     routes.TASK: get_task,
     routes.TASK_CANCEL: cancel_task,
