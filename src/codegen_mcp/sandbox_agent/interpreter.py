@@ -111,7 +111,7 @@ class CellStream:
                 data = data[at + len(self._mark) :]
                 self.end()
             else:
-                keep = min(len(data), len(self._mark) - 1)
+                keep = _mark_start(data, self._mark)
                 self._held = data[len(data) - keep :]
                 data = data[: len(data) - keep]
         self._take(data)
@@ -131,6 +131,16 @@ class CellStream:
 
     def leftover(self) -> str:
         return self._out.text()
+
+
+def _mark_start(data: bytearray, mark: bytes) -> int:
+    """How many bytes at the end of `data` may be the start of `mark` (held back; the rest is passed on at once)."""
+    at = data.find(mark[:1], max(0, len(data) - len(mark) + 1))
+    while at != -1:
+        if mark.startswith(data[at:]):
+            return len(data) - at
+        at = data.find(mark[:1], at + 1)
+    return 0
 
 
 async def _pump(reader: asyncio.StreamReader | None, stream: CellStream) -> None:
@@ -493,9 +503,11 @@ class Contexts:
 
         def count_out(data: bytes) -> None:
             task.stdout_bytes += len(data)
+            task.output.write("stdout", data)  # live, as a stateless run's (`output_stream`)
 
         def count_err(data: bytes) -> None:
             task.stderr_bytes += len(data)
+            task.output.write("stderr", data)
 
         request = {"code": cell.code, "file": str(cell.file) if cell.file else None, "args": list(cell.args)}
         end = await interpreter.run_cell(

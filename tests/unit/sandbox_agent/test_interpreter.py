@@ -12,9 +12,10 @@ import pytest
 
 from codegen_mcp.api.tools import ContextListResult, TaskView
 from codegen_mcp.sandbox_agent.agent import AGENT
+from codegen_mcp.sandbox_agent.interpreter import CellStream
 
 from .conftest import AgentClient, MakeClient
-from .test_run import processes_with, run, wait_until
+from .test_run import get_task, processes_with, run, wait_until
 
 
 async def cell(client: AgentClient, code: str, context: str = "main", **body: Any) -> TaskView:
@@ -227,3 +228,33 @@ async def test_shutdown_stops_the_interpreters(runner: AgentClient) -> None:
     assert processes_with("context-driver.py")
     await runner.close()
     await wait_until(lambda: not processes_with("context-driver.py"))
+
+
+async def test_a_cells_output_is_live_while_it_runs(client: AgentClient) -> None:
+    code = "import os, time\nprint('first', flush=True)\nwhile not os.path.exists('go'):\n    time.sleep(0.01)\n"
+    resp = await client.post("/v1/run/python", json={"code": code, "context": "main", "wait_s": 0})
+    view = TaskView.model_validate(await resp.json())
+    await wait_until(
+        lambda: client.app is not None and "first" in client.app[AGENT].tasks.get(view.task_id).output.tail()
+    )
+    running = await get_task(client, view.task_id)
+    assert running.state == "running" and running.progress.output_tail == "first"
+    assert (await client.post("/v1/fs/write", json={"path": "go", "content": ""})).status == 200
+    done = await get_task(client, view.task_id, wait_s=30)
+    assert done.state == "succeeded" and done.run is not None and done.run.stdout == "first\n"
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 64])
+async def test_output_is_cut_into_cells_at_marks_split_anywhere(size: int) -> None:
+    stream, seen = CellStream(cap=1024), bytearray()
+    first = stream.begin(b"\0end:1\0", seen.extend)
+    data = b"a\0b\0en" + b"\0end:1\0" + b"between "
+    for at in range(0, len(data), size):
+        stream.feed(data[at : at + size])
+        if not stream.ended.is_set():
+            assert bytes(seen) == data[: len(seen)]  # held back only what may start the mark
+    assert first.kept() == b"a\0b\0en" and stream.ended.is_set() and bytes(seen) == b"a\0b\0en"
+    second = stream.begin(b"\0end:2\0", seen.extend)  # output between two cells goes to the next one
+    assert not stream.ended.is_set()
+    stream.feed(b"more\0end:2\0")
+    assert second.kept() == b"between more" and stream.ended.is_set()
