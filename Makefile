@@ -77,7 +77,10 @@ bench-cluster: install-dev ## Real control plane: its start time; session create
 bench-pool: install-dev ## Real control plane: pooled claim → Ready p50/p95; first call with and without a warm pool (KUBEBUILDER_ASSETS)
 	$(BIN)/python bench/pool.py
 
-.PHONY: help install install-dev run test lint fmt bench bench-sessions bench-security bench-cluster bench-pool conformance-install conformance crd test-operator
+bench-live-output: install ## Live output: print in the sandbox → MCP notification at the client, p50/p95 (vs a bare SDK echo)
+	$(BIN)/python bench/live_output.py
+
+.PHONY: help install install-dev run test lint fmt bench bench-sessions bench-security bench-cluster bench-pool bench-live-output conformance-install conformance crd test-operator
 
 include mk/cluster.mk
 include mk/node.mk
