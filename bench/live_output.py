@@ -22,14 +22,11 @@ import json
 import os
 import platform
 import re
-import shutil
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-from roundtrip import BARE_ARGV, checked, coordinator_argv, run_bench, running_server
+from roundtrip import beside_bare, checked, run_bench
 
 GOAL_MS = 100.0
 FIRST_CALL_TIMEOUT_S = 120.0
@@ -149,25 +146,7 @@ def format_table(f: dict[str, Any]) -> str:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    # The local backend needs a state dir its unprivileged sandbox uids can enter: not a 0700 folder.
-    workdir = Path(tempfile.mkdtemp(prefix="codegen-mcp-bench-"))
-    workdir.chmod(0o711)
-    try:
-        async with (
-            asyncio.timeout(args.timeout),
-            running_server(
-                "coordinator", coordinator_argv(workdir / "state"), workdir / "coordinator.log"
-            ) as coordinator,
-            running_server("bare echo server", BARE_ARGV, workdir / "bare.log") as bare,
-        ):
-            try:
-                return await measure(bare.url, coordinator.url, args)
-            except Exception as exc:
-                raise RuntimeError(
-                    f"{exc}\n--- coordinator log ---\n{coordinator.log_tail()}\n--- bare log ---\n{bare.log_tail()}"
-                ) from exc
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    return await beside_bare(lambda bare, coordinator: measure(bare, coordinator, args), args.timeout)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -245,19 +245,24 @@ BARE_ARGV = [sys.executable, str(HERE / "bare_echo_server.py"), "--host", "127.0
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    return await beside_bare(lambda bare, coordinator: measure(bare, coordinator, args.n, args.warmup), args.timeout)
+
+
+async def beside_bare(measure: Callable[[str, str], Awaitable[dict[str, Any]]], timeout_s: float) -> dict[str, Any]:
+    """`measure(bare_url, coordinator_url)` with both servers running, within `timeout_s`; their logs on error."""
     # The local backend needs a state dir its unprivileged sandbox uids can enter: not a 0700 folder.
     workdir = Path(tempfile.mkdtemp(prefix="codegen-mcp-bench-"))
     workdir.chmod(0o711)
     try:
         async with (
-            asyncio.timeout(args.timeout),
+            asyncio.timeout(timeout_s),
             running_server(
                 "coordinator", coordinator_argv(workdir / "state"), workdir / "coordinator.log"
             ) as coordinator,
             running_server("bare echo server", BARE_ARGV, workdir / "bare.log") as bare,
         ):
             try:
-                return await measure(bare.url, coordinator.url, args.n, args.warmup)
+                return await measure(bare.url, coordinator.url)
             except Exception as exc:
                 raise RuntimeError(
                     f"{exc}\n--- coordinator log ---\n{coordinator.log_tail()}\n--- bare log ---\n{bare.log_tail()}"
