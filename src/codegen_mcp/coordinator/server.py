@@ -39,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from codegen_mcp import __version__
 from codegen_mcp.api.errors import CodegenError, ErrorCode, SandboxUnavailable
 from codegen_mcp.api.tools import TOOLS_BY_NAME
-from codegen_mcp.coordinator import tools
+from codegen_mcp.coordinator import mcp_tasks, tools
 from codegen_mcp.coordinator.agent_client import AgentUnreachable
 from codegen_mcp.coordinator.audit import AuditLog
 from codegen_mcp.coordinator.backends import Backend, create_backend
@@ -361,7 +361,9 @@ class Coordinator:
 
 
 def server_capabilities(ctx: ServerRequestContext[Any, Any]) -> types.ServerCapabilities:
-    return types.ServerCapabilities(tools=types.ToolsCapability(list_changed=False))
+    return types.ServerCapabilities(
+        tools=types.ToolsCapability(list_changed=False), extensions=mcp_tasks.advertised(ctx.protocol_version)
+    )
 
 
 Lifespan = Callable[[Server[McpSessions]], AbstractAsyncContextManager[McpSessions]]
@@ -387,6 +389,7 @@ def create_server(coordinator: Coordinator, lifespan: Lifespan | None = None) ->
             on_set_logging_level=coordinator.set_logging_level,
         )
     server.add_request_handler("server/discover", types.RequestParams, coordinator.discover)
+    mcp_tasks.install(server, mcp_tasks.McpTasks(coordinator))
     return server
 
 
