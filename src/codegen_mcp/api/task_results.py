@@ -268,8 +268,10 @@ class TaskView(ToolResult):
         if run is None:
             text = f"Task {self.task_id} {self.state.value}: {self.error or 'no result'}"
             return Reply(text, is_error=self.state is TaskState.FAILED)
-        lines = [f"Exit Code: {run.exit_code}"]
         context = run.context
+        if context is not None and context.cell == 0 and context.ended:
+            return Reply(sentence(context.ended))  # a reset that ran no cell
+        lines = [f"Exit Code: {run.exit_code}"]
         if context is not None and context.restarted:
             lines.insert(0, sentence(context.restarted))
         if context is not None and context.ended:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from codegen_mcp.api import routes
 from codegen_mcp.api.arguments import (
     ARTIFACT_ID_PATTERN,
+    CONTEXT_NAME_PATTERN,
     DEFAULT_INSTALL_TIMEOUT_S,
     DEFAULT_READ_LIMIT,
     MAX_CONTEXTS,
@@ -91,6 +92,7 @@ __all__ = [
     "ArtifactListResult",
     "ArtifactUploadArgs",
     "ArtifactUploadResult",
+    "CONTEXT_NAME_PATTERN",
     "ContextCell",
     "ContextInfo",
     "ContextListResult",

@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import re
 import secrets
 import signal
 import socket
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from codegen_mcp.api.errors import CodegenError, ErrorCode
 from codegen_mcp.api.tools import (
+    CONTEXT_NAME_PATTERN,
     MAX_CONTEXTS,
     MAX_VALUE_CHARS,
     ContextCell,
@@ -60,6 +62,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DRIVER_FILE = "context-driver.py"
+CONTEXTS_FILE = "contexts.json"
+AGENT_STOPPED = "the sandbox stopped since its last cell: suspended when idle, or restarted"
 HEADER = struct.Struct(">I")
 # The driver's replies are small (the value is capped): anything bigger is not the driver speaking.
 MAX_REPLY_BYTES = 64 * 1024 + 4 * MAX_VALUE_CHARS
@@ -426,9 +430,45 @@ class Contexts:
         self.max_contexts = max_contexts
         self.grace_s = grace_s
         self._contexts: dict[str, Context] = {}
+        self._loaded = False
+        self._saved: frozenset[str] = frozenset()
+
+    # The names of the contexts that hold (or lost) state live in the agent's state folder, so that after the agent
+    # stopped (suspend, a restart) their next cell can say their state is gone rather than start silently afresh.
+
+    @property
+    def _names_file(self) -> Path:
+        return self.executor.state_dir / CONTEXTS_FILE
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        try:
+            names = json.loads(self._names_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        if isinstance(names, list):
+            for name in names[: self.max_contexts]:
+                if isinstance(name, str) and re.fullmatch(CONTEXT_NAME_PATTERN, name):
+                    self._contexts[name] = Context(name, lost=AGENT_STOPPED)
+            self._saved = frozenset(self._contexts)
+
+    def _save(self) -> None:
+        names = frozenset(n for n, c in self._contexts.items() if c.interpreter is not None or c.lost is not None)
+        if names != self._saved:
+            staged = self._names_file.with_suffix(".tmp")
+            try:
+                staged.write_text(json.dumps(sorted(names)), encoding="utf-8")
+                staged.replace(self._names_file)
+            except OSError as err:  # only the notice after a restart is lost
+                log.warning("could not save the names of the Python contexts: %s", err)
+                return
+            self._saved = names
 
     def claim(self, name: str) -> Context:
         """The context `name`, made now if there is room (an InvalidArgument-like error when not)."""
+        self._load()
         context = self._contexts.get(name)
         if context is not None:
             return context
@@ -443,6 +483,7 @@ class Contexts:
         return context
 
     def listing(self) -> ContextListResult:
+        self._load()
         infos = []
         for c in self._contexts.values():
             i = c.interpreter if c.interpreter is not None and c.interpreter.alive else None
@@ -474,10 +515,13 @@ class Contexts:
                 if reset:
                     await self._stop(context)
                     context.lost = None
-                if cell is None:
-                    del self._contexts[name]
-                    return _reset_only(name)
-                return await self._run_cell(task, context, cell)
+                try:
+                    if cell is None:
+                        del self._contexts[name]
+                        return _reset_only(name)
+                    return await self._run_cell(task, context, cell)
+                finally:
+                    self._save()
 
     async def _stop(self, context: Context) -> None:
         if context.interpreter is not None:

@@ -12,9 +12,10 @@ import pytest
 
 from codegen_mcp.api.tools import ContextListResult, TaskView
 from codegen_mcp.sandbox_agent.agent import AGENT
+from codegen_mcp.sandbox_agent.app import create_app
 from codegen_mcp.sandbox_agent.interpreter import CellStream
 
-from .conftest import AgentClient, MakeClient
+from .conftest import AUTH, AgentClient, MakeClient, make_settings
 from .test_run import get_task, processes_with, run, wait_until
 
 
@@ -186,7 +187,9 @@ async def test_reset_discards_the_state_and_reset_alone_ends_the_context(client:
     assert fresh.run.context.cell == 1 and fresh.run.context.restarted is None  # asked for: not "lost"
     ended = await run(client, context="main", reset=True)
     assert ended.state == "succeeded" and ended.run is not None and ended.run.context is not None
-    assert "The context 'main' was reset" in ended.reply().text
+    assert (
+        ended.reply().text == "The context 'main' was reset: its interpreter and state are gone, and its place is free."
+    )
     assert (await contexts(client)).contexts == []
     marker = "context-driver.py"
     await wait_until(lambda: not processes_with(marker))
@@ -258,3 +261,24 @@ async def test_output_is_cut_into_cells_at_marks_split_anywhere(size: int) -> No
     assert not stream.ended.is_set()
     stream.feed(b"more\0end:2\0")
     assert second.kept() == b"between more" and stream.ended.is_set()
+
+
+async def test_after_the_agent_stopped_the_next_cell_says_the_state_is_gone(
+    make_client: MakeClient, aiohttp_client: Any, workspace: Path, shared_venv: Path
+) -> None:
+    first = await make_client()
+    await cell(first, "x = 1", context="main")
+    await cell(first, "y = 1", context="other")
+    await run(first, context="other", reset=True)  # ended on purpose: nothing to say about it later
+    await first.close()  # as a suspend or the idle close stops the agent
+    second = await aiohttp_client(create_app(make_settings(workspace, shared_venv)), headers=AUTH)
+    listed = (await contexts(second)).contexts
+    assert [(c.name, c.running) for c in listed] == [("main", False)]
+    again = await cell(second, "'x' in globals()", context="main")
+    assert again.run is not None and again.run.value == "False" and again.run.context is not None
+    assert again.run.context.restarted == (
+        "the context 'main' was restarted: its state was lost (the sandbox stopped since its last cell: suspended "
+        "when idle, or restarted)"
+    )
+    fresh = await cell(second, "'y' in globals()", context="other")
+    assert fresh.run is not None and fresh.run.context is not None and fresh.run.context.restarted is None
