@@ -225,7 +225,11 @@ OPERATOR_RULES = [
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]
 COORDINATOR_RULES = [
-    {"apiGroups": [api.GROUP], "resources": ["codegensessions"], "verbs": ["get", "list", "watch", "create", "delete"]},
+    {
+        "apiGroups": [api.GROUP],
+        "resources": ["codegensessions"],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],  # patch: spec.suspend
+    },
     {"apiGroups": [api.GROUP], "resources": ["codegensessions/status"], "verbs": ["patch"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
 ]

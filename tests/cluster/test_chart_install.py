@@ -198,7 +198,7 @@ def refused_calls(installed: Installed) -> dict[str, list[tuple[str, str, str, A
             ("exec into a Pod", "POST", f"/api/v1/namespaces/{sess}/pods/anything/exec", None),
             ("create a session elsewhere", "POST", api_path(G, api.VERSION, api.PLURAL, out), session_body("x")),
             ("list sessions cluster-wide", "GET", f"/apis/{G}/{api.VERSION}/{api.PLURAL}", None),
-            ("change a session's spec", "PATCH", f"{sessions}/anything", {"spec": {"ttlSeconds": 1}}),
+            ("change a session elsewhere", "PATCH", api_path(G, api.VERSION, api.PLURAL, out, "x"), {"spec": {}}),
             ("delete every session at once", "DELETE", sessions, None),
             ("create a Role", "POST", f"{rbac}/namespaces/{sess}/roles", role_body("x")),
             ("create a ClusterRole", "POST", f"{rbac}/clusterroles", role_body("x")),

@@ -67,6 +67,9 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("env-duplicate", {"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}, "Duplicate value"),
     ("x" * 64, {}, "metadata.name must be at most 63 characters"),
     ("egress-bogus", {"network": {"egress": "sometimes"}}, "Unsupported value"),
+    ("suspended", {"suspend": True, "suspendAfterSeconds": 300}, None),
+    ("suspend-after-0", {"suspendAfterSeconds": 0}, "should be greater than or equal to 1"),
+    ("suspend-not-bool", {"suspend": "yes"}, 'spec.suspend: Invalid value: "string"'),
 ]
 
 
@@ -112,6 +115,10 @@ def test_mutable_fields_change(real: RealCluster) -> None:
     path = api_path(api.GROUP, api.VERSION, api.PLURAL, real.namespace, "mutable")
     changed = patch(real, path, {"spec": {"ttlSeconds": 120, "idleTimeoutSeconds": 30, "owner": "bob"}})
     assert changed["spec"]["ttlSeconds"] == 120 and changed["metadata"]["generation"] == 2
+    assert changed["spec"]["suspend"] is False  # defaulted
+    suspended = patch(real, path, {"spec": {"suspend": True, "suspendAfterSeconds": 600}})
+    assert suspended["spec"]["suspend"] is True and suspended["spec"]["suspendAfterSeconds"] == 600
+    assert patch(real, path, {"spec": {"suspend": False}})["metadata"]["generation"] == 4
 
 
 def patch(cluster: RealCluster, path: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -43,6 +43,8 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("pool-ref", {"template": {"poolRef": "other"}}, "template.poolRef belongs on the session, not on a pool"),
     ("ttl", {"template": {"ttlSeconds": 60}}, "template.ttlSeconds belongs on the session, not on a pool"),
     ("retain", {"template": {"workspace": {"retain": True}}}, "template.workspace.retain belongs on the session"),
+    ("suspend", {"template": {"suspend": True}}, "template.suspend belongs on the session, not on a pool"),
+    ("suspend-after", {"template": {"suspendAfterSeconds": 60}}, "template.suspendAfterSeconds belongs on the session"),
     ("env-reserved", {"template": {"env": [{"name": "CODEGEN_AGENT_X"}]}}, "reserved for the agent"),
     ("x" * 58, {}, "metadata.name must be at most 57 characters"),
 ]

@@ -292,13 +292,14 @@ class SessionReconciler:
         obs = st.observe_pod(pod)
         claim = api.workspace_claim_name(session.base)
         generation = body["metadata"].get("generation")
-        written = await self.kube.update_status(
-            namespace,
-            session.name,
-            lambda _b, s: st.mark_suspended(s, pod=obs, claim_name=claim, now=now(), generation=generation),
-        )
-        before = (body.get("status") or {}).get("phase")
-        if written is not None and before != Phase.SUSPENDED:
+        before: list[Phase | None] = []  # the phase as the write found it (Pod events race the update handler)
+
+        def mutate(_b: dict[str, Any], status: SessionStatus) -> SessionStatus:
+            before[:] = [status.phase]
+            return st.mark_suspended(status, pod=obs, claim_name=claim, now=now(), generation=generation)
+
+        written = await self.kube.update_status(namespace, session.name, mutate)
+        if written is not None and before != [Phase.SUSPENDED]:
             message = f"stopped sandbox Pod {pod_name}; the workspace {claim} and the NetworkPolicy stay"
             await self._event(body, NORMAL, Reason.SUSPENDED, message)
 

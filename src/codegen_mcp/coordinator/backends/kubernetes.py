@@ -4,6 +4,15 @@ Session start creates the resource (or finds it again: the name derives from the
 coordinator or another replica lands on the same one), waits for `status.phase == Ready` with a watch, reads
 the agent endpoint from status and the token from the Secret the status names. Nothing lives only in this
 process: what we know about a session is on the resource.
+
+Suspension is `spec.suspend` on the resource: `suspend` sets it (the session manager calls it for a session
+idle for `suspend_after_s`) and waits for the operator to say Suspended; the operator sets it too, by itself,
+for a session idle for `spec.suspendAfterSeconds` (which sessions created here carry, a backstop for when no
+coordinator serves them). A session found suspended — by this coordinator, or by the operator behind its back
+(the watch sees it, or the call finds the agent gone) — is resumed by `revive` (or `open`, for a named
+workspace found again): spec.suspend false, then the same wait for Ready as a new session, then the new token.
+While sessions may be suspended for idleness, those with a task still running report activity, so that the
+operator does not take a busy session for an idle one.
 """
 
 from __future__ import annotations
@@ -12,8 +21,10 @@ import asyncio
 import base64
 import hashlib
 import logging
+import math
 import re
 import time
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +44,7 @@ from codegen_mcp.api.session import (
     KIND,
     LABEL_MANAGED_BY,
     MANAGED_BY,
+    MAX_TTL_SECONDS,
     PLURAL,
     TOKEN_SECRET_KEY,
     VERSION,
@@ -47,6 +59,7 @@ log = logging.getLogger(__name__)
 
 LABEL_MCP_SESSION = f"{GROUP}/mcp-session"
 REREAD_S = 5.0  # while waiting for Ready, a fresh read this often, whatever the watch says
+SUSPEND_WAIT_S = 10.0  # how long `suspend` waits for the operator to say Suspended
 _IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 _LABEL_VALUE_BAD = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -62,8 +75,22 @@ def label_value(text: str) -> str:
     return value or "none"
 
 
+def operator_suspend_after(settings: CoordinatorSettings) -> int | None:
+    """spec.suspendAfterSeconds of the sessions this coordinator creates (None: the operator does not suspend them).
+
+    The coordinator's own `suspend_after_s` plus how far status.lastActivityAt may lag the last call (the activity
+    interval, and a second for its whole seconds): a session this coordinator serves is suspended by it first, on
+    its own clock. The operator's suspension is for sessions nobody serves (a named workspace after its
+    coordinator stopped, or a coordinator that died).
+    """
+    if not 0 < settings.suspend_after_s < settings.session_idle_timeout_s:
+        return None  # the coordinator does not suspend either (its setting's "0, or not below the idle timeout")
+    lag = settings.kubernetes.activity_interval_s + 1
+    return min(math.ceil(settings.suspend_after_s + lag), MAX_TTL_SECONDS)
+
+
 def build_session_manifest(
-    name: str, namespace: str, session_key: str, template: KubernetesBackendSettings
+    name: str, namespace: str, session_key: str, template: KubernetesBackendSettings, suspend_after: int | None = None
 ) -> dict[str, Any]:
     """The CodegenSession the coordinator asks for, from the session template."""
     spec: dict[str, Any] = {
@@ -71,6 +98,8 @@ def build_session_manifest(
         "network": {"egress": template.network_egress},
         "owner": f"mcp-session {session_key}",
     }
+    if suspend_after is not None:
+        spec["suspendAfterSeconds"] = suspend_after
     if template.storage_class:
         spec["workspace"]["storageClassName"] = template.storage_class
     optional = {
@@ -129,6 +158,11 @@ class ActivityThrottle:
         self._last.pop(key, None)
 
 
+def is_suspended(obj: dict[str, Any]) -> bool:
+    """Whether the session is suspended, or asked to be (its Pod is gone or going)."""
+    return bool((obj.get("spec") or {}).get("suspend")) or (obj.get("status") or {}).get("phase") == Phase.SUSPENDED
+
+
 def ready_endpoint(obj: dict[str, Any]) -> tuple[str, str] | None:
     """(endpoint, token secret name) when the resource is Ready; raise when it Failed; None while starting."""
     status = obj.get("status") or {}
@@ -147,6 +181,7 @@ def ready_endpoint(obj: dict[str, Any]) -> tuple[str, str] | None:
 
 class KubernetesBackend(Backend):
     name = "kubernetes"
+    suspends = True
 
     def __init__(self, settings: CoordinatorSettings) -> None:
         self._settings = settings
@@ -164,6 +199,8 @@ class KubernetesBackend(Backend):
         self._latest: dict[str, dict[str, Any]] = {}  # each session as the watch last saw it
         self._changed = asyncio.Condition()
         self._deleted_at: dict[str, float] = {}  # sessions the watch saw deleted, and when
+        self._suspend_after = operator_suspend_after(settings)
+        self._busy_reporter: asyncio.Task[None] | None = None
         check_template(self._k8s)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -191,11 +228,14 @@ class KubernetesBackend(Backend):
         )
         rv = (existing.get("metadata") or {}).get("resourceVersion")
         self._endpoint_watch = asyncio.create_task(self._watch_endpoints(rv), name="sandbox endpoints")
+        if self._suspend_after is not None:
+            self._busy_reporter = asyncio.create_task(self._report_busy(), name="busy sandboxes")
 
     async def aclose(self) -> None:
-        if self._endpoint_watch is not None:
-            self._endpoint_watch.cancel()
-            await asyncio.gather(self._endpoint_watch, return_exceptions=True)
+        for task in (self._endpoint_watch, self._busy_reporter):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._http is not None:
             await self._http.close()
         if self._api is not None:
@@ -218,7 +258,7 @@ class KubernetesBackend(Backend):
 
     async def open(self, session_key: str) -> Sandbox:
         name = session_resource_name(session_key)
-        body = build_session_manifest(name, self._namespace, session_key, self._k8s)
+        body = build_session_manifest(name, self._namespace, session_key, self._k8s, self._suspend_after)
         try:
             await self._custom.create_namespaced_custom_object(GROUP, VERSION, self._namespace, PLURAL, body)
             log.info("created CodegenSession %s/%s for MCP session %s", self._namespace, name, session_key)
@@ -226,10 +266,15 @@ class KubernetesBackend(Backend):
             if exc.status != 409:
                 raise _api_error("create your sandbox", exc) from None
             log.info("MCP session %s continues on CodegenSession %s/%s", session_key, self._namespace, name)
+            # A named workspace found again may have been suspended while nobody served it.
+            await self._resume_if_suspended(name)
         return await self._connect(name)
 
     async def revive(self, sandbox: Sandbox) -> Sandbox:
         log.info("reconnecting to CodegenSession %s (%s)", sandbox.sandbox_id, sandbox.exit_reason)
+        if await self._resume_if_suspended(sandbox.sandbox_id):
+            await sandbox.client.aclose()
+            return await self._connect(sandbox.sandbox_id)
         old = sandbox.meta.get("endpoint")
         # A Pod known to be replaced is not asked first: a gone Pod's address may not answer at all.
         if sandbox.meta.get("moved") != "true" and await sandbox.client.healthy():
@@ -238,6 +283,19 @@ class KubernetesBackend(Backend):
         await sandbox.client.aclose()
         # The status may still name the old Pod until the operator notices: wait for a different endpoint.
         return await self._connect(sandbox.sandbox_id, stale_endpoint=old)
+
+    async def suspend(self, sandbox: Sandbox) -> None:
+        """spec.suspend: the operator deletes the Pod and its token, keeps the workspace. Returns once the operator
+        says Suspended (bounded), so that a resume that follows is never taken for a suspension still to come."""
+        name = sandbox.sandbox_id
+        await self._patch_spec(name, {"spec": {"suspend": True}}, "suspend your idle sandbox")
+        sandbox.alive, sandbox.exit_reason = False, "it was suspended while idle"
+        await sandbox.client.aclose()
+        log.info("suspended CodegenSession %s/%s", self._namespace, name)
+        try:
+            await self._wait_for(name, lambda obj: (obj.get("status") or {}).get("phase") == Phase.SUSPENDED)
+        except TimeoutError:
+            log.warning("the operator has not said CodegenSession %s is Suspended yet", name)
 
     async def close(self, sandbox: Sandbox) -> None:
         self._forget(sandbox)
@@ -258,8 +316,10 @@ class KubernetesBackend(Backend):
         await sandbox.client.aclose()
 
     async def touch(self, sandbox: Sandbox) -> None:
-        if not self._throttle.due(sandbox.sandbox_id, time.monotonic()):
-            return
+        if self._throttle.due(sandbox.sandbox_id, time.monotonic()):
+            await self._write_activity(sandbox.sandbox_id)
+
+    async def _write_activity(self, name: str) -> None:
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         try:
             await self._custom.patch_namespaced_custom_object_status(
@@ -267,15 +327,59 @@ class KubernetesBackend(Backend):
                 VERSION,
                 self._namespace,
                 PLURAL,
-                sandbox.sandbox_id,
+                name,
                 {"status": {"lastActivityAt": now}},
                 _content_type="application/merge-patch+json",  # type: ignore[call-arg]  # accepted via **kwargs
             )
         except ApiException as exc:
-            # Activity is advisory (idle expiry); a failed write must not fail the user's call.
-            log.warning("could not record activity on %s: %s", sandbox.sandbox_id, exc.reason)
+            # Activity is advisory (idle expiry and suspension); a failed write must not fail the user's call.
+            log.warning("could not record activity on %s: %s", name, exc.reason)
 
     # -- internals -----------------------------------------------------------------------------
+
+    async def _resume_if_suspended(self, name: str) -> bool:
+        """If the session is suspended, ask for it back (spec.suspend false); whether it was.
+
+        Its activity is written first: a resumed session counts as used now, not idle since before it was
+        suspended (the operator would suspend it again at once).
+        """
+        if not is_suspended(await self._read_session(name)):
+            return False
+        log.info("resuming suspended CodegenSession %s/%s", self._namespace, name)
+        self._throttle.forget(name)
+        await self._write_activity(name)
+        await self._patch_spec(name, {"spec": {"suspend": False}}, "resume your suspended sandbox")
+        return True
+
+    async def _patch_spec(self, name: str, patch: dict[str, Any], doing: str) -> None:
+        try:
+            await self._custom.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                self._namespace,
+                PLURAL,
+                name,
+                patch,
+                _content_type="application/merge-patch+json",  # type: ignore[call-arg]  # accepted via **kwargs
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                raise _session_gone() from None
+            raise _api_error(doing, exc) from None
+
+    async def _report_busy(self) -> None:
+        """Sandboxes with a task still running count as active (status.lastActivityAt), every activity interval.
+
+        A task started with a short wait_s runs on after its call, and the operator sees only lastActivityAt:
+        without this it would suspend a session busy with a long test run.
+        """
+        while True:
+            await asyncio.sleep(self._k8s.activity_interval_s)
+            serving = [s for s in self._sandboxes.values() if s.alive]
+            busy = await asyncio.gather(*(s.client.running_tasks() for s in serving), return_exceptions=True)
+            for sandbox, tasks in zip(serving, busy, strict=True):
+                if isinstance(tasks, int) and tasks > 0:
+                    await self.touch(sandbox)
 
     async def _delete_session(self, name: str) -> None:
         if self._k8s.retain_sessions:
@@ -318,7 +422,10 @@ class KubernetesBackend(Backend):
         if sandbox is None or not sandbox.alive:
             return
         endpoint = (obj.get("status") or {}).get("endpoint")
-        if endpoint != sandbox.meta.get("endpoint"):
+        if is_suspended(obj):
+            log.info("CodegenSession %s was suspended", name)
+            sandbox.alive, sandbox.exit_reason = False, "it was suspended while idle"
+        elif endpoint != sandbox.meta.get("endpoint"):
             log.info("CodegenSession %s moved from %s to %s", name, sandbox.meta.get("endpoint"), endpoint)
             sandbox.meta["moved"] = "true"
             sandbox.alive = False
@@ -381,25 +488,33 @@ class KubernetesBackend(Backend):
 
         A Ready status that still names `stale_endpoint` (a Pod known to be gone) counts as not ready yet.
         """
-
-        def usable(obj: dict[str, Any]) -> tuple[str, str] | None:
-            found = ready_endpoint(obj)
-            return found if found and found[0] != stale_endpoint else None
-
-        deadline = time.monotonic() + self._k8s.ready_timeout_s
         last_message = "it is still starting"
-        obj = await self._read_session(name)
-        while True:
-            found = usable(obj)
-            if found:
+        async for obj in self._versions(name, within_s=self._k8s.ready_timeout_s):
+            found = ready_endpoint(obj)
+            if found and found[0] != stale_endpoint:
                 return found
             last_message = (obj.get("status") or {}).get("message") or last_message
+        raise CodegenError(
+            f"your sandbox was not ready within {self._k8s.ready_timeout_s:g} s: {last_message}",
+            code=ErrorCode.TIMEOUT,
+        )
+
+    async def _wait_for(self, name: str, reached: Callable[[dict[str, Any]], bool]) -> None:
+        """Wait (at most SUSPEND_WAIT_S) until the resource is as `reached` says; TimeoutError if it is not."""
+        async for obj in self._versions(name, within_s=SUSPEND_WAIT_S):
+            if reached(obj):
+                return
+        raise TimeoutError(f"CodegenSession {name} did not get there within {SUSPEND_WAIT_S:g} s")
+
+    async def _versions(self, name: str, within_s: float) -> AsyncIterator[dict[str, Any]]:
+        """The resource now, then each newer version of it, for `within_s` seconds."""
+        deadline = time.monotonic() + within_s
+        obj = await self._read_session(name)
+        while True:
+            yield obj
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise CodegenError(
-                    f"your sandbox was not ready within {self._k8s.ready_timeout_s:g} s: {last_message}",
-                    code=ErrorCode.TIMEOUT,
-                )
+                return
             # The watch wakes us on every change; a fresh read now and then covers a watch that lags or broke.
             newer = await self._next_version(name, obj, within_s=min(remaining, REREAD_S))
             obj = newer if newer is not None else await self._read_session(name)
