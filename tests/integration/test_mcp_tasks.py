@@ -203,6 +203,9 @@ async def test_the_sdk_client_with_the_extension_gets_the_result_through_the_tas
         assert not result.is_error and isinstance(result.structured_content, dict)
         assert result.structured_content["run"]["stdout"] == "42\n"
         assert tasks.resolved == [result.structured_content["task_id"]]
+        # A `wait_s` of its own is how long the call waits first: a run done by then answers plainly.
+        waited = await c.session.call_tool("run.python", {"code": "print(7)", "wait_s": 30}, allow_claimed=True)
+        assert isinstance(waited, types.CallToolResult) and "Stdout:\n7\n" in text_of(waited)
         # A quick tool is not made a task, capability or not.
         assert text_of(await c.call_tool("echo", {"message": "hi"})) == "hi"
 
