@@ -153,7 +153,8 @@ class McpTasks(Extension):
     ) -> HandlerResult:
         """A task-starting tool called with the capability answers with its task once it started.
 
-        Its `wait_s`, when the client gives one, is how long the call waits for the result first.
+        Its `wait_s`, when the client gives one, is how long the call waits for the result first. The call goes
+        to the coordinator's handler directly, not through `call_next`, which passes on the arguments as received.
         """
         spec = TOOLS_BY_NAME.get(params.name)
         if spec is None or not spec.starts_task or not declares_tasks(ctx):
