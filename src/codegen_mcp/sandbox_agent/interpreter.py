@@ -36,7 +36,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from codegen_mcp.api.errors import CodegenError, ErrorCode
 from codegen_mcp.api.tools import (
@@ -203,11 +205,24 @@ def death_reason(returncode: int | None, *, out_of_memory: bool, jailed: bool) -
     return f"its interpreter exited with code {rc}"
 
 
+class CellReply(BaseModel):
+    """The driver's answer to a cell, checked: the agent never trusts what comes out of the jail."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    status: Literal["ok", "error", "interrupted", "exit"]
+    exit_code: int = Field(ge=-(2**31), lt=2**31)
+    value: str | None = Field(None, max_length=MAX_VALUE_CHARS)
+    value_truncated: bool = False
+    cells: int = Field(ge=0)
+    rss_bytes: int = Field(0, ge=0)
+
+
 @dataclass
 class CellEnd:
     """How one cell ended."""
 
-    reply: dict[str, Any] | None
+    reply: CellReply | None
     stdout: Captured
     stderr: Captured
     duration_s: float
@@ -260,6 +275,12 @@ class Interpreter:
             raise DriverError("sent a reply that is not an object")
         return message
 
+    async def receive_reply(self) -> CellReply:
+        try:
+            return CellReply.model_validate(await self.receive())
+        except ValidationError:
+            raise DriverError("sent a reply that is not a cell's") from None
+
     async def wait_ready(self) -> str:
         """The driver's Python version once it said it is ready; CodegenError when it died or stayed silent."""
         ready = asyncio.create_task(self.receive())
@@ -290,7 +311,7 @@ class Interpreter:
         counter = oom_counter(self.proc.pid)
         start = time.monotonic()
         await self.send({**request, "op": "run", "id": self._next_id, "marker": mark.encode().hex()})
-        reply = asyncio.create_task(self.receive())
+        reply = asyncio.create_task(self.receive_reply())
         cancelled = asyncio.create_task(cancel.wait())
         stopped_by: str | None = None
         try:
@@ -305,14 +326,12 @@ class Interpreter:
         finally:
             cancelled.cancel()
         duration = round(time.monotonic() - start, 3)
-        answer: dict[str, Any] | None = None
+        answer: CellReply | None = None
         died: str | None = None
         if reply.done() and reply.exception() is None:
             answer = reply.result()
             await self._wait_marks()
-            self.cells = int(answer.get("cells", self.cells + 1))
-            memory = answer.get("rss_bytes")
-            self.memory_bytes = memory if isinstance(memory, int) else None
+            self.cells, self.memory_bytes = answer.cells, answer.rss_bytes or None
         else:
             if not reply.done():
                 reply.cancel()
@@ -509,19 +528,21 @@ class Contexts:
         """Run `cell` in the context `name` (after discarding its state, with `reset`); no cell: end the context."""
         while True:
             context = self.claim(name)
-            async with context.lock:
+            if not await _take_turn(context.lock, task.cancel_requested):
+                return Outcome(TaskState.CANCELLED, error=f"cancelled while waiting for the context '{name}'")
+            try:
                 if self._contexts.get(name) is not context:
                     continue  # ended (reset) while this call waited its turn: run in the new one
                 if reset:
                     await self._stop(context)
                     context.lost = None
-                try:
-                    if cell is None:
-                        del self._contexts[name]
-                        return _reset_only(name)
-                    return await self._run_cell(task, context, cell)
-                finally:
-                    self._save()
+                if cell is None:
+                    del self._contexts[name]
+                    return _reset_only(name)
+                return await self._run_cell(task, context, cell)
+            finally:
+                self._save()
+                context.lock.release()
 
     async def _stop(self, context: Context) -> None:
         if context.interpreter is not None:
@@ -563,14 +584,13 @@ class Contexts:
             on_stderr=count_err,
         )
         artifacts = await asyncio.to_thread(executor.artifacts.collect, before, task.task_id)
-        reply = end.reply or {}
+        reply = end.reply
         ended = _ended_sentence(name, end, cell.timeout_s)
         if end.died is not None:
             context.lost = end.died
             context.interpreter = None
-        value = reply.get("value")
         run = RunResult(
-            exit_code=int(reply.get("exit_code", 1)) if end.reply is not None else interpreter.proc.returncode,
+            exit_code=reply.exit_code if reply is not None else interpreter.proc.returncode,
             stdout=end.stdout.text(),
             stderr=end.stderr.text(),
             stdout_truncated=end.stdout.truncated,
@@ -578,8 +598,8 @@ class Contexts:
             duration_s=end.duration_s,
             timed_out=end.stopped_by == "timeout",
             artifacts=artifacts,
-            value=value[:MAX_VALUE_CHARS] if isinstance(value, str) else None,
-            value_truncated=bool(reply.get("value_truncated")),
+            value=reply.value if reply is not None else None,
+            value_truncated=reply is not None and reply.value_truncated,
             context=ContextCell(
                 name=name,
                 cell=interpreter.cells,
@@ -596,6 +616,31 @@ class Contexts:
         if end.died is not None:
             return Outcome(TaskState.FAILED, run=run, error=ended)
         return Outcome(TaskState.SUCCEEDED if run.exit_code == 0 else TaskState.FAILED, run=run)
+
+
+async def _take_turn(lock: asyncio.Lock, cancel: asyncio.Event) -> bool:
+    """Acquire `lock` (True), unless `cancel` is set first (False: the lock is not held)."""
+    acquiring = asyncio.ensure_future(lock.acquire())
+    cancelled = asyncio.ensure_future(cancel.wait())
+    try:
+        await asyncio.wait({acquiring, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        _let_go(lock, acquiring)
+        raise
+    finally:
+        cancelled.cancel()
+    if acquiring.done() and not cancel.is_set():
+        return True
+    _let_go(lock, acquiring)
+    return False
+
+
+def _let_go(lock: asyncio.Lock, acquiring: asyncio.Future[Literal[True]]) -> None:
+    """Give up a pending acquire of `lock`, or the lock it already got."""
+    if not acquiring.done():
+        acquiring.cancel()  # asyncio.Lock hands its turn on to the next waiter
+    elif not acquiring.cancelled() and acquiring.exception() is None:
+        lock.release()
 
 
 def _ended_sentence(name: str, end: CellEnd, timeout_s: float) -> str | None:

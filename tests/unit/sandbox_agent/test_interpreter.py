@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import Iterator
@@ -282,3 +283,43 @@ async def test_after_the_agent_stopped_the_next_cell_says_the_state_is_gone(
     )
     fresh = await cell(second, "'y' in globals()", context="other")
     assert fresh.run is not None and fresh.run.context is not None and fresh.run.context.restarted is None
+
+
+LOOP_UNTIL_GO = "import os, time\nprint('waiting', flush=True)\nwhile not os.path.exists('go'):\n    time.sleep(0.01)\n"
+
+
+async def test_cancel_interrupts_the_cell_and_a_queued_cell_is_cancelled_without_running(client: AgentClient) -> None:
+    await cell(client, "x = 1")
+    busy = await run(client, code=LOOP_UNTIL_GO, context="main", wait_s=0)
+    queued = await run(client, code="x = 'queued ran'", context="main", wait_s=0)
+    cancelled = TaskView.model_validate(await (await client.post(f"/v1/tasks/{queued.task_id}/cancel")).json())
+    assert cancelled.state == "cancelled" and cancelled.run is None
+    assert "cancelled while waiting for the context 'main'" in (cancelled.error or "")
+    async with asyncio.timeout(10):  # the cell is in its loop
+        while (await get_task(client, busy.task_id)).progress.stdout_bytes < len("waiting\n"):
+            await asyncio.sleep(0.02)
+    stopped = TaskView.model_validate(await (await client.post(f"/v1/tasks/{busy.task_id}/cancel")).json())
+    assert stopped.state == "cancelled" and stopped.run is not None and stopped.run.context is not None
+    assert stopped.run.stdout == "waiting\n" and stopped.run.context.state_kept
+    assert "interrupted on request (KeyboardInterrupt)" in (stopped.error or "")
+    assert (await cell(client, "x")).run.value == "1"  # type: ignore[union-attr]
+
+
+async def test_a_forged_reply_stops_the_interpreter_and_the_agent_goes_on(client: AgentClient) -> None:
+    forge = (
+        "import os\n"
+        "for fd in map(int, os.listdir('/proc/self/fd')):\n"
+        "    try:\n"
+        "        if os.readlink(f'/proc/self/fd/{fd}').startswith('socket:'):\n"
+        "            os.write(fd, b'\\x00\\x00\\x00\\x05hello')\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "import time; time.sleep(5)\n"
+    )
+    view = await cell(client, forge)
+    assert view.state == "failed" and view.run is not None and view.run.context is not None
+    assert not view.run.context.state_kept
+    assert "its interpreter sent a reply that is not JSON and was stopped" in (view.error or ""), view
+    again = await cell(client, "1 + 1")
+    assert again.run is not None and again.run.value == "2" and again.run.context is not None
+    assert "sent a reply that is not JSON" in (again.run.context.restarted or "")
