@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from codegen_mcp.api import session as api
 from tests.integration.operator.conftest import NS, Kubectl
 from tests.integration.operator.test_lifecycle import agent, event_reasons, token_of, wait_phase
+from tests.integration.operator.test_pool import SESSION, TEMPLATE, filled, members, token_in
 from tests.support.kubelet import FakeKubelet
 from tests.support.operator import OperatorThread
 from tests.support.waiting import eventually
@@ -123,3 +124,34 @@ async def test_a_session_in_use_is_not_suspended(
         await asyncio.sleep(1)
     assert kubectl.status("demo").phase == api.Phase.READY
     await wait_phase(kubectl, "demo", api.Phase.SUSPENDED, timeout=15)  # and once the calls stop, it is
+
+
+async def test_an_adopted_sandbox_suspends_as_the_sessions_and_the_pool_keeps_its_own(
+    operator: OperatorThread, kubelet: FakeKubelet, kubectl: Kubectl
+) -> None:
+    await kubectl.apply_pool("warm", {"replicas": 1, "template": TEMPLATE})
+    await filled(kubectl, 1)
+    await kubectl.apply("demo", SESSION)
+    adopted = await wait_phase(kubectl, "demo", api.Phase.READY)
+    sandbox = str(adopted.sandbox_name)
+    assert adopted.endpoint is not None and sandbox.startswith("warm-")
+    token = token_in(kubectl, api.token_secret_name(sandbox))
+    code, _ = await agent(adopted.endpoint, token, "/v1/fs/write", {"path": "pooled.txt", "content": "from the pool"})
+    assert code == 200
+    await filled(kubectl, 1, claimed=1)  # refilled: a new unclaimed sandbox beside the adopted one
+
+    await kubectl.patch("demo", {"spec": {"suspend": True}})
+    await eventually(lambda: stopped(kubectl, "demo"), what="the adopted sandbox to stop")
+    assert kubectl.child("pods", api.sandbox_pod_name(sandbox)) is None
+    assert kubectl.status("demo").workspace_claim_name == api.workspace_claim_name(sandbox)
+    # The pool's own sandbox is untouched: a pooled sandbox never suspends.
+    [member] = members(kubectl)
+    assert not member["metadata"].get("deletionTimestamp") and kubectl.pool_status("warm").ready == 1
+
+    await kubectl.patch("demo", {"spec": {"suspend": False}})
+    resumed = await wait_phase(kubectl, "demo", api.Phase.READY)
+    assert resumed.pod_name == api.sandbox_pod_name(sandbox) and resumed.endpoint is not None
+    token = token_in(kubectl, api.token_secret_name(sandbox))
+    code, body = await agent(resumed.endpoint, token, "/v1/fs/read", {"path": "pooled.txt"})
+    assert (code, body["content"]) == (200, "from the pool")
+    assert [m["metadata"]["uid"] for m in members(kubectl)] == [member["metadata"]["uid"]]  # not adopted again
