@@ -26,6 +26,7 @@ from codegen_mcp.sandbox_agent.lifecycle import (
     check_listen_safety,
     create_planned_tools,
 )
+from codegen_mcp.sandbox_agent.output_stream import end_streams_on_shutdown
 from codegen_mcp.sandbox_agent.tasks import TaskManager
 from codegen_mcp.sandbox_agent.workspace import Owner, Workspace
 
@@ -86,6 +87,7 @@ def create_app(settings: AgentSettings, *, environ: Mapping[str, str] | None = N
     app[AGENT] = agent
     app[PLANNED] = create_planned_tools(settings, agent, env, state_dir)
     app.cleanup_ctx.append(agent_lifecycle)
+    end_streams_on_shutdown(app)
     for route in AGENT_ROUTES:
         add = app.router.add_get if route.method == "GET" else app.router.add_post
         add(route.path, HANDLERS[route])

@@ -142,6 +142,19 @@ class LiveOutput:
 
 # The live output of the task whose work is running in this context (None outside tasks).
 CURRENT: ContextVar[LiveOutput | None] = ContextVar("live_output", default=None)
+# Set once the agent begins to stop.
+STOPPING = web.AppKey("live_output_stopping", asyncio.Event)
+
+
+def end_streams_on_shutdown(app: web.Application) -> None:
+    """Open output streams end when the agent begins to stop: aiohttp lets open requests finish before the
+    agent stops its tasks, so a stream that waited for its task's end would hold the stop up (a minute)."""
+    app[STOPPING] = asyncio.Event()
+
+    async def stopping(app: web.Application) -> None:
+        app[STOPPING].set()
+
+    app.on_shutdown.append(stopping)
 
 
 def offset_of(query: Mapping[str, str]) -> int:
@@ -161,6 +174,7 @@ async def follow(request: web.Request, output: LiveOutput, offset: int) -> web.S
     """
     if offset > output.end:
         raise InvalidArgument(f"`offset` {offset} is past the end of this task's output ({output.end} characters)")
+    stopping = request.app[STOPPING]
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-store"})
     await response.prepare(request)
     with contextlib.suppress(ConnectionError):  # the reader went away: it reconnects with its offset, or not
@@ -176,9 +190,14 @@ async def follow(request: web.Request, output: LiveOutput, offset: int) -> web.S
             if lines:
                 await response.write("".join(line + "\n" for line in lines).encode())
                 continue
-            try:
-                async with asyncio.timeout(HEARTBEAT_S):
-                    await output.changed(offset)
-            except TimeoutError:
+            if stopping.is_set():  # without an end line: the task did not end, a reader may ask again
+                await response.write_eof()
+                break
+            changed = asyncio.ensure_future(output.changed(offset))
+            stop = asyncio.ensure_future(stopping.wait())
+            done, _ = await asyncio.wait({changed, stop}, timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED)
+            changed.cancel()
+            stop.cancel()
+            if not done:
                 await response.write(b"\n")
     return response

@@ -121,6 +121,18 @@ async def test_a_slow_reader_gets_the_tail_and_a_skip_count(client: AgentClient)
     assert chunks[-2].text.endswith(f"{FLOOD_LINES - 1:09d}" + "x" * 990 + "\n")  # the tail is there
 
 
+async def test_a_stopping_agent_ends_its_streams_without_waiting_for_their_tasks(client: AgentClient) -> None:
+    view = await start(client, WAIT_FOR_GO)
+    resp = await follow(client, view.task_id)
+    await read_until(resp, "first\n")
+    assert client.app is not None
+    await client.app.shutdown()  # what the agent's runner does first when it stops
+    async with asyncio.timeout(10):  # without the shutdown hook: until the run ends (never, here)
+        rest = await resp.content.read()
+    assert rest == b""  # the stream ended, with no end line: the task did not end
+    assert (await state_of(client, view.task_id)).state == "running"
+
+
 async def test_bad_requests_get_one_sentence(client: AgentClient) -> None:
     unknown = await client.get(routes.TASK_OUTPUT.path.format(task_id="task_0000000000000000"))
     assert unknown.status == 404 and "task_0000000000000000" in (await unknown.json())["error"]["message"]
