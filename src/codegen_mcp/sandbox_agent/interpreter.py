@@ -51,6 +51,7 @@ from codegen_mcp.api.tools import (
     RunResult,
     TaskState,
 )
+from codegen_mcp.sandbox_agent import diskquota
 from codegen_mcp.sandbox_agent.artifacts import take_snapshot
 from codegen_mcp.sandbox_agent.isolation import child_env
 from codegen_mcp.sandbox_agent.netns import user_network
@@ -303,7 +304,13 @@ class Interpreter:
         cancel: asyncio.Event,
         on_stdout: Callable[[bytes], None],
         on_stderr: Callable[[bytes], None],
+        quota_dir: Path | None,
     ) -> CellEnd:
+        """Run one cell; interrupt it past `timeout_s`, on `cancel`, or when the disk holding `quota_dir` fills."""
+        # As for a run: a cell that starts on a full disk (to delete files) is not stopped for it.
+        watched = (
+            quota_dir if quota_dir is not None and not await asyncio.to_thread(diskquota.is_full, quota_dir) else None
+        )
         mark = f"\0codegen-cell-end:{secrets.token_hex(16)}\0"
         self._next_id += 1
         out = self.stdout.begin(mark.encode(), on_stdout)
@@ -313,18 +320,20 @@ class Interpreter:
         await self.send({**request, "op": "run", "id": self._next_id, "marker": mark.encode().hex()})
         reply = asyncio.create_task(self.receive_reply())
         cancelled = asyncio.create_task(cancel.wait())
+        filled = asyncio.create_task(diskquota.filled(watched))
         stopped_by: str | None = None
         try:
             done, _ = await asyncio.wait(
-                {reply, self.exited, cancelled}, timeout=timeout_s, return_when="FIRST_COMPLETED"
+                {reply, self.exited, cancelled, filled}, timeout=timeout_s, return_when="FIRST_COMPLETED"
             )
             if reply not in done and self.exited not in done:
-                stopped_by = "cancel" if cancelled in done else "timeout"
+                stopped_by = "cancel" if cancelled in done else "disk" if filled in done else "timeout"
                 with contextlib.suppress(OSError):
                     await self.send({"op": "interrupt", "id": self._next_id})
                 done, _ = await asyncio.wait({reply, self.exited}, timeout=grace_s, return_when="FIRST_COMPLETED")
         finally:
             cancelled.cancel()
+            filled.cancel()
         duration = round(time.monotonic() - start, 3)
         answer: CellReply | None = None
         died: str | None = None
@@ -582,6 +591,7 @@ class Contexts:
             cancel=task.cancel_requested,
             on_stdout=count_out,
             on_stderr=count_err,
+            quota_dir=executor.settings.tmp_dir,
         )
         artifacts = await asyncio.to_thread(executor.artifacts.collect, before, task.task_id)
         reply = end.reply
@@ -589,10 +599,13 @@ class Contexts:
         if end.died is not None:
             context.lost = end.died
             context.interpreter = None
+        stderr = end.stderr.text()
+        if end.stopped_by == "disk" and executor.settings.tmp_dir is not None:
+            stderr = f"{stderr.rstrip()}\n{diskquota.message(executor.settings.tmp_dir)}\n".lstrip()
         run = RunResult(
             exit_code=reply.exit_code if reply is not None else interpreter.proc.returncode,
             stdout=end.stdout.text(),
-            stderr=end.stderr.text(),
+            stderr=stderr,
             stdout_truncated=end.stdout.truncated,
             stderr_truncated=end.stderr.truncated,
             duration_s=end.duration_s,
@@ -613,7 +626,7 @@ class Contexts:
             return Outcome(TaskState.TIMED_OUT, run=run, error=ended)
         if end.stopped_by == "cancel":
             return Outcome(TaskState.CANCELLED, run=run, error=ended)
-        if end.died is not None:
+        if end.stopped_by == "disk" or end.died is not None:
             return Outcome(TaskState.FAILED, run=run, error=ended)
         return Outcome(TaskState.SUCCEEDED if run.exit_code == 0 else TaskState.FAILED, run=run)
 
@@ -647,7 +660,9 @@ def _ended_sentence(name: str, end: CellEnd, timeout_s: float) -> str | None:
     """What happened to the context when the cell did not end by itself, or None when it did."""
     lost = f"the context '{name}' lost its state: {end.died}; its next cell starts a fresh interpreter"
     if end.stopped_by is not None:
-        when = f"after {timeout_s:g} s" if end.stopped_by == "timeout" else "on request"
+        when = {"timeout": f"after {timeout_s:g} s", "cancel": "on request"}.get(
+            end.stopped_by, "because the session's disk quota is full (delete files to free space)"
+        )
         if end.died is not None:
             return f"the cell was interrupted {when}, and {lost}"
         return f"the cell was interrupted {when} (KeyboardInterrupt); the context '{name}' keeps its state"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -323,3 +324,37 @@ async def test_a_forged_reply_stops_the_interpreter_and_the_agent_goes_on(client
     again = await cell(client, "1 + 1")
     assert again.run is not None and again.run.value == "2" and again.run.context is not None
     assert "sent a reply that is not JSON" in (again.run.context.restarted or "")
+
+
+@pytest.fixture
+def small_disk(base_dir: Path) -> Iterator[Path]:
+    """A 16 MiB tmpfs standing in for the session's quota disk (the local backend's is a loop-mounted image)."""
+    if os.geteuid() != 0:
+        pytest.skip(reason="mounting a small disk for the quota needs root")
+    folder = base_dir / f"quota-{uuid.uuid4().hex[:8]}"
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=1777", "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+        folder.rmdir()
+
+
+async def test_a_cell_that_fills_the_disk_quota_is_interrupted_and_keeps_the_state(
+    make_client: MakeClient, small_disk: Path
+) -> None:
+    client = await make_client(tmp_dir=small_disk)
+    await cell(client, "x = 1")
+    fill = (
+        f"import time\nf = open({str(small_disk / 'fill')!r}, 'wb')\n"
+        "try:\n    f.write(b'x' * (15 << 20)); f.flush()\nexcept OSError:\n    pass\n"
+        "while True:\n    time.sleep(0.05)\n"
+    )
+    view = await cell(client, fill, timeout_s=60)
+    assert view.state == "failed" and view.run is not None and view.run.context is not None, view
+    assert view.run.duration_s < 30 and view.run.context.state_kept
+    assert "interrupted because the session's disk quota is full" in (view.error or "")
+    assert "the session's disk quota (16 MiB, workspace and /tmp together) is full" in view.run.stderr
+    (small_disk / "fill").unlink()
+    assert (await cell(client, "x")).run.value == "1"  # type: ignore[union-attr]
