@@ -280,6 +280,7 @@ COORDINATOR_NEEDS: dict[Right, str] = {
     (G, "codegensessions", "get"): "_wait_ready(): read the status",
     (G, "codegensessions", "watch"): "_wait_ready(): watch until Ready",
     (G, "codegensessions", "delete"): "close() / close_unopened(): the MCP session ended",
+    (G, "codegensessions", "patch"): "suspend() / revive(): spec.suspend of an idle session",
     (G, "codegensessions/status", "patch"): "touch(): status.lastActivityAt for idle expiry",
     ("", "secrets", "get"): "_read_token(): the agent token from status.tokenSecretName",
 }
@@ -287,7 +288,7 @@ OPERATOR_NEEDS: dict[Right, str] = {
     (G, "codegensessions", "list"): "kopf: list then watch sessions (handlers, the expiry index)",
     (G, "codegensessions", "watch"): "kopf: list then watch sessions",
     (G, "codegensessions", "get"): "kube.py update_status() and the reconciler's reads",
-    (G, "codegensessions", "patch"): "kopf: its progress annotations",
+    (G, "codegensessions", "patch"): "kopf: its progress annotations; the expiry loop: spec.suspend when idle",
     (G, "codegensessions", "delete"): "reconcile.py expire(): TTL and idle expiry",
     (G, "codegensessions/status", "patch"): "kube.py update_status()",
     (G, "codegensessions/finalizers", "update"): "children's blockOwnerDeletion (OwnerReferencesPermissionEnforcement)",
