@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,9 @@ from codegen_mcp.coordinator.settings import DEFAULT_AGENT_CONNECT_TIMEOUT_S
 OUTPUT_SILENCE_S = 45.0
 # Longer than any line the agent sends (16 Ki characters of output, JSON-escaped).
 MAX_OUTPUT_LINE_BYTES = 1024 * 1024
+# Output streams open to one agent at once. Each holds a connection for its task's life, and the session's
+# other requests need theirs (a pooled session has 32 per agent); calls past this get no live output.
+MAX_OUTPUT_STREAMS = 8
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class AgentClient:
         self._base = endpoint.base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {endpoint.token}"}
         self._owns_session = session is None
+        self._output_streams = 0
         if session is None:
             connector: aiohttp.BaseConnector
             if endpoint.unix_socket:
@@ -92,23 +96,31 @@ class AgentClient:
                     raise CodegenError("the sandbox answered with something that is not a JSON object")
                 return data
 
-    async def output(self, task_id: str, offset: int = 0) -> AsyncIterator[OutputChunk]:
+    async def output(self, task_id: str, offset: int = 0) -> AsyncGenerator[OutputChunk, None]:
         """A task's live output from `offset` on, as the agent streams it, up to its `end` chunk."""
+        if self._output_streams >= MAX_OUTPUT_STREAMS:
+            raise CodegenError(
+                f"{MAX_OUTPUT_STREAMS} output streams are open to this sandbox already", code=ErrorCode.CONFLICT
+            )
         path = routes.TASK_OUTPUT.path.format(task_id=task_id)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout_s, sock_read=OUTPUT_SILENCE_S)
-        with self._errors():
-            async with self._session.get(
-                self._base + path, params={"offset": str(offset)}, timeout=timeout, headers=self._headers
-            ) as resp:
-                if resp.status >= 400:
-                    raise _refusal(resp.status, await resp.read())
-                while line := await resp.content.readline(max_line_length=MAX_OUTPUT_LINE_BYTES):
-                    if line.strip():  # an empty line is the agent's heartbeat
-                        chunk = OutputChunk.model_validate_json(line)
-                        yield chunk
-                        if chunk.end:
-                            return
-                raise SandboxUnavailable("the sandbox ended the output stream before the task's end")
+        self._output_streams += 1
+        try:
+            with self._errors():
+                async with self._session.get(
+                    self._base + path, params={"offset": str(offset)}, timeout=timeout, headers=self._headers
+                ) as resp:
+                    if resp.status >= 400:
+                        raise _refusal(resp.status, await resp.read())
+                    while line := await _next_line(resp):
+                        if line.strip():  # an empty line is the agent's heartbeat
+                            chunk = OutputChunk.model_validate_json(line)
+                            yield chunk
+                            if chunk.end:
+                                return
+                    raise SandboxUnavailable("the sandbox ended the output stream before the task's end")
+        finally:
+            self._output_streams -= 1
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
@@ -156,3 +168,10 @@ def _json(raw: bytes) -> Any:
 def _refusal(status: int, raw: bytes) -> CodegenError:
     """The agent's error answer as the error it names."""
     return CodegenError.from_dict(_json(raw), fallback=f"the sandbox answered HTTP {status} without an explanation")
+
+
+async def _next_line(resp: aiohttp.ClientResponse) -> bytes:
+    try:
+        return await resp.content.readline(max_line_length=MAX_OUTPUT_LINE_BYTES)
+    except aiohttp.ClientPayloadError as exc:  # the connection broke off mid-stream: a reader may resume
+        raise SandboxUnavailable("the output stream broke off") from exc

@@ -166,17 +166,18 @@ class Follower:
         reconnects = 0
         while True:
             try:
-                async for chunk in self._client.output(self._task_id, self._offset):
-                    reconnects = 0
-                    self._batcher.add(chunk.stream, chunk.text, chunk.skipped)
-                    self._offset = chunk.next_offset
-                    if chunk.end:
-                        self._ended.set()
-                        return
+                async with contextlib.aclosing(self._client.output(self._task_id, self._offset)) as chunks:
+                    async for chunk in chunks:
+                        reconnects = 0
+                        self._batcher.add(chunk.stream, chunk.text, chunk.skipped)
+                        self._offset = chunk.next_offset
+                        if chunk.end:
+                            self._ended.set()
+                            return
             except AgentUnreachable as exc:
                 log.debug("live output of %s: %s", self._task_id, exc.message)
             except CodegenError as exc:
-                if exc.code.http_status < 500:  # the agent refused (the task is forgotten): nothing to resume
+                if exc.code.http_status < 500:  # refused (a task forgotten, too many streams): nothing to resume
                     log.debug("live output of %s ends: %s", self._task_id, exc.message)
                     return
                 log.debug("live output of %s dropped: %s", self._task_id, exc.message)
