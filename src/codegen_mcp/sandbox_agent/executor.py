@@ -18,7 +18,7 @@ from codegen_mcp.api.errors import SandboxUnavailable
 from codegen_mcp.api.tools import InstalledPackage
 from codegen_mcp.sandbox_agent import pip, runs
 from codegen_mcp.sandbox_agent.artifacts import ArtifactStore
-from codegen_mcp.sandbox_agent.interpreter import Contexts
+from codegen_mcp.sandbox_agent.contexts import Contexts
 from codegen_mcp.sandbox_agent.isolation import Sandbox
 from codegen_mcp.sandbox_agent.jail import Mount
 from codegen_mcp.sandbox_agent.venv import SessionVenv, default_base_python, hand_over, refuse_planted_link
@@ -56,7 +56,7 @@ class Executor:
             base_python=default_base_python(settings.python),
             owner=owner,
         )
-        self.contexts = Contexts(self)  # run.python's persistent contexts (`interpreter`)
+        self.contexts = Contexts(self)  # run.python's persistent contexts
 
     # --- paths --------------------------------------------------------------------------------------
 

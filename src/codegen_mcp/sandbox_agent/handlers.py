@@ -42,8 +42,8 @@ from codegen_mcp.api.tools import (
     TaskKind,
 )
 from codegen_mcp.sandbox_agent.agent import AGENT, PLANNED, Agent
+from codegen_mcp.sandbox_agent.contexts import CellRequest
 from codegen_mcp.sandbox_agent.http import model_response, read_args, validated
-from codegen_mcp.sandbox_agent.interpreter import CellRequest
 from codegen_mcp.sandbox_agent.output_stream import follow, offset_of
 from codegen_mcp.sandbox_agent.requirements import parse_requirements
 from codegen_mcp.sandbox_agent.tasks import Outcome, Task
