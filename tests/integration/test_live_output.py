@@ -1,18 +1,22 @@
 """Live output over MCP: what a run prints reaches the client as log and progress notifications while the
-call still runs, and `task.get_status` shows its last lines (official SDK client, in-process, real agents)."""
+call still runs, and `task.get_status` shows its last lines (official SDK client, in-process and over HTTP,
+real agents)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import mcp_types as types
 import pytest
 import pytest_asyncio
 from mcp import ClientSession
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
 
 from codegen_mcp.coordinator.server import Coordinator
-from tests.support.coordinator import state_root
+from tests.support.coordinator import CoordinatorProcess, print_log_tail, start_coordinator, state_root, stop_process
 from tests.support.mcp_client import call, in_process_coordinator, in_process_session, text_of
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.asyncio(loop_scope="module")]
@@ -52,25 +56,57 @@ class Output:
         self.progress.append(message or "")
 
 
+@pytest.fixture(scope="module")
+def coordinator_process() -> Iterator[CoordinatorProcess]:
+    for root in state_root():
+        (root / "state").mkdir()
+        cp = start_coordinator(root / "state")
+        try:
+            yield cp
+        finally:
+            stop_process(cp.proc)
+            print_log_tail(cp)
+
+
+@contextlib.asynccontextmanager
+async def session_over(cp: CoordinatorProcess, transport: str, output: Output) -> AsyncIterator[ClientSession]:
+    streams = streamable_http_client(f"{cp.url}/mcp") if transport == "http" else sse_client(f"{cp.url}/sse")
+    async with streams as (read, write, *_), ClientSession(read, write, logging_callback=output.on_log) as session:
+        await session.initialize()
+        yield session
+
+
 async def test_a_print_reaches_the_client_before_the_call_ends(coordinator: Coordinator) -> None:
     output = Output("first")
-    result: types.CallToolResult | None = None
     async with in_process_session(coordinator, logging_callback=output.on_log) as s:
-        await call(s, "echo", message="the sandbox is up")
+        await first_before_the_result(s, output)
 
-        async def run() -> None:
-            nonlocal result
-            arguments = {"code": FIRST_GO_SECOND, "wait_s": 60}
-            result = await s.call_tool("run.python", arguments, progress_callback=output.on_progress)
 
-        with anyio.fail_after(60):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(run)
-                # The run goes on only once the client saw "first": only a notification sent while it ran can
-                # have told it.
-                await output.seen.wait()
-                assert result is None
-                await call(s, "fs.write", path="go", content="")
+@pytest.mark.parametrize("transport", ["http", "sse"])
+async def test_over_the_network_transports_too(coordinator_process: CoordinatorProcess, transport: str) -> None:
+    output = Output("first")
+    async with session_over(coordinator_process, transport, output) as s:
+        await first_before_the_result(s, output)
+
+
+async def first_before_the_result(s: ClientSession, output: Output) -> None:
+    """The run prints "first" and goes on only once a notification brought it: then the result comes."""
+    result: types.CallToolResult | None = None
+    await call(s, "echo", message="the sandbox is up")
+
+    async def run() -> None:
+        nonlocal result
+        arguments = {"code": FIRST_GO_SECOND, "wait_s": 60}
+        result = await s.call_tool("run.python", arguments, progress_callback=output.on_progress)
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            # The run goes on only once the client saw "first": only a notification sent while it ran can
+            # have told it.
+            await output.seen.wait()
+            assert result is None
+            await call(s, "fs.write", path="go", content="")
     assert result is not None and not result.is_error, result
     assert result.structured_content is not None
     assert result.structured_content["run"]["stdout"] == "first\nsecond\n"
