@@ -29,6 +29,7 @@ from codegen_mcp.sandbox_agent.jailprobe import probe_bwrap
 from codegen_mcp.sandbox_agent.requirements import parse_requirements
 from codegen_mcp.sandbox_agent.store import Uploader, create_durable_store
 from codegen_mcp.sandbox_agent.tasks import Outcome, Task
+from codegen_mcp.sandbox_agent.venv import inspect_base_python
 from codegen_mcp.sandbox_agent.workspace import claim_workspace
 
 log = logging.getLogger(__name__)
@@ -50,39 +51,6 @@ def check_listen_safety(settings: AgentSettings, token: str | None) -> None:
             f"refusing to listen on {settings.host} without a token: set CODEGEN_AGENT_TOKEN or --token-file"
         )
     log.warning("no token configured: the agent accepts every request on %s (loopback only)", settings.host)
-
-
-# Base interpreters' versions by path, asked once per process: the agent zygote asks before it forks, so that
-# its agents do not each start an interpreter for it (30-70 ms of each start, before it listens).
-_PYTHON_VERSIONS: dict[str, str] = {}
-
-
-async def python_version(python: str) -> str:
-    """`python`'s version ("3.11.7"), or "" when it cannot say; a known answer is not asked again."""
-    known = _PYTHON_VERSIONS.get(python)
-    if known is None:
-        known = await _ask_python_version(python)
-        if known:
-            _PYTHON_VERSIONS[python] = known
-    return known
-
-
-async def _ask_python_version(python: str) -> str:
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            python,
-            "-c",
-            "import platform; print(platform.python_version())",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-            env={"PATH": "/usr/bin:/bin"},
-        )
-        async with asyncio.timeout(10):
-            out, _ = await proc.communicate()
-    except (OSError, TimeoutError):
-        return ""
-    return out.decode().strip()
 
 
 async def decide_sandbox(settings: AgentSettings, agent: Agent) -> Sandbox:
@@ -121,7 +89,7 @@ async def agent_lifecycle(app: web.Application) -> AsyncIterator[None]:
     await asyncio.to_thread(agent.artifacts.load)
     agent.sandbox = await decide_sandbox(settings, agent)
     executor.sandbox = agent.sandbox
-    agent.python_version = await python_version(executor.base_python)
+    agent.python_version = (await inspect_base_python(executor.base_python)).version
     # In the jail a root agent stages the workspace itself, so only unjailed runs need a walkable path.
     blocked = (
         None if agent.sandbox.jail is not None else unreachable_parent(agent.workspace.root, agent.sandbox.identity)

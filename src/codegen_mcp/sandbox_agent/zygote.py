@@ -20,6 +20,7 @@ when the coordinator dies (setpriv), each child when this process dies (its own 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import gc
@@ -28,11 +29,18 @@ import os
 import signal
 import socket
 import sys
+import tempfile
+import threading
 import traceback
 from pathlib import Path
 from typing import Any, NoReturn
 
+from pydantic import SecretStr
+
 from codegen_mcp.sandbox_agent.__main__ import main as agent_main
+from codegen_mcp.sandbox_agent.__main__ import parse_settings
+from codegen_mcp.sandbox_agent.app import create_app
+from codegen_mcp.sandbox_agent.venv import default_base_python, inspect_base_python
 
 _PR_SET_PDEATHSIG = 1
 _MAX_REQUEST = 1 << 20
@@ -97,6 +105,27 @@ def _child(request: dict[str, Any], conn: socket.socket, zygote: int) -> NoRetur
         os._exit(code)
 
 
+def rehearse() -> None:
+    """Build, once, what every child builds before it serves: its settings and its app, then throw them away.
+
+    The first use of pydantic-settings, argparse and aiohttp's router fills caches and builds validators (about
+    10 ms of a child's start, and memory each child would hold privately); done here, children find them ready
+    in pages they share. The default base interpreter is asked here too, once, where it lives and its version.
+    Nothing session-specific is kept: a throwaway folder, no token of anyone's, nothing started (the app's
+    start-up, which probes the jail and makes the venv, runs only in a child).
+
+    Runs before SIGCHLD is ignored (asyncio waits for the interpreter it asks) and ends with this process
+    single-threaded again (the child watcher's thread joined), as `fork` needs.
+    """
+    with tempfile.TemporaryDirectory(prefix="codegen-zygote-") as folder:
+        settings, _ = parse_settings(["--workspace", f"{folder}/workspace", "--unix-socket", f"{folder}/agent.sock"])
+        create_app(settings.model_copy(update={"token": SecretStr("rehearsal")}))
+    asyncio.run(inspect_base_python(default_base_python(None)))
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread():
+            thread.join()
+
+
 def _answer(control: socket.socket, message: dict[str, Any]) -> None:
     control.send(json.dumps(message).encode())
 
@@ -128,6 +157,8 @@ def serve(control: socket.socket) -> None:
 
 def main() -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    rehearse()
+    gc.collect()  # the rehearsal's garbage goes now, not in each child
     # What the children will not change stays out of the collector's sight, so their pages stay shared.
     gc.freeze()
     serve(socket.socket(fileno=0))
