@@ -3,6 +3,7 @@ sandbox started ahead (no agent start), finds nothing of any other session in it
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from collections.abc import AsyncIterator, Iterator
@@ -145,11 +146,26 @@ async def test_pooled_sandboxes_count_against_max_sessions_and_give_way(root: Pa
         await coordinator.sessions.close("ws-pooltest")
 
 
-async def test_a_session_takes_the_room_of_a_pool_start_in_progress(root: Path) -> None:
+async def test_a_session_takes_the_room_of_a_pool_start_in_progress(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pool's first start stays in progress until it is given up: its folder, uid, disk and cgroup made,
+    # its agent not yet asked for (whatever the machine's speed, the session meets a start in progress).
+    parked = asyncio.Event()
+    spawn = LocalBackend._spawn
+
+    async def first_spawn_parks(self: LocalBackend, *args: Any) -> Any:
+        if not parked.is_set():
+            parked.set()
+            await asyncio.Event().wait()
+        return await spawn(self, *args)
+
+    monkeypatch.setattr(LocalBackend, "_spawn", first_spawn_parks)
     async with pool_coordinator(root, 1, max_sessions=1) as coordinator:
         backend = backend_of(coordinator)
-        [starting] = await eventually(lambda: session_folders(root), what="the pool's first start")
-        assert backend.pool.ready == 0, "the start finished too soon for this test"
+        await eventually(parked.is_set, what="the pool's first start")
+        [starting] = session_folders(root)
+        assert backend.pool.ready == 0
         named = await coordinator.sessions.acquire("ws-startrace")
         assert await named.client.healthy()
         assert backend.pool.ready == 0 and session_folders(root) == {named.sandbox_id} != {starting}
