@@ -104,3 +104,19 @@ async def test_a_named_workspace_nobody_serves_is_suspended_by_the_operator_and_
     async with mcp_session(second, headers=headers) as s:
         assert text_of(await call(s, "fs.read", path="draft.md")) == "chapter 1"
     assert [c["metadata"]["uid"] for c in sessions(kubectl.cluster)] == [cr["metadata"]["uid"]]
+
+
+async def test_a_session_whose_task_still_runs_is_not_suspended_by_the_operator(
+    operator: OperatorThread, kubelet: FakeKubelet, kubectl: Kubectl, k8s_coordinator: StartCoordinator
+) -> None:
+    # spec.suspendAfterSeconds is 3 here; the task runs for 8 s after its call returned.
+    cp = await k8s_coordinator(CODEGEN_SUSPEND_AFTER_S="1", CODEGEN_K8S_ACTIVITY_INTERVAL_S="0.5")
+    async with mcp_session(cp) as s:
+        started = await call(s, "run.python", code="import time; time.sleep(8)", wait_s=0.1)
+        assert started.structured_content is not None and started.structured_content["state"] == "running"
+        [cr] = sessions(kubectl.cluster)
+        name = cr["metadata"]["name"]
+        assert cr["spec"]["suspendAfterSeconds"] == 3
+        await asyncio.sleep(6)  # idle twice over by its calls, but busy: its activity is kept fresh
+        assert kubectl.status(name).phase == api.Phase.READY
+        await eventually(lambda: suspended(kubectl, name), timeout=30, what="the suspension once the task ended")

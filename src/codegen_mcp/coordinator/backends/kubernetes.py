@@ -379,7 +379,7 @@ class KubernetesBackend(Backend):
             busy = await asyncio.gather(*(s.client.running_tasks() for s in serving), return_exceptions=True)
             for sandbox, tasks in zip(serving, busy, strict=True):
                 if isinstance(tasks, int) and tasks > 0:
-                    await self.touch(sandbox)
+                    await self._write_activity(sandbox.sandbox_id)
 
     async def _delete_session(self, name: str) -> None:
         if self._k8s.retain_sessions:
