@@ -147,7 +147,6 @@ class Follower:
         self._task_id = task_id
         self._batcher = Batcher(sink)
         self._offset = 0
-        self._ended = asyncio.Event()
         self._reader = asyncio.create_task(self._read(), name=f"live-output-{task_id}")
 
     async def close(self, *, finished: bool) -> None:
@@ -155,7 +154,7 @@ class Follower:
         if finished:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(DRAIN_S):
-                    await self._ended.wait()
+                    await asyncio.wait({self._reader})  # it ends at the output's end, or when it gives up
                     await self._batcher.flush()
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -172,7 +171,6 @@ class Follower:
                         self._batcher.add(chunk.stream, chunk.text, chunk.skipped)
                         self._offset = chunk.next_offset
                         if chunk.end:
-                            self._ended.set()
                             return
             except AgentUnreachable as exc:
                 log.debug("live output of %s: %s", self._task_id, exc.message)

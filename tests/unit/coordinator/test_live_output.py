@@ -14,7 +14,7 @@ from codegen_mcp.api import routes
 from codegen_mcp.api.errors import CodegenError, ErrorCode
 from codegen_mcp.api.task_results import OutputChunk, OutputStream
 from codegen_mcp.coordinator.agent_client import MAX_OUTPUT_STREAMS, AgentClient, AgentEndpoint
-from codegen_mcp.coordinator.live_output import MAX_BATCH_CHARS, Batcher, Follower, skipped_note
+from codegen_mcp.coordinator.live_output import DRAIN_S, MAX_BATCH_CHARS, Batcher, Follower, skipped_note
 
 
 class Sink:
@@ -132,3 +132,17 @@ async def test_one_agent_gets_a_bounded_number_of_open_streams() -> None:
         assert (await anext(another)).text == "hi\n"
         for opened in [*streams[1:], another]:
             await opened.aclose()
+
+
+async def test_a_refused_stream_does_not_hold_the_result_back() -> None:
+    async def stream(request: web.Request, offset: int) -> None:
+        raise web.HTTPNotFound(
+            text='{"error": {"code": "task_not_found", "message": "there is no task"}}', content_type="application/json"
+        )
+
+    sink = Sink()
+    async with fake_agent(stream) as client:
+        follower = Follower(client, "task_gone", sink)
+        async with asyncio.timeout(DRAIN_S / 2):  # the follower gave up: nothing to wait for
+            await follower.close(finished=True)
+    assert sink.got == []
