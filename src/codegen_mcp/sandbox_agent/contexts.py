@@ -192,8 +192,8 @@ class Contexts:
         if context.interpreter is None:
             if context.lost is not None:
                 restarted = f"the context '{name}' was restarted: its state was lost ({context.lost})"
-            context.lost = None
             context.interpreter = await start_interpreter(self.executor, name)
+            context.lost = None
         interpreter = context.interpreter
         executor = self.executor
         before = await asyncio.to_thread(take_snapshot, executor.root)

@@ -261,7 +261,9 @@ class Interpreter:
             raise DriverError("sent a reply that is not an object")
         return message
 
-    async def receive_reply(self) -> CellReply:
+    async def ask(self, request: dict[str, Any]) -> CellReply:
+        """Send a cell and wait for the driver's checked reply (OSError, EOF or DriverError when there is none)."""
+        await self.send(request)
         try:
             return CellReply.model_validate(await self.receive())
         except ValidationError:
@@ -302,8 +304,10 @@ class Interpreter:
         err = self.stderr.begin(mark.encode(), on_stderr)
         counter = oom_counter(self.proc.pid)
         start = time.monotonic()
-        await self.send({**request, "op": "run", "id": self._next_id, "marker": mark.encode().hex()})
-        reply = asyncio.create_task(self.receive_reply())
+        self.cells += 1
+        reply = asyncio.create_task(
+            self.ask({**request, "op": "run", "id": self._next_id, "marker": mark.encode().hex()})
+        )
         cancelled = asyncio.create_task(cancel.wait())
         filled = asyncio.create_task(diskquota.filled(watched))
         stopped_by: str | None = None
@@ -316,6 +320,9 @@ class Interpreter:
                 with contextlib.suppress(OSError):
                     await self.send({"op": "interrupt", "id": self._next_id})
                 done, _ = await asyncio.wait({reply, self.exited}, timeout=grace_s, return_when="FIRST_COMPLETED")
+        except BaseException:
+            reply.cancel()  # the agent is stopping: close() ends the interpreter
+            raise
         finally:
             cancelled.cancel()
             filled.cancel()

@@ -115,7 +115,7 @@ async def test_a_killed_interpreter_restarts_and_says_the_state_was_lost(runner:
     await cell(runner, "x = 1")
     killed = await cell(runner, "import os, signal\nprint('bye', flush=True)\nos.kill(os.getpid(), signal.SIGKILL)")
     assert killed.state == "failed" and killed.run is not None and killed.run.context is not None
-    assert killed.run.stdout == "bye\n" and not killed.run.context.state_kept
+    assert killed.run.stdout == "bye\n" and not killed.run.context.state_kept and killed.run.context.cell == 2
     assert "the context 'main' lost its state: its interpreter was killed (SIGKILL)" in (killed.error or "")
     listed = (await contexts(runner)).contexts
     assert [(c.name, c.running) for c in listed] == [("main", False)] and "SIGKILL" in (listed[0].lost or "")
