@@ -144,6 +144,8 @@ async def test_task_get_status_shows_the_last_lines_of_a_running_task(coordinato
         assert status.structured_content["state"] == "running"
         assert status.structured_content["progress"]["output_tail"] == "first"
         assert "Output so far (last lines):\nfirst" in text_of(status)
+        waited = text_of(await call(s, "task.get_result", task_id=task_id, wait_s=0.2))
+        assert "is still running" in waited and "Output so far (last lines):\nfirst" in waited
         await call(s, "fs.write", path="go", content="")
         done = (await call(s, "task.get_result", task_id=task_id, wait_s=30)).structured_content
         assert done is not None and done["run"]["stdout"] == "first\nsecond\n"

@@ -243,11 +243,12 @@ class TaskView(ToolResult):
     def reply(self, notes: Mapping[str, str] = NO_NOTES) -> Reply:
         """The task's result; `notes` (by stream) say where output cut to fit the MCP result is."""
         if not self.state.finished:
-            return Reply(
+            still = (
                 f"Task {self.task_id} ({self.kind.value}) is still {self.state.value} after "
                 f"{self.progress.elapsed_s:.1f} s. Call task.get_result with task_id={self.task_id!r} to wait for "
                 "its result, or task.get_status to check on it."
             )
+            return Reply("\n".join([still, *self.live_lines()]))
         if self.kind is TaskKind.PKG_INSTALL:
             return self._install_reply()
         if self.kind is TaskKind.TEST_RUN:
@@ -257,6 +258,11 @@ class TaskView(ToolResult):
         if self.kind is TaskKind.GIT_CLONE:
             return self._clone_reply()
         return self._run_reply(notes)
+
+    def live_lines(self) -> list[str]:
+        """The last lines a running task printed, as a reply shows them (none once it finished)."""
+        tail = self.progress.output_tail
+        return [f"Output so far (last lines):\n{tail}"] if tail else []
 
     def progress_message(self) -> str:
         p = self.progress
@@ -391,5 +397,4 @@ class TaskStatus(TaskView):
 
     def reply(self, notes: Mapping[str, str] = NO_NOTES) -> Reply:
         status = f"Task {self.task_id} ({self.kind.value}): {self.state.value}, {self.progress_message()}"
-        live = [f"Output so far (last lines):\n{self.progress.output_tail}"] if self.progress.output_tail else []
-        return Reply("\n".join([status, *live, *notes.values()]))
+        return Reply("\n".join([status, *self.live_lines(), *notes.values()]))

@@ -193,11 +193,17 @@ async def follow(request: web.Request, output: LiveOutput, offset: int) -> web.S
             if stopping.is_set():  # without an end line: the task did not end, a reader may ask again
                 await response.write_eof()
                 break
-            changed = asyncio.ensure_future(output.changed(offset))
-            stop = asyncio.ensure_future(stopping.wait())
-            done, _ = await asyncio.wait({changed, stop}, timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED)
-            changed.cancel()
-            stop.cancel()
-            if not done:
+            if not await _more(output, offset, stopping):
                 await response.write(b"\n")
     return response
+
+
+async def _more(output: LiveOutput, offset: int, stopping: asyncio.Event) -> bool:
+    """Whether something happened within `HEARTBEAT_S`: output past `offset`, its end, or the agent's stop."""
+    waits = {asyncio.ensure_future(output.changed(offset)), asyncio.ensure_future(stopping.wait())}
+    try:
+        done, _ = await asyncio.wait(waits, timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED)
+        return bool(done)
+    finally:
+        for wait in waits:
+            wait.cancel()

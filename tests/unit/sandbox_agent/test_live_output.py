@@ -6,11 +6,13 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
 from aiohttp import ClientResponse
 
 from codegen_mcp.api import routes
 from codegen_mcp.api.task_results import OutputChunk
 from codegen_mcp.api.tools import TaskView
+from codegen_mcp.sandbox_agent import output_stream
 from codegen_mcp.sandbox_agent.agent import AGENT
 from codegen_mcp.sandbox_agent.output_stream import FINISHED_OUTPUT_CHARS, LIVE_OUTPUT_CHARS, LiveOutput
 
@@ -131,6 +133,16 @@ async def test_a_stopping_agent_ends_its_streams_without_waiting_for_their_tasks
         rest = await resp.content.read()
     assert rest == b""  # the stream ended, with no end line: the task did not end
     assert (await state_of(client, view.task_id)).state == "running"
+
+
+async def test_a_quiet_stream_gets_heartbeats(client: AgentClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(output_stream, "HEARTBEAT_S", 0.05)
+    view = await start(client, WAIT_FOR_GO)
+    resp = await follow(client, view.task_id)
+    await read_until(resp, "first\n")
+    async with asyncio.timeout(10):
+        assert await resp.content.readline() == b"\n"  # an empty line: how a reader that went away is noticed
+    await go(client)
 
 
 async def test_bad_requests_get_one_sentence(client: AgentClient) -> None:
