@@ -132,11 +132,10 @@ def compile_cell(source: str, filename: str) -> tuple[types.CodeType, types.Code
 
 
 def _print_user_traceback(exc: BaseException) -> None:
-    """The traceback without this driver's own frames (the user's code starts one frame in)."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
-        tb = tb.tb_next
-    sys.stderr.write("".join(traceback.format_exception(type(exc), exc, tb)))
+    """The traceback without this driver's own frames (its exec call, its SIGINT handler): the user's code only."""
+    shown = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+    shown.stack = traceback.StackSummary.from_list([f for f in shown.stack if f.filename != __file__])
+    sys.stderr.write("".join(shown.format()))
 
 
 def resident_bytes() -> int:
