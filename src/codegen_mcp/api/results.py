@@ -279,7 +279,8 @@ class ContextListResult(ToolResult):
             memory = f", {c.memory_bytes / 2**20:.1f} MiB" if c.memory_bytes else ""
             busy = ", running a cell" if c.busy else ""
             started = f"{c.started_at:%Y-%m-%d %H:%M:%S}Z" if c.started_at else "?"
-            lines.append(f"  {c.name}: started {started}, {c.cells} cells{memory}{busy}")
+            cells = f"{c.cells} cell" + ("" if c.cells == 1 else "s")
+            lines.append(f"  {c.name}: started {started}, {cells}{memory}{busy}")
         return Reply("\n".join(lines))
 
 
