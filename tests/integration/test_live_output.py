@@ -129,18 +129,23 @@ async def test_stderr_has_its_own_logger_and_the_log_level_is_honoured(coordinat
         assert [lg for lg, _, _ in output.logs if lg in ("stdout", "stderr")] == []
 
 
+async def status_with_a_tail(s: ClientSession, task_id: str) -> types.CallToolResult:
+    """task.get_status, once it shows some output."""
+    with anyio.fail_after(30):
+        while True:
+            status = await call(s, "task.get_status", task_id=task_id)
+            assert status.structured_content is not None
+            if status.structured_content["progress"]["output_tail"]:
+                return status
+            await anyio.sleep(0.05)
+
+
 async def test_task_get_status_shows_the_last_lines_of_a_running_task(coordinator: Coordinator) -> None:
     async with in_process_session(coordinator) as s:
         started = (await call(s, "run.python", code=FIRST_GO_SECOND, wait_s=0)).structured_content
         assert started is not None and started["state"] in ("queued", "running")
         task_id = started["task_id"]
-        with anyio.fail_after(30):
-            while True:
-                status = await call(s, "task.get_status", task_id=task_id)
-                assert status.structured_content is not None
-                if status.structured_content["progress"]["output_tail"]:
-                    break
-                await anyio.sleep(0.05)
+        status = await status_with_a_tail(s, task_id)
         assert status.structured_content["state"] == "running"
         assert status.structured_content["progress"]["output_tail"] == "first"
         assert "Output so far (last lines):\nfirst" in text_of(status)
@@ -150,3 +155,18 @@ async def test_task_get_status_shows_the_last_lines_of_a_running_task(coordinato
         done = (await call(s, "task.get_result", task_id=task_id, wait_s=30)).structured_content
         assert done is not None and done["run"]["stdout"] == "first\nsecond\n"
         assert done["progress"]["output_tail"] == ""
+
+
+async def test_task_get_result_forwards_only_what_comes_after_it_began(coordinator: Coordinator) -> None:
+    output = Output("new")
+    code = "import time\nprint('old', flush=True)\ntime.sleep(4)\nprint('new', flush=True)\n"
+    async with in_process_session(coordinator, logging_callback=output.on_log) as s:
+        started = (await call(s, "run.python", code=code, wait_s=0)).structured_content
+        assert started is not None
+        task_id = started["task_id"]
+        await status_with_a_tail(s, task_id)
+        output.logs.clear()
+        done = (await call(s, "task.get_result", task_id=task_id, wait_s=30)).structured_content
+        assert done is not None and done["run"]["stdout"] == "old\nnew\n"
+    # It waited from after "old": a client polling task.get_result does not get old output again each time.
+    assert [data for logger, _, data in output.logs if logger == "stdout"] == ["new\n"]

@@ -201,6 +201,9 @@ class TaskProgress(_Result):
     output_tail: str = Field(
         "", description="The last lines the task printed so far, while it runs (its result has the output after)."
     )
+    output_chars: int = Field(
+        0, description="Characters the task printed so far: the offset of its live output that comes next."
+    )
 
 
 OutputStream = Literal["stdout", "stderr"]

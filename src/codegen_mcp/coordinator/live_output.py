@@ -142,11 +142,11 @@ class Batcher:
 class Follower:
     """Follows one task's live output on its agent, in the background, until `close`."""
 
-    def __init__(self, client: AgentClient, task_id: str, sink: OutputSink) -> None:
+    def __init__(self, client: AgentClient, task_id: str, sink: OutputSink, offset: int = 0) -> None:
         self._client = client
         self._task_id = task_id
         self._batcher = Batcher(sink)
-        self._offset = 0
+        self._offset = offset
         self._reader = asyncio.create_task(self._read(), name=f"live-output-{task_id}")
 
     async def close(self, *, finished: bool) -> None:

@@ -222,8 +222,9 @@ async def _wait_task(
     output: OutputSink | None,
     running: bool = False,
 ) -> TaskView:
-    """Wait up to `wait_s` for the task, with a progress heartbeat; its live output goes to `output` meanwhile
-    (from the start when the caller knows it is `running`, else once a first wait finds it still is)."""
+    """Wait up to `wait_s` for the task, with a progress heartbeat; its live output goes to `output` meanwhile:
+    all of it when the caller just started it (`running`), else what it prints after a first wait found it
+    still running (so a client that polls `task.get_result` is not sent the same output again each time)."""
     deadline = time.monotonic() + wait_s
     view: TaskView | None = None
     follower = Follower(client, task_id, output) if output is not None and running else None
@@ -231,7 +232,7 @@ async def _wait_task(
         while True:
             if view is not None:
                 if follower is None and output is not None:
-                    follower = Follower(client, task_id, output)
+                    follower = Follower(client, task_id, output, offset=view.progress.output_chars)
                 await progress(view.progress.elapsed_s, None, view.progress_message())
             remaining = deadline - time.monotonic()
             step = max(0.0, min(interval_s, remaining))

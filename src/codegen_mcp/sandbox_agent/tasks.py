@@ -90,6 +90,7 @@ class Task:
                 stderr_bytes=self.stderr_bytes,
                 message=self.message,
                 output_tail=self.output.tail(),
+                output_chars=self.output.end,
             ),
             run=self.run,
             install=self.install,
