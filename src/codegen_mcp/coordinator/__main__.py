@@ -39,6 +39,13 @@ def parse_settings(argv: list[str] | None) -> tuple[CoordinatorSettings, str]:
         help="local backend: suspend sessions idle this long (s); their next call resumes them (default: 300; 0: off)",
     )
     parser.add_argument("--allowed-host", action="append", default=None, help="extra accepted Host header (repeat)")
+    parser.add_argument(
+        "--event-store",
+        choices=["memory", "redis"],
+        help="where streams are kept for clients to resume them: memory (default) or redis (shared by replicas)",
+    )
+    parser.add_argument("--redis-url", help="the Redis of --event-store redis, e.g. redis://127.0.0.1:6379/0")
+    parser.add_argument("--stream-retry-ms", type=int, help="SSE `retry` sent to clients, in ms (default: 1000)")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING… (default: INFO)")
     ns = parser.parse_args(argv)
 
@@ -54,6 +61,9 @@ def parse_settings(argv: list[str] | None) -> tuple[CoordinatorSettings, str]:
             "session_idle_timeout_s": ns.idle_timeout,
             "suspend_after_s": ns.suspend_after,
             "allowed_hosts": ns.allowed_host,
+            "event_store": ns.event_store,
+            "redis_url": ns.redis_url,
+            "stream_retry_ms": ns.stream_retry_ms,
         }.items()
         if v is not None
     }

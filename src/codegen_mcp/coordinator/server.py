@@ -44,6 +44,7 @@ from codegen_mcp.coordinator.agent_client import AgentUnreachable
 from codegen_mcp.coordinator.audit import AuditLog
 from codegen_mcp.coordinator.backends import Backend, create_backend
 from codegen_mcp.coordinator.backends.base import NAMED_WORKSPACE_PREFIX
+from codegen_mcp.coordinator.event_store import ResumableSessionManager, create_event_log
 from codegen_mcp.coordinator.mcp_sessions import (
     MCP_SESSION_ID_HEADER,
     McpSessions,
@@ -615,20 +616,22 @@ def create_app(settings: CoordinatorSettings, backend: Backend | None = None) ->
     coordinator = Coordinator(settings, backend)
     server = create_server(coordinator, coordinator.streamable_sessions)
     security = transport_security(settings)
-    server.streamable_http_app(
-        streamable_http_path="/mcp",
-        transport_security=security,
+    events = create_event_log(settings)
+    session_manager = ResumableSessionManager(
+        app=server,
+        events=events,  # resumable POST SSE streams: a priming event, `retry`, and replay after Last-Event-ID
+        retry_interval=settings.stream_retry_ms,
+        security_settings=security,
         session_idle_timeout=settings.session_idle_timeout_s,
         # Sessions are bounded where they cost something: sandboxes by `SessionManager`, the MCP sessions
         # that have none yet by `Handshakes` (per client). A count of all MCP sessions would let bare
         # `initialize` requests lock every other client out.
         max_sessions=None,
         max_request_body_size=tools.MAX_REQUEST_BYTES,
-        host=settings.host,
     )
     streamable = ExplainTooLarge(
         HandshakeTracker(
-            StreamableHTTPASGIApp(server.session_manager),
+            StreamableHTTPASGIApp(session_manager),
             coordinator.handshakes,
             coordinator.streamable_session_ended,
         )
@@ -655,7 +658,7 @@ def create_app(settings: CoordinatorSettings, backend: Backend | None = None) ->
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with coordinator.running(), server.session_manager.run():
+        async with coordinator.running(), events.opened(), session_manager.run():
             yield
 
     routes: list[BaseRoute] = [

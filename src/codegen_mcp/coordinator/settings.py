@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from codegen_mcp.api.agent_settings import SandboxMode
@@ -171,6 +171,23 @@ class CoordinatorSettings(BaseSettings):
     )
     progress_interval_s: float = Field(1.0, gt=0, description="How often long calls report MCP progress.")
 
+    # Resumable streams (streamable HTTP): what a POST SSE stream sent is kept, so a client that lost the
+    # connection resumes it with `Last-Event-ID` (see coordinator/event_store.py).
+    event_store: Literal["memory", "redis"] = Field(
+        "memory", description="Where sent events are kept: this process's memory, or Redis (shared by replicas)."
+    )
+    redis_url: SecretStr | None = Field(None, description="The Redis of event_store=redis, e.g. redis://host:6379/0.")
+    stream_retry_ms: int = Field(
+        1000, ge=1, description="The SSE `retry` sent to clients: how long to wait before reconnecting a stream."
+    )
+    event_store_max_events_per_stream: int = Field(
+        1000, ge=2, description="Events kept per stream (a call's progress notices and result); the oldest go first."
+    )
+    event_store_max_bytes: int = Field(
+        64 * 1024**2, ge=1024**2, description="Memory store: bytes of messages kept in all; the oldest go first."
+    )
+    event_store_ttl_s: float = Field(3600.0, gt=0, description="An event older than this is no longer replayed.")
+
     # HTTP transport security: Host/Origin validation against DNS rebinding (both transports).
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -186,6 +203,12 @@ class CoordinatorSettings(BaseSettings):
 
     local: LocalBackendSettings = Field(default_factory=LocalBackendSettings)
     kubernetes: KubernetesBackendSettings = Field(default_factory=KubernetesBackendSettings)
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> CoordinatorSettings:
+        if self.event_store == "redis" and self.redis_url is None:
+            raise ValueError("event_store redis needs redis_url (CODEGEN_REDIS_URL or --redis-url)")
+        return self
 
     @property
     def audit_path(self) -> Path:

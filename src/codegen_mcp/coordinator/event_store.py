@@ -1,0 +1,311 @@
+"""Resumable streams: the events the streamable-HTTP transport sent, kept so a client can resume after a drop.
+
+With an event store the SDK's transport opens every POST SSE stream with a priming event (an id, empty data,
+and `retry`), gives every message an id, and answers a GET carrying `Last-Event-ID` with what the stream sent
+after that id, then with what it sends from then on. A client whose connection dropped mid-call therefore
+still receives the call's result, even one that finished while it was away.
+
+Two logs keep the events: `MemoryEventLog` (one process; the default) and `RedisEventLog` (Redis Streams,
+shared by every coordinator replica). Both are bounded: each stream keeps its newest events, and events older
+than a TTL go; the memory log also caps its total bytes, Redis its memory by its own `maxmemory` policy.
+
+The SDK hands one store to the transports of all sessions and names a stream by its JSON-RPC request id,
+which every client counts from 0 or 1: sessions would read each other's streams. `ResumableSessionManager`
+therefore gives each session's transport its own `SessionEvents` view, under a random scope that every event
+id carries; a `Last-Event-ID` of another scope (another session's, or a made-up one) replays nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import contextlib
+import logging
+import re
+import secrets
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp_types import JSONRPCMessage, jsonrpc_message_adapter
+
+if TYPE_CHECKING:
+    from codegen_mcp.coordinator.settings import CoordinatorSettings
+
+log = logging.getLogger(__name__)
+
+# A stored event: its position in its stream (as the log writes it) and the message, or None for a priming event.
+Event = tuple[str, JSONRPCMessage | None]
+
+REDIS_KEY_PREFIX: Final = "codegen-mcp:events:"
+_REDIS_ENTRY_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+# A position that replays nothing: the id of an event that could not be stored (the log was unreachable).
+UNSTORED: Final = "unstored"
+
+
+class EventLogError(Exception):
+    """The log could not store or read events (e.g. Redis is unreachable)."""
+
+
+@dataclass(frozen=True)
+class StreamKey:
+    """One SSE stream of one session: `scope` is the session's, `stream_id` the SDK's (a request id)."""
+
+    scope: str
+    stream_id: StreamId
+
+    @property
+    def name(self) -> str:
+        # base64url keeps any request id (a client's string) out of the SSE `id:` line's forbidden characters.
+        encoded = base64.urlsafe_b64encode(self.stream_id.encode()).decode().rstrip("=")
+        return f"{self.scope}.{encoded}"
+
+    def event_id(self, position: str) -> EventId:
+        return f"{self.name}.{position}"
+
+    @staticmethod
+    def parse(event_id: str) -> tuple[StreamKey, str] | None:
+        """The stream and position an event id names, or None if it is not one of ours."""
+        parts = event_id.split(".")
+        if len(parts) != 3 or not all(parts):
+            return None
+        scope, encoded, position = parts
+        try:
+            stream_id = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return StreamKey(scope, stream_id), position
+
+
+def _dump(message: JSONRPCMessage | None) -> bytes:
+    return b"" if message is None else message.model_dump_json(by_alias=True, exclude_unset=True).encode()
+
+
+def _load(data: bytes) -> JSONRPCMessage | None:
+    return jsonrpc_message_adapter.validate_json(data) if data else None
+
+
+class EventLog(ABC):
+    """Where events are kept, by stream. Shared by all sessions; `SessionEvents` is what a transport sees."""
+
+    @abstractmethod
+    async def append(self, stream: StreamKey, message: JSONRPCMessage | None) -> str:
+        """Keep `message` as the stream's newest event; its position. Raises EventLogError."""
+
+    @abstractmethod
+    async def read_after(self, stream: StreamKey, position: str) -> list[Event] | None:
+        """The stream's kept events after `position`, oldest first; None if the stream is not kept (any more).
+
+        A position older than the oldest kept event gives every kept event: the ones between were dropped.
+        Raises EventLogError.
+        """
+
+    @contextlib.asynccontextmanager
+    async def opened(self) -> AsyncIterator[None]:
+        """Connect for the app's lifetime (and let go at the end)."""
+        yield
+
+
+class MemoryEventLog(EventLog):
+    """This process's memory: per stream the newest `max_events_per_stream`, in all at most `max_bytes` of
+    messages, none older than `ttl_s`. The oldest events go first, whichever stream they belong to."""
+
+    def __init__(self, *, max_events_per_stream: int, max_bytes: int, ttl_s: float) -> None:
+        self.max_events_per_stream = max_events_per_stream
+        self.max_bytes = max_bytes
+        self.ttl_s = ttl_s
+        self._streams: dict[str, collections.deque[tuple[int, bytes]]] = {}
+        # Every event in the order written: (stream name, sequence, time, size). Entries whose event its stream
+        # already dropped (past max_events_per_stream) stay until they reach the front, or a compaction.
+        self._order: collections.deque[tuple[str, int, float, int]] = collections.deque()
+        self._sequence = 0
+        self.events = 0
+        self.bytes = 0
+
+    async def append(self, stream: StreamKey, message: JSONRPCMessage | None) -> str:
+        data = _dump(message)
+        self._sequence += 1
+        now = time.monotonic()
+        events = self._streams.setdefault(stream.name, collections.deque())
+        events.append((self._sequence, data))
+        self._order.append((stream.name, self._sequence, now, len(data)))
+        self.events += 1
+        self.bytes += len(data)
+        if len(events) > self.max_events_per_stream:
+            self.events -= 1
+            self.bytes -= len(events.popleft()[1])
+        self._evict(now)
+        return str(self._sequence)
+
+    async def read_after(self, stream: StreamKey, position: str) -> list[Event] | None:
+        self._evict(time.monotonic())
+        events = self._streams.get(stream.name)
+        if events is None or not position.isdigit():
+            return None
+        after = int(position)
+        return [(str(sequence), _load(data)) for sequence, data in events if sequence > after]
+
+    def _evict(self, now: float) -> None:
+        while self._order and (self.bytes > self.max_bytes or now - self._order[0][2] > self.ttl_s):
+            name, sequence, _, size = self._order.popleft()
+            events = self._streams.get(name)
+            if events and events[0][0] == sequence:
+                events.popleft()
+                self.events -= 1
+                self.bytes -= size
+                if not events:
+                    del self._streams[name]
+        if len(self._order) > 2 * self.events + 1024:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop the order's entries of events their streams already dropped (keeps the order's size bounded)."""
+        live = {(name, sequence) for name, events in self._streams.items() for sequence, _ in events}
+        self._order = collections.deque(entry for entry in self._order if (entry[0], entry[1]) in live)
+
+
+class RedisEventLog(EventLog):
+    """Redis Streams, one per SSE stream (XADD with an exact MAXLEN, EXPIRE after each write, XRANGE to replay):
+    every coordinator replica reads what any of them wrote."""
+
+    def __init__(self, url: str, *, max_events_per_stream: int, ttl_s: float, prefix: str = REDIS_KEY_PREFIX) -> None:
+        from redis.asyncio import Redis  # the `redis` extra; only this store needs it
+
+        self._redis = Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=5.0)
+        self._where = _without_credentials(url)
+        self.max_events_per_stream = max_events_per_stream
+        self.ttl_ms = max(1, int(ttl_s * 1000))
+        self.prefix = prefix
+
+    def _key(self, stream: StreamKey) -> str:
+        return self.prefix + stream.name
+
+    async def append(self, stream: StreamKey, message: JSONRPCMessage | None) -> str:
+        from redis.exceptions import RedisError
+
+        key = self._key(stream)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(key, {"m": _dump(message)}, maxlen=self.max_events_per_stream, approximate=False)
+                pipe.pexpire(key, self.ttl_ms)
+                entry_id, _ = await pipe.execute()
+        except RedisError as err:
+            raise EventLogError(f"the event store at {self._where} did not take the event: {err}") from err
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    async def read_after(self, stream: StreamKey, position: str) -> list[Event] | None:
+        from redis.exceptions import RedisError
+
+        if not _REDIS_ENTRY_ID.match(position):
+            return None
+        key = self._key(stream)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.exists(key)
+                pipe.xrange(key, min=f"({position}", max="+")
+                exists, rows = await pipe.execute()
+        except RedisError as err:
+            raise EventLogError(f"the event store at {self._where} did not answer: {err}") from err
+        if not exists:
+            return None
+        return [(_text(entry_id), _load(fields.get(b"m", b""))) for entry_id, fields in rows]
+
+    @contextlib.asynccontextmanager
+    async def opened(self) -> AsyncIterator[None]:
+        from redis.exceptions import RedisError
+
+        try:
+            await self._redis.ping()
+        except RedisError as err:  # calls still work, without resuming; each failed write logs why
+            log.warning("event store: Redis at %s is unreachable (%s); streams cannot be resumed", self._where, err)
+        try:
+            yield
+        finally:
+            await self._redis.aclose()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _without_credentials(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url
+
+
+class SessionEvents(EventStore):
+    """One session's view of the shared log: the SDK's `EventStore` for that session's transport.
+
+    Never raises into the SDK (its message router would stop, and the session with it): an event the log
+    could not keep is still sent, under an id that replays nothing.
+    """
+
+    def __init__(self, events: EventLog, scope: str | None = None) -> None:
+        self.events = events
+        self.scope = scope or secrets.token_hex(16)
+
+    async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
+        stream = StreamKey(self.scope, stream_id)
+        try:
+            return stream.event_id(await self.events.append(stream, message))
+        except EventLogError as err:
+            log.warning("event store: %s; this stream cannot be resumed", err)
+            return stream.event_id(UNSTORED)
+
+    async def replay_events_after(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
+        parsed = StreamKey.parse(last_event_id)
+        if parsed is None or parsed[0].scope != self.scope:
+            return None
+        stream, position = parsed
+        try:
+            kept = await self.events.read_after(stream, position)
+        except EventLogError as err:
+            log.warning("event store: %s; the client resumes with nothing replayed", err)
+            return None
+        if kept is None:
+            return None
+        for kept_position, message in kept:
+            if message is not None:  # a priming event has nothing to replay
+                await send_callback(EventMessage(message, stream.event_id(kept_position)))
+        return stream.stream_id
+
+
+class ResumableSessionManager(StreamableHTTPSessionManager):
+    """The SDK's session manager, giving each new session's transport its own `SessionEvents` view.
+
+    The SDK reads `event_store` once per session it opens, when it builds the session's transport.
+    """
+
+    def __init__(self, *, events: EventLog, **kwargs: Any) -> None:
+        self.events = events
+        super().__init__(**kwargs)
+
+    @property
+    def event_store(self) -> EventStore:
+        return SessionEvents(self.events)
+
+    @event_store.setter
+    def event_store(self, value: EventStore | None) -> None:
+        if value is not None:
+            raise TypeError("ResumableSessionManager keeps events in its `events` log; pass no event_store")
+
+
+def create_event_log(settings: CoordinatorSettings) -> EventLog:
+    """The log `settings.event_store` names."""
+    if settings.event_store == "redis":
+        assert settings.redis_url is not None  # the settings say so when it is missing
+        return RedisEventLog(
+            settings.redis_url.get_secret_value(),
+            max_events_per_stream=settings.event_store_max_events_per_stream,
+            ttl_s=settings.event_store_ttl_s,
+        )
+    return MemoryEventLog(
+        max_events_per_stream=settings.event_store_max_events_per_stream,
+        max_bytes=settings.event_store_max_bytes,
+        ttl_s=settings.event_store_ttl_s,
+    )
