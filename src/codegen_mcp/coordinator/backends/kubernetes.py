@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 LABEL_MCP_SESSION = f"{GROUP}/mcp-session"
 REREAD_S = 5.0  # while waiting for Ready, a fresh read this often, whatever the watch says
-SUSPEND_WAIT_S = 10.0  # how long `suspend` waits for the operator to say Suspended
+SUSPEND_WAIT_S = 5.0  # how long `suspend` waits for the operator to say Suspended (it takes ~0.1 s)
 _IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 _LABEL_VALUE_BAD = re.compile(r"[^A-Za-z0-9._-]")
 
