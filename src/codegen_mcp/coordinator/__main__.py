@@ -36,7 +36,7 @@ def parse_settings(argv: list[str] | None) -> tuple[CoordinatorSettings, str]:
     parser.add_argument(
         "--suspend-after",
         type=float,
-        help="local backend: suspend sessions idle this long (s); their next call resumes them (default: 300; 0: off)",
+        help="suspend sessions idle this long (s); their next call resumes them (default: 300; 0: off)",
     )
     parser.add_argument("--allowed-host", action="append", default=None, help="extra accepted Host header (repeat)")
     parser.add_argument(

@@ -144,7 +144,8 @@ class CoordinatorSettings(BaseSettings):
     suspend_after_s: float = Field(
         300.0,
         ge=0,
-        description="A session with no tool call for this long is suspended (local backend): its processes stop, "
+        description="A session with no tool call for this long is suspended (local: its processes stop; kubernetes: "
+        "spec.suspend, its Pod stops), "
         "its workspace stays, and its next call resumes it. 0, or not below the idle timeout: never.",
     )
     max_sessions: int = Field(
