@@ -115,6 +115,25 @@ async def test_a_forked_agent_waits_for_its_go_before_it_serves(root: Path, zygo
     assert agent.returncode is not None
 
 
+async def test_a_forked_agent_asks_nothing_its_zygote_asked_before_forking(root: Path, zygote: AgentZygote) -> None:
+    # The zygote asked the base interpreter once (where it lives, its version): its agent starts none for it.
+    folder = root / "agent"
+    env = {**os.environ, "CODEGEN_AGENT_WORKSPACE": str(folder / "workspace"), "CODEGEN_AGENT_TOKEN": "t"}
+    agent = await zygote.fork(
+        env=env, argv=["--unix-socket", str(folder / "a.sock")], log_path=folder / "agent.log", cwd=folder
+    )
+    agent.go()
+    async with asyncio.timeout(30):
+        assert (await agent.stdout.readline()).startswith(b"LISTENING ")
+    await eventually(lambda: (folder / "workspace" / ".venv" / "pyvenv.cfg").exists(), timeout=60, what="the venv")
+    agent.terminate()
+    async with asyncio.timeout(10):
+        await agent.wait()
+    log = (folder / "agent.log").read_text()
+    assert "sandbox agent ready" in log and "base interpreter" not in log, log
+    assert "Unknown child process" not in (root / "zygote.log").read_text()
+
+
 async def test_a_forked_agent_refuses_unknown_settings_like_a_started_one(root: Path, zygote: AgentZygote) -> None:
     folder = root / "agent"
     env = {"CODEGEN_AGENT_WORKSPACE": str(folder / "workspace"), "CODEGEN_AGENT_WORKSPAEC": "typo"}

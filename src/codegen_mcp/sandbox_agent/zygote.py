@@ -156,8 +156,8 @@ def serve(control: socket.socket) -> None:
 
 
 def main() -> None:
+    rehearse()  # first: it waits for an interpreter it starts, which SIG_IGN would have the kernel reap
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
-    rehearse()
     gc.collect()  # the rehearsal's garbage goes now, not in each child
     # What the children will not change stays out of the collector's sight, so their pages stay shared.
     gc.freeze()
