@@ -68,6 +68,9 @@ bench: install ## Print round-trip figures (coordinator vs a bare MCP server)
 bench-sessions: install ## New sessions: first call with the warm pool and without, 10/50 at once, idle memory (vs a bare MCP server)
 	$(BIN)/python bench/sessions.py
 
+bench-streams: install-dev ## Resumable streams: an echo call's cost with the memory and Redis event stores (vs a bare MCP server)
+	$(BIN)/python bench/streams.py
+
 bench-security: install-dev ## As root: attack a local coordinator (paths, races, bombs, quotas, floods) and print the figures
 	$(BIN)/python bench/security.py
 
@@ -80,7 +83,7 @@ bench-pool: install-dev ## Real control plane: pooled claim → Ready p50/p95; f
 bench-live-output: install ## Live output: print in the sandbox → MCP notification at the client, p50/p95 (vs a bare SDK echo)
 	$(BIN)/python bench/live_output.py
 
-.PHONY: help install install-dev run test lint fmt bench bench-sessions bench-security bench-cluster bench-pool bench-live-output conformance-install conformance crd test-operator
+.PHONY: help install install-dev run test lint fmt bench bench-sessions bench-streams bench-security bench-cluster bench-pool bench-live-output conformance-install conformance crd test-operator
 
 include mk/cluster.mk
 include mk/node.mk

@@ -40,13 +40,14 @@ class _AnnouncingServer(uvicorn.Server):
             print(f"LISTENING {self._url}", flush=True)
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int, event_store: Any = None) -> None:
+    """Serve until stopped; with `event_store` (bench/streams.py), streams are resumable as the coordinator's."""
     # Bind first so that `--port 0` yields a real port we can announce.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     bound_host, bound_port = sock.getsockname()[:2]
-    app: Any = create_server().streamable_http_app(host=host)
+    app: Any = create_server().streamable_http_app(host=host, event_store=event_store, retry_interval=1000)
     config = uvicorn.Config(app, log_level="warning", lifespan="on")
     await _AnnouncingServer(config, f"http://{bound_host}:{bound_port}").serve(sockets=[sock])
 

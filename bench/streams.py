@@ -1,0 +1,168 @@
+"""What resumable streams cost per call: the event store's overhead, as a ratio to a bare SDK echo.
+
+Starts, each its own process on loopback serving streamable HTTP, and a real `redis-server` (when installed):
+  - the bare MCP SDK echo server without an event store (the baseline), with the coordinator's memory store,
+    and with its Redis store (the same `SessionEvents` view the coordinator gives each session);
+  - the coordinator with `--event-store memory` (the default) and with `--event-store redis`;
+then times N interleaved rounds of one `echo` call on each with the official `mcp.Client`.
+
+    .venv/bin/python bench/streams.py [--n 200] [--warmup 20] [--json]
+
+Every server is stopped on exit, on error, on ctrl-C and on SIGTERM; `--timeout` bounds the whole run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+from bench.roundtrip import (  # noqa: E402
+    BARE_ARGV,
+    CALL_TIMEOUT_S,
+    FIRST_CALL_TIMEOUT_S,
+    Figures,
+    checked,
+    coordinator_argv,
+    run_bench,
+    running_server,
+    time_interleaved,
+)
+from tests.support.redis import RedisServer, start_redis, stop_redis  # noqa: E402
+
+MESSAGE = "hello from bench/streams.py"
+
+
+@contextlib.contextmanager
+def redis_if_installed(folder: Path) -> Iterator[RedisServer | None]:
+    if shutil.which("redis-server") is None:
+        yield None
+        return
+    server = start_redis(folder)
+    try:
+        yield server
+    finally:
+        stop_redis(server)
+
+
+def servers(workdir: Path, redis_url: str | None) -> dict[str, list[str]]:
+    """What to start, by the name its figures get."""
+    bare_with = [sys.executable, str(HERE / "streams.py"), "--serve-bare"]
+    argv = {
+        "bare echo": BARE_ARGV,
+        "bare echo + memory store": [*bare_with, "memory"],
+        "coordinator echo (memory)": coordinator_argv(workdir / "state-memory", "--event-store", "memory"),
+    }
+    if redis_url:
+        argv["bare echo + redis store"] = [*bare_with, "redis", "--redis-url", redis_url]
+        redis = ["--event-store", "redis", "--redis-url", redis_url]
+        argv["coordinator echo (redis)"] = coordinator_argv(workdir / "state-redis", *redis)
+    return argv
+
+
+async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    from mcp import Client
+
+    workdir = Path(tempfile.mkdtemp(prefix="codegen-mcp-bench-"))
+    workdir.chmod(0o711)  # the local backend's sandbox uids must enter its state dirs
+    try:
+        with redis_if_installed(workdir) as redis:
+            async with asyncio.timeout(args.timeout), contextlib.AsyncExitStack() as stack:
+                clients: dict[str, Any] = {}
+                for name, argv in servers(workdir, redis.url if redis else None).items():
+                    log = workdir / f"{name.replace(' ', '_')}.log"
+                    server = await stack.enter_async_context(running_server(name, argv, log))
+                    clients[name] = await stack.enter_async_context(Client(f"{server.url}/mcp", mode="legacy"))
+
+                def echo(name: str) -> Any:
+                    async def call() -> None:
+                        checked(await clients[name].call_tool("echo", {"message": MESSAGE}), name)
+
+                    return call
+
+                calls = {name: echo(name) for name in clients}
+                for call in calls.values():  # a coordinator's first call creates its session's sandbox
+                    async with asyncio.timeout(FIRST_CALL_TIMEOUT_S):
+                        await call()
+                await time_interleaved(calls, args.warmup)
+                load = os.getloadavg()[0]
+                timings = await time_interleaved(calls, args.n)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    figures = {name: Figures.of(seconds) for name, seconds in timings.items()}
+    base = figures["bare echo"].median_ms
+    return {
+        "n": args.n,
+        "warmup": args.warmup,
+        "calls": {name: dataclasses.asdict(f) for name, f in figures.items()},
+        "ratio_to_bare_echo": {name: round(f.median_ms / base, 3) for name, f in figures.items()},
+        "redis": redis is not None,
+        "loadavg_1m": round(load, 2),
+        "cpus": os.cpu_count(),
+        "call_timeout_s": CALL_TIMEOUT_S,
+    }
+
+
+def format_table(figures: dict[str, Any]) -> str:
+    lines = [
+        f"{figures['n']} sequential echo calls on each server (interleaved) after {figures['warmup']} warm-up rounds;",
+        f"streamable HTTP on loopback; load average {figures['loadavg_1m']} on {figures['cpus']} CPUs",
+        "",
+        f"{'call':<30}{'median ms':>10}{'p90 ms':>10}{'min ms':>10}{'/ bare':>9}",
+    ]
+    for name, f in figures["calls"].items():
+        ratio = figures["ratio_to_bare_echo"][name]
+        lines.append(f"{name:<30}{f['median_ms']:>10.2f}{f['p90_ms']:>10.2f}{f['min_ms']:>10.2f}{ratio:>8.2f}x")
+    if not figures["redis"]:
+        lines += ["", "(redis-server not installed: no Redis rows; apt install redis-server)"]
+    return "\n".join(lines)
+
+
+def serve_bare(kind: str, redis_url: str | None) -> None:
+    """`--serve-bare`: the bare echo server with one of the coordinator's event stores."""
+    from bench import bare_echo_server
+    from codegen_mcp.coordinator.event_store import EventLog, MemoryEventLog, RedisEventLog, SessionEvents
+
+    log: EventLog
+    if kind == "redis":
+        assert redis_url, "--serve-bare redis needs --redis-url"
+        log = RedisEventLog(redis_url, max_events_per_stream=1000, ttl_s=3600)
+    else:
+        log = MemoryEventLog(max_events_per_stream=1000, max_bytes=64 * 1024**2, ttl_s=3600)
+    asyncio.run(bare_echo_server.serve("127.0.0.1", 0, SessionEvents(log)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=200, help="timed calls per server (default: 200)")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed calls per server first (default: 20)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="bound on the whole run, seconds (default: 300)")
+    parser.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
+    parser.add_argument("--serve-bare", choices=["memory", "redis"], help=argparse.SUPPRESS)
+    parser.add_argument("--redis-url", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_bare:
+        serve_bare(args.serve_bare, args.redis_url)
+        return
+    if args.n < 2:
+        parser.error("--n must be at least 2")
+    figures = run_bench(lambda: measure(args), args.timeout)
+    print(json.dumps(figures, separators=(",", ":")) if args.json else format_table(figures))
+
+
+if __name__ == "__main__":
+    main()
