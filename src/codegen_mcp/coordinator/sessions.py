@@ -135,8 +135,11 @@ class SessionManager:
                 entry.sandbox = await self._backend.revive(entry.sandbox)
                 entry.suspended = False
             elif not entry.sandbox.alive:
+                # Also a sandbox suspended behind this coordinator's back (kubernetes: by the operator).
                 reason = entry.sandbox.exit_reason or "it stopped answering"
-                await notice("warning", f"your sandbox stopped ({reason}); starting it again with your workspace")
+                stopped = f"your sandbox stopped ({reason}); starting it again with your workspace"
+                await notice("warning", stopped)
+                await waiting(stopped)
                 entry.sandbox = await self._backend.revive(entry.sandbox)
             return entry.sandbox
 

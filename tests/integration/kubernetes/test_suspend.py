@@ -84,7 +84,14 @@ async def test_a_session_suspended_behind_the_coordinators_back_resumes_on_its_n
         await kubectl.patch(name, {"spec": {"suspend": True}})  # as `kubectl patch` (or the operator) does
         await eventually(lambda: suspended(kubectl, name), timeout=30, what="the session to be suspended")
 
-        assert text_of(await call(s, "fs.read", path="keep.txt")) == "on the workspace"
+        messages: list[str | None] = []
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            messages.append(message)
+
+        read = await s.call_tool("fs.read", {"path": "keep.txt"}, progress_callback=on_progress)
+        assert text_of(read) == "on the workspace"
+        assert any("it was suspended while idle" in (m or "") for m in messages), messages
         assert kubectl.status(name).phase == api.Phase.READY
 
 
