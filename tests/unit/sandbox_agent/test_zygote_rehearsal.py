@@ -1,5 +1,6 @@
 """What the agent zygote does once before it forks, so its agents need not: the base interpreter asked once
-(where it lives and its version), the settings and app built once, and the process single-threaded again."""
+(where it lives and its version), the settings (one parser) and app built once, and the process single-threaded
+again."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from codegen_mcp.sandbox_agent import venv, zygote
+from codegen_mcp.sandbox_agent.__main__ import build_parser, parse_settings
 from codegen_mcp.sandbox_agent.venv import BasePython, default_base_python, inspect_base_python, parse_base_python
 
 
@@ -63,3 +65,11 @@ def test_the_rehearsal_asks_the_base_interpreter_and_leaves_one_thread_and_no_fo
     assert set(glob.glob(f"{tempfile.gettempdir()}/codegen-zygote-*")) == before
     with pytest.raises(RuntimeError):  # the rehearsal ran its own loop and left none running
         asyncio.get_running_loop()
+
+
+def test_the_agents_parser_is_built_once_and_parsing_leaves_it_as_it_was(tmp_path: Path) -> None:
+    assert build_parser() is build_parser(), "a forked agent would build its own parser"
+    first, _ = parse_settings(["--workspace", str(tmp_path / "a"), "--port", "0", "--network"])
+    second, _ = parse_settings(["--workspace", str(tmp_path / "b")])
+    assert (first.workspace, first.port, first.network) == (tmp_path / "a", 0, True)
+    assert (second.workspace, second.port, second.network) == (tmp_path / "b", 8080, False)
