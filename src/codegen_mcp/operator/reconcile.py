@@ -311,7 +311,7 @@ class SessionReconciler:
         pod = await self.kube.get(PODS, namespace, api.sandbox_pod_name(session.base))
         secret = await self.kube.get(SECRETS, namespace, api.token_secret_name(session.base))
         if (pod is not None and pod["metadata"].get("deletionTimestamp")) or builders.handed_to_pod(secret):
-            raise kopf.TemporaryError("waiting for the suspended sandbox's Pod to stop before starting anew", delay=1)
+            raise kopf.TemporaryError("waiting for the suspended sandbox's Pod to stop before starting anew", delay=0.5)
         generation = body["metadata"].get("generation")
         written = await self.kube.update_status(
             namespace, session.name, lambda _b, s: st.mark_resuming(s, now=now(), generation=generation)
