@@ -1,7 +1,8 @@
 """The official MCP conformance suite's server scenarios, run against a real coordinator process.
 
 Each scenario is one test. The verdict is the suite's own: every check it writes to `checks.json` with
-status FAILURE fails the test; WARNINGs (SHOULD-level advice) are printed but pass, as in the suite.
+status FAILURE fails the test; WARNINGs (SHOULD-level advice) are printed but pass, as in the suite, except
+on the checks `MUST_SUCCEED` names for a scenario.
 Install the suite first with `bash tests/conformance/install.sh`.
 """
 
@@ -17,6 +18,12 @@ if TYPE_CHECKING:  # fixtures come from conftest.py; never import it at run time
     from tests.support.coordinator import CoordinatorProcess
 
 pytestmark = pytest.mark.conformance
+
+# SHOULD-level checks the coordinator meets, so a WARNING on them fails too (not only a FAILURE).
+MUST_SUCCEED = {
+    # Resumable streams: an event store, and a session's negotiated version for requests that send an older one.
+    "server-sse-polling": {"server-sse-priming-event", "server-sse-retry-field"},
+}
 
 SCENARIOS = [
     "server-initialize",
@@ -43,6 +50,13 @@ def test_scenario_passes_against_coordinator(
     if result.failures:
         failed = "\n".join(f"  {c.line()}" for c in result.failures)
         pytest.fail(f"{scenario}: {len(result.failures)} failed check(s):\n{failed}\n\n{context}", pytrace=False)
+    short = [c for c in result.checks if c.id in MUST_SUCCEED.get(scenario, set()) and c.status != "SUCCESS"]
+    missing = MUST_SUCCEED.get(scenario, set()) - {c.id for c in result.checks}
+    if short or missing:
+        lines = [f"  {c.line()}" for c in short] + [f"  {check}: not run" for check in sorted(missing)]
+        pytest.fail(
+            f"{scenario}: checks that must succeed did not:\n" + "\n".join(lines) + f"\n\n{context}", pytrace=False
+        )
     # The suite exits non-zero on failed checks; a non-zero exit without one means it broke by itself.
     if result.returncode != 0:
         pytest.fail(f"{scenario}: the suite exited {result.returncode} with no failed check\n{context}", pytrace=False)

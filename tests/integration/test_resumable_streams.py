@@ -76,26 +76,27 @@ def coordinator(request: pytest.FixtureRequest) -> Iterator[CoordinatorProcess]:
 class RawSession:
     """An MCP session over raw streamable HTTP: what a client's own transport would send."""
 
-    def __init__(self, http: httpx.AsyncClient, url: str) -> None:
+    def __init__(self, http: httpx.AsyncClient, url: str, protocol: str = PROTOCOL) -> None:
         self.http = http
         self.url = url
+        self.protocol = protocol
         self.session_id = ""
 
     def headers(self, **extra: str) -> dict[str, str]:
-        base = {"accept": "application/json, text/event-stream", "mcp-protocol-version": PROTOCOL}
+        base = {"accept": "application/json, text/event-stream", "mcp-protocol-version": self.protocol}
         if self.session_id:
             base["mcp-session-id"] = self.session_id
         return {**base, **extra}
 
     async def initialize(self) -> None:
-        params = {"protocolVersion": PROTOCOL, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+        params = {"protocolVersion": self.protocol, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
         body = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params}
         async with self.http.stream("POST", self.url, json=body, headers=self.headers()) as response:
             assert response.status_code == 200, await response.aread()
             self.session_id = response.headers["mcp-session-id"]
             async for event in sse_events(response):
                 if (message := event.message()) is not None and message.get("id") == 0:
-                    assert message["result"]["protocolVersion"] == PROTOCOL
+                    assert message["result"]["protocolVersion"] == self.protocol
                     break
         done = {"jsonrpc": "2.0", "method": "notifications/initialized"}
         assert (await self.http.post(self.url, json=done, headers=self.headers())).status_code == 202
@@ -157,3 +158,40 @@ async def test_a_made_up_event_id_resumes_nothing(coordinator: CoordinatorProces
         async with http.stream("GET", session.url, headers=headers) as response:
             assert response.status_code == 200
             assert [event async for event in sse_events(response)] == []  # the stream closes at once, empty
+
+
+@pytest.mark.parametrize(
+    ("negotiated", "sent", "primed"),
+    [
+        (PROTOCOL, PROTOCOL, True),
+        # A session that negotiated 2025-11-25 can resume whatever version its requests say, or if they say none.
+        (PROTOCOL, "2025-03-26", True),
+        (PROTOCOL, None, True),
+        # An older session's client may not read an event without data: it gets none.
+        ("2025-03-26", "2025-03-26", False),
+    ],
+)
+async def test_streams_are_primed_for_sessions_that_negotiated_resumability(
+    coordinator: CoordinatorProcess, negotiated: str, sent: str | None, primed: bool
+) -> None:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
+        session = RawSession(http, f"{coordinator.url}/mcp", protocol=negotiated)
+        await session.initialize()
+        headers = session.headers()
+        if sent is None:
+            del headers["mcp-protocol-version"]
+        else:
+            headers["mcp-protocol-version"] = sent
+        call = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"message": "hi"}},
+        }
+        async with http.stream("POST", session.url, json=call, headers=headers) as response:
+            assert response.status_code == 200
+            events = [event async for event in sse_events(response)]
+        answer = events[-1].message()
+        assert answer is not None and answer["result"]["content"][0]["text"] == "hi"
+        first = events[0]
+        assert (first.data == "" and first.id is not None and first.retry == 700) is primed

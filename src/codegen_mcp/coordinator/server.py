@@ -53,6 +53,7 @@ from codegen_mcp.coordinator.mcp_sessions import (
     at_least,
 )
 from codegen_mcp.coordinator.metrics import Metrics
+from codegen_mcp.coordinator.negotiated_version import NegotiatedVersion
 from codegen_mcp.coordinator.sessions import Handshakes, SessionManager
 from codegen_mcp.coordinator.settings import CoordinatorSettings
 
@@ -631,7 +632,7 @@ def create_app(settings: CoordinatorSettings, backend: Backend | None = None) ->
     )
     streamable = ExplainTooLarge(
         HandshakeTracker(
-            StreamableHTTPASGIApp(session_manager),
+            NegotiatedVersion(StreamableHTTPASGIApp(session_manager)),
             coordinator.handshakes,
             coordinator.streamable_session_ended,
         )
