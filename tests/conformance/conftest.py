@@ -142,7 +142,8 @@ def coordinator() -> Iterator[CoordinatorProcess]:
     for root in state_root():
         state = root / "state"
         state.mkdir()
-        server = start_coordinator(state)
+        # `test_reconnection`, which server-sse-polling calls, is served only when asked for.
+        server = start_coordinator(state, env={"CODEGEN_CONFORMANCE_TOOLS": "true"})
         try:
             yield server
         finally:

@@ -195,3 +195,13 @@ async def test_streams_are_primed_for_sessions_that_negotiated_resumability(
         assert answer is not None and answer["result"]["content"][0]["text"] == "hi"
         first = events[0]
         assert (first.data == "" and first.id is not None and first.retry == 700) is primed
+
+
+async def test_the_conformance_suites_tool_is_not_served_unless_asked_for(coordinator: CoordinatorProcess) -> None:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
+        session = RawSession(http, f"{coordinator.url}/mcp")
+        await session.initialize()
+        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "test_reconnection"}}
+        async with http.stream("POST", session.url, json=call, headers=session.headers()) as response:
+            answers = [m for event in [e async for e in sse_events(response)] if (m := event.message()) is not None]
+        assert answers[-1]["error"]["message"].startswith("Unknown tool 'test_reconnection'")

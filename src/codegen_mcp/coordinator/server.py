@@ -39,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from codegen_mcp import __version__
 from codegen_mcp.api.errors import CodegenError, ErrorCode, SandboxUnavailable
 from codegen_mcp.api.tools import TOOLS_BY_NAME
-from codegen_mcp.coordinator import mcp_tasks, tools
+from codegen_mcp.coordinator import conformance_tools, mcp_tasks, tools
 from codegen_mcp.coordinator.agent_client import AgentUnreachable
 from codegen_mcp.coordinator.audit import AuditLog
 from codegen_mcp.coordinator.backends import Backend, create_backend
@@ -617,6 +617,8 @@ def create_app(settings: CoordinatorSettings, backend: Backend | None = None) ->
     coordinator = Coordinator(settings, backend)
     server = create_server(coordinator, coordinator.streamable_sessions)
     security = transport_security(settings)
+    if settings.conformance_tools:
+        conformance_tools.install(server)
     events = create_event_log(settings)
     session_manager = ResumableSessionManager(
         app=server,

@@ -188,6 +188,9 @@ class CoordinatorSettings(BaseSettings):
         64 * 1024**2, ge=1024**2, description="Memory store: bytes of messages kept in all; the oldest go first."
     )
     event_store_ttl_s: float = Field(3600.0, gt=0, description="An event older than this is no longer replayed.")
+    conformance_tools: bool = Field(
+        False, description="Also serve `test_reconnection`, which the MCP conformance suite calls (for its tests)."
+    )
 
     # HTTP transport security: Host/Origin validation against DNS rebinding (both transports).
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
