@@ -1,0 +1,42 @@
+"""One id per tool call, shared by every component that handles the call.
+
+The coordinator opens a call with `call_scope()`; its logs, its audit event, its trace span and the request it
+sends to the agent (header `CALL_ID_HEADER`) all carry the same id, so one grep finds the call everywhere.
+The id lives in a context variable: asyncio tasks started during the call inherit it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import secrets
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import Final
+
+CALL_ID_HEADER: Final = "X-Codegen-Call-Id"
+# What an id sent by another component may look like (anything else is replaced, never logged raw).
+_VALID: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+_current: ContextVar[str | None] = ContextVar("codegen_call_id", default=None)
+
+
+def current_call_id() -> str | None:
+    """The id of the call being handled here, or None outside any call."""
+    return _current.get()
+
+
+def valid_call_id(value: str | None) -> str | None:
+    """`value` when it is a well-formed call id, else None (a header from outside is not trusted blindly)."""
+    return value if value is not None and _VALID.fullmatch(value) else None
+
+
+@contextlib.contextmanager
+def call_scope(call_id: str | None = None) -> Iterator[str]:
+    """Handle one call under `call_id` (a fresh one when None or malformed); yields the id in effect."""
+    effective = valid_call_id(call_id) or secrets.token_hex(8)
+    token = _current.set(effective)
+    try:
+        yield effective
+    finally:
+        _current.reset(token)
