@@ -70,6 +70,7 @@ async def test_metrics_are_open_and_count_calls(secured: CoordinatorProcess) -> 
         resp = await http.get("/metrics")  # no token: scrapes carry no session data
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
     samples = dict(line.rsplit(" ", 1) for line in resp.text.splitlines() if line and not line.startswith("#"))
-    assert int(samples['codegen_mcp_tool_calls_total{tool="echo",outcome="ok"}']) >= 1
-    assert int(samples['codegen_mcp_tool_calls_total{tool="fs.read",outcome="error"}']) >= 1
-    assert int(samples['codegen_mcp_tool_call_duration_seconds_count{tool="echo"}']) >= 1
+    assert float(samples['codegen_mcp_tool_calls_total{outcome="ok",tool="echo"}']) >= 1
+    assert float(samples['codegen_mcp_tool_calls_total{outcome="error",tool="fs.read"}']) >= 1
+    assert float(samples['codegen_mcp_tool_call_duration_seconds_count{tool="echo"}']) >= 1
+    assert float(samples['codegen_mcp_sandbox_start_seconds_count{kind="new"}']) == 1  # one session, one sandbox

@@ -29,10 +29,11 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp_types import LoggingLevel
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -124,6 +125,14 @@ class Coordinator:
         self.settings = settings
         self.backend = backend or create_backend(settings)
         self.streamable = StreamableSessions()
+        self.handshakes = Handshakes(
+            per_client=settings.max_handshakes_per_client,
+            total=settings.max_handshakes,
+            idle_timeout_s=settings.handshake_idle_timeout_s,
+        )
+        self.metrics = Metrics(
+            sessions=lambda: len(self.sessions), handshakes=self.handshakes, warm_pool=self.backend.warm_pool_size
+        )
         self.sessions = SessionManager(
             self.backend,
             idle_timeout_s=settings.session_idle_timeout_s,
@@ -131,14 +140,9 @@ class Coordinator:
             max_sessions=settings.max_sessions,
             # A streamable-HTTP session's key is its id: once its sandbox idled out, the SDK has let it go too.
             on_close=self.streamable.forget,
-        )
-        self.handshakes = Handshakes(
-            per_client=settings.max_handshakes_per_client,
-            total=settings.max_handshakes,
-            idle_timeout_s=settings.handshake_idle_timeout_s,
+            on_started=self.metrics.sandbox_started,
         )
         self.audit = AuditLog(settings.audit_path)
-        self.metrics = Metrics(sessions=lambda: len(self.sessions))
         self._closing: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -655,9 +659,9 @@ def create_app(settings: CoordinatorSettings, backend: Backend | None = None) ->
 
     async def metrics(request: Request) -> Response:
         c = coordinator
-        parts = (c.metrics.render(), c.handshakes.render_metrics(), c.audit.render_metrics())
-        text = "".join(part.rstrip("\n") + "\n" for part in parts)
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+        # The audit log still writes its own lines (until it reports on the coordinator's registry).
+        body = generate_latest(c.metrics.registry) + (c.audit.render_metrics() + "\n").encode()
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

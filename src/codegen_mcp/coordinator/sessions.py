@@ -22,6 +22,7 @@ from mcp_types import LoggingLevel
 from codegen_mcp.api.errors import CodegenError, ErrorCode, SandboxUnavailable
 from codegen_mcp.coordinator.agent_client import AgentUnreachable
 from codegen_mcp.coordinator.backends.base import Backend, Sandbox, is_named_workspace
+from codegen_mcp.coordinator.metrics import StartKind
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class SessionManager:
         max_sessions: int,
         suspend_after_s: float = 0,
         on_close: Callable[[str], None] | None = None,
+        on_started: Callable[[StartKind, float], None] | None = None,
     ) -> None:
         self._backend = backend
         self._idle_timeout_s = idle_timeout_s
@@ -70,6 +72,7 @@ class SessionManager:
         self._suspend_after_s = suspend_after_s if suspends else None
         self._max_sessions = max_sessions
         self._on_close = on_close  # told of each session key closed, to forget what else was kept for it
+        self._on_started = on_started  # told of each sandbox start and how long it took, for /metrics
         self._entries: dict[str, SessionEntry] = {}
         self._reaper: asyncio.Task[None] | None = None
 
@@ -123,7 +126,7 @@ class SessionManager:
                 await notice("info", "starting a sandbox for this session; its first call may take a while")
                 # A failed open keeps the entry: the backend may have made something for the session (on
                 # kubernetes its CodegenSession) that closing the session must delete. The next call retries.
-                entry.sandbox = await self._backend.open(key)
+                entry.sandbox = await self._started("new", self._backend.open(key))
                 log.info("session %s → sandbox %s (%s)", key, entry.sandbox.sandbox_id, entry.sandbox.where)
             elif entry.suspended:
                 if self.running() >= self._max_sessions:
@@ -132,7 +135,7 @@ class SessionManager:
                 resuming = "resuming your suspended sandbox on its workspace; this call waits until it runs"
                 await notice("info", resuming)
                 await waiting(resuming)
-                entry.sandbox = await self._backend.revive(entry.sandbox)
+                entry.sandbox = await self._started("resume", self._backend.revive(entry.sandbox))
                 entry.suspended = False
             elif not entry.sandbox.alive:
                 # Also a sandbox suspended behind this coordinator's back (kubernetes: by the operator).
@@ -140,8 +143,16 @@ class SessionManager:
                 stopped = f"your sandbox stopped ({reason}); starting it again with your workspace"
                 await notice("warning", stopped)
                 await waiting(stopped)
-                entry.sandbox = await self._backend.revive(entry.sandbox)
+                entry.sandbox = await self._started("restart", self._backend.revive(entry.sandbox))
             return entry.sandbox
+
+    async def _started(self, kind: StartKind, start: Awaitable[Sandbox]) -> Sandbox:
+        """Await a sandbox's start and tell `on_started` how long it took (a failed start tells nothing)."""
+        began = time.monotonic()
+        sandbox = await start
+        if self._on_started is not None:
+            self._on_started(kind, time.monotonic() - began)
+        return sandbox
 
     @contextlib.asynccontextmanager
     async def use(
@@ -258,7 +269,7 @@ class Handshakes:
         self._total = total
         self._idle_timeout_s = idle_timeout_s
         self._open: dict[str, Handshake] = {}  # oldest first
-        self._ended: Counter[str] = Counter()
+        self.ended: Counter[str] = Counter()  # by reason (evicted, expired), for /metrics
         self._sweeper: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
@@ -318,24 +329,10 @@ class Handshakes:
         if handshake is not None:
             handshake.last_seen = time.monotonic()
 
-    def render_metrics(self) -> str:
-        lines = [
-            "# HELP codegen_mcp_handshakes MCP sessions held that have no sandbox yet.",
-            "# TYPE codegen_mcp_handshakes gauge",
-            f"codegen_mcp_handshakes {len(self._open)}",
-            "# HELP codegen_mcp_handshakes_ended_total MCP sessions without a sandbox ended by the server, by reason.",
-            "# TYPE codegen_mcp_handshakes_ended_total counter",
-        ]
-        lines += [
-            f'codegen_mcp_handshakes_ended_total{{reason="{reason}"}} {self._ended[reason]}'
-            for reason in ("evicted", "expired")
-        ]
-        return "\n".join(lines)
-
     async def _end(self, handshake: Handshake, reason: str) -> None:
         if self._open.pop(handshake.session_id, None) is None:
             return  # promoted or ended meanwhile
-        self._ended[reason] += 1
+        self.ended[reason] += 1
         try:
             await handshake.end()
         except Exception:

@@ -41,7 +41,7 @@ async def test_a_client_holds_at_most_its_bound_and_loses_its_oldest_first(hands
     await open_one(handshakes, ended, "b0", "someone else")
     assert ended.ids == ["a0", "a1"]
     assert len(handshakes) == 4
-    assert 'codegen_mcp_handshakes_ended_total{reason="evicted"} 2' in handshakes.render_metrics()
+    assert handshakes.ended["evicted"] == 2  # /metrics: codegen_mcp_handshakes_ended_total{reason="evicted"}
 
 
 async def test_the_server_wide_bound_ends_the_oldest_of_anyone(handshakes: Handshakes) -> None:
@@ -64,4 +64,4 @@ async def test_promoted_sessions_are_never_ended_and_busy_ones_do_not_expire(han
             await open_one(handshakes, ended, f"new{n}", "c")  # the oldest idle ones go first
         assert ended.ids == ["idle", "new0"]
     assert "working" not in ended.ids
-    assert 'codegen_mcp_handshakes_ended_total{reason="expired"} 1' in handshakes.render_metrics()
+    assert handshakes.ended["expired"] == 1

@@ -76,5 +76,9 @@ class Backend(ABC):
     def describe(self) -> str:
         """One line for logs: the backend and the isolation in force."""
 
+    def warm_pool_size(self) -> tuple[int, int] | None:
+        """(ready, wanted) sandboxes started ahead for sessions to come (for /metrics); None: keeps none."""
+        return None
+
     async def touch(self, sandbox: Sandbox) -> None:  # noqa: B027 - optional hook, default does nothing
         """Note activity on a sandbox (the kubernetes backend records it for idle expiry)."""

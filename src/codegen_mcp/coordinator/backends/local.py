@@ -277,6 +277,9 @@ class LocalBackend(Backend):
     def describe(self) -> str:
         return f"local backend ({self._isolation}), state in {self._root}"
 
+    def warm_pool_size(self) -> tuple[int, int]:
+        return self.pool.ready, self.pool.size
+
     # -- sandboxes -----------------------------------------------------------------------------
 
     async def open(self, session_key: str) -> Sandbox:
