@@ -73,4 +73,4 @@ async def test_metrics_are_open_and_count_calls(secured: CoordinatorProcess) -> 
     assert float(samples['codegen_mcp_tool_calls_total{outcome="ok",tool="echo"}']) >= 1
     assert float(samples['codegen_mcp_tool_calls_total{outcome="error",tool="fs.read"}']) >= 1
     assert float(samples['codegen_mcp_tool_call_duration_seconds_count{tool="echo"}']) >= 1
-    assert float(samples['codegen_mcp_sandbox_start_seconds_count{kind="new"}']) == 1  # one session, one sandbox
+    assert float(samples['codegen_mcp_sandbox_start_seconds_count{kind="new"}']) >= 1  # each session's sandbox
