@@ -5,7 +5,7 @@ real agents)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import anyio
 import mcp_types as types
@@ -16,7 +16,7 @@ from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
 from codegen_mcp.coordinator.server import Coordinator
-from tests.support.coordinator import CoordinatorProcess, print_log_tail, start_coordinator, state_root, stop_process
+from tests.support.coordinator import CoordinatorProcess, state_root
 from tests.support.mcp_client import call, in_process_coordinator, in_process_session, text_of
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.asyncio(loop_scope="module")]
@@ -31,8 +31,9 @@ FIRST_GO_SECOND = (
 )
 
 
+# In this process; `coordinator` (tests/integration/conftest.py) is a real coordinator process, for the network.
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def coordinator() -> AsyncIterator[Coordinator]:
+async def in_process() -> AsyncIterator[Coordinator]:
     for root in state_root():
         async with in_process_coordinator(root / "state") as running:
             yield running
@@ -56,18 +57,6 @@ class Output:
         self.progress.append(message or "")
 
 
-@pytest.fixture(scope="module")
-def coordinator_process() -> Iterator[CoordinatorProcess]:
-    for root in state_root():
-        (root / "state").mkdir()
-        cp = start_coordinator(root / "state")
-        try:
-            yield cp
-        finally:
-            stop_process(cp.proc)
-            print_log_tail(cp)
-
-
 @contextlib.asynccontextmanager
 async def session_over(cp: CoordinatorProcess, transport: str, output: Output) -> AsyncIterator[ClientSession]:
     streams = streamable_http_client(f"{cp.url}/mcp") if transport == "http" else sse_client(f"{cp.url}/sse")
@@ -76,16 +65,16 @@ async def session_over(cp: CoordinatorProcess, transport: str, output: Output) -
         yield session
 
 
-async def test_a_print_reaches_the_client_before_the_call_ends(coordinator: Coordinator) -> None:
+async def test_a_print_reaches_the_client_before_the_call_ends(in_process: Coordinator) -> None:
     output = Output("first")
-    async with in_process_session(coordinator, logging_callback=output.on_log) as s:
+    async with in_process_session(in_process, logging_callback=output.on_log) as s:
         await first_before_the_result(s, output)
 
 
 @pytest.mark.parametrize("transport", ["http", "sse"])
-async def test_over_the_network_transports_too(coordinator_process: CoordinatorProcess, transport: str) -> None:
+async def test_over_the_network_transports_too(coordinator: CoordinatorProcess, transport: str) -> None:
     output = Output("first")
-    async with session_over(coordinator_process, transport, output) as s:
+    async with session_over(coordinator, transport, output) as s:
         await first_before_the_result(s, output)
 
 
@@ -115,10 +104,10 @@ async def first_before_the_result(s: ClientSession, output: Output) -> None:
     assert "first" in output.progress and "second" in output.progress  # the latest lines, as progress too
 
 
-async def test_stderr_has_its_own_logger_and_the_log_level_is_honoured(coordinator: Coordinator) -> None:
+async def test_stderr_has_its_own_logger_and_the_log_level_is_honoured(in_process: Coordinator) -> None:
     output = Output("-")
     code = "import sys; print('out', flush=True); print('err', file=sys.stderr, flush=True)"
-    async with in_process_session(coordinator, logging_callback=output.on_log) as s:
+    async with in_process_session(in_process, logging_callback=output.on_log) as s:
         await call(s, "run.python", code=code)
         # Two pipes: which of them the agent reads first is the kernel's business.
         streams = sorted((lg, d) for lg, _, d in output.logs if lg in ("stdout", "stderr"))
@@ -140,8 +129,8 @@ async def status_with_a_tail(s: ClientSession, task_id: str) -> types.CallToolRe
             await anyio.sleep(0.05)
 
 
-async def test_task_get_status_shows_the_last_lines_of_a_running_task(coordinator: Coordinator) -> None:
-    async with in_process_session(coordinator) as s:
+async def test_task_get_status_shows_the_last_lines_of_a_running_task(in_process: Coordinator) -> None:
+    async with in_process_session(in_process) as s:
         started = (await call(s, "run.python", code=FIRST_GO_SECOND, wait_s=0)).structured_content
         assert started is not None and started["state"] in ("queued", "running")
         task_id = started["task_id"]
@@ -157,10 +146,10 @@ async def test_task_get_status_shows_the_last_lines_of_a_running_task(coordinato
         assert done["progress"]["output_tail"] == ""
 
 
-async def test_task_get_result_forwards_only_what_comes_after_it_began(coordinator: Coordinator) -> None:
+async def test_task_get_result_forwards_only_what_comes_after_it_began(in_process: Coordinator) -> None:
     output = Output("new")
     code = "import time\nprint('old', flush=True)\ntime.sleep(4)\nprint('new', flush=True)\n"
-    async with in_process_session(coordinator, logging_callback=output.on_log) as s:
+    async with in_process_session(in_process, logging_callback=output.on_log) as s:
         started = (await call(s, "run.python", code=code, wait_s=0)).structured_content
         assert started is not None
         task_id = started["task_id"]
