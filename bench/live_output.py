@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import re
@@ -26,7 +25,8 @@ import statistics
 import time
 from typing import Any
 
-from roundtrip import beside_bare, checked, run_bench
+from roundtrip import beside_bare, checked
+from runner import bench_parser, report
 
 GOAL_MS = 100.0
 FIRST_CALL_TIMEOUT_S = 120.0
@@ -150,19 +150,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--prints", type=int, default=50, help="timestamps the run prints (default: 50)")
     parser.add_argument("--interval", type=float, default=0.2, help="seconds between prints (default: 0.2)")
     parser.add_argument("--echoes", type=int, default=100, help="bare echo calls timed for scale (default: 100)")
-    parser.add_argument("--timeout", type=float, default=300.0, help="bound on the whole run, seconds (default: 300)")
-    parser.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
     args = parser.parse_args(argv)
     if args.prints < 30:
         parser.error("--prints must be at least 30")
     if args.echoes < 2 or not 0 < args.prints * args.interval <= 240:
         parser.error("--echoes must be at least 2, and the prints must take 4 minutes at most (one call waits 5)")
-    figures = run_bench(lambda: run(args), args.timeout)
-    print(json.dumps(figures, separators=(",", ":")) if args.json else format_table(figures))
+    report(args, lambda: run(args), format_table)
 
 
 if __name__ == "__main__":

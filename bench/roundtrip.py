@@ -18,8 +18,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import json
-import logging
 import os
 import platform
 import shutil
@@ -31,6 +29,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+from runner import bench_parser, report
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -271,40 +271,14 @@ async def beside_bare(measure: Callable[[str, str], Awaitable[dict[str, Any]]], 
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run_bench(measure: Callable[[], Awaitable[dict[str, Any]]], timeout_s: float) -> dict[str, Any]:
-    """Run a bench's measurement; ctrl-C, SIGTERM and its timeout end it with a sentence, servers stopped."""
-    # A failed call raises here anyway; what the SDK client logs as its streams are torn down on ctrl-C
-    # (e.g. "Error parsing SSE message") is noise.
-    logging.getLogger("mcp").setLevel(logging.CRITICAL)
-
-    async def cancellable() -> dict[str, Any]:
-        # SIGTERM cancels the run like ctrl-C does, so the servers are stopped either way.
-        task = asyncio.current_task()
-        assert task is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        return await measure()
-
-    try:
-        return asyncio.run(cancellable())
-    except KeyboardInterrupt:
-        sys.exit("interrupted; servers stopped")
-    except asyncio.CancelledError:
-        sys.exit("terminated; servers stopped")
-    except TimeoutError:
-        sys.exit(f"gave up after {timeout_s:.0f} s (--timeout); servers stopped")
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--n", type=int, default=300, help="timed calls per measurement (default: 300)")
     parser.add_argument("--warmup", type=int, default=30, help="untimed calls per measurement first (default: 30)")
-    parser.add_argument("--timeout", type=float, default=300.0, help="bound on the whole run, seconds (default: 300)")
-    parser.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
     args = parser.parse_args(argv)
     if args.n < 2:
         parser.error("--n must be at least 2")
-    figures = run_bench(lambda: run(args), args.timeout)
-    print(json.dumps(figures, separators=(",", ":")) if args.json else format_table(figures))
+    report(args, lambda: run(args), format_table)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,8 @@ sandbox per client than their default 16 (the burst would otherwise end its own 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import statistics
@@ -36,7 +34,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from roundtrip import BARE_ARGV, ServerProcess, checked, coordinator_argv, run_bench, running_server
+from roundtrip import BARE_ARGV, ServerProcess, checked, coordinator_argv, running_server
+from runner import bench_parser, report
 
 POOL_TIMEOUT_S = 120.0
 CALL_TIMEOUT_S = 120.0  # a first call without a pool starts an agent, many at once on a busy machine
@@ -268,15 +267,12 @@ def format_table(f: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__, timeout_s=900.0)
     parser.add_argument("--samples", type=int, default=5, help="new sessions timed one by one (default: 5)")
-    parser.add_argument("--timeout", type=float, default=900.0, help="bound on the whole run, seconds (default: 900)")
-    parser.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
     args = parser.parse_args(argv)
     if args.samples < 1:
         parser.error("--samples must be at least 1")
-    figures = run_bench(lambda: measure(args.samples, args.timeout), args.timeout)
-    print(json.dumps(figures, separators=(",", ":")) if args.json else format_table(figures))
+    report(args, lambda: measure(args.samples, args.timeout), format_table)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import json
 import os
 import shutil
 import sys
@@ -37,10 +36,10 @@ from bench.roundtrip import (  # noqa: E402
     Figures,
     checked,
     coordinator_argv,
-    run_bench,
     running_server,
     time_interleaved,
 )
+from bench.runner import bench_parser, report  # noqa: E402
 from tests.support.redis import RedisServer, start_redis, stop_redis  # noqa: E402
 
 MESSAGE = "hello from bench/streams.py"
@@ -147,11 +146,9 @@ def serve_bare(kind: str, redis_url: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--n", type=int, default=200, help="timed calls per server (default: 200)")
     parser.add_argument("--warmup", type=int, default=20, help="untimed calls per server first (default: 20)")
-    parser.add_argument("--timeout", type=float, default=300.0, help="bound on the whole run, seconds (default: 300)")
-    parser.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
     parser.add_argument("--serve-bare", choices=["memory", "redis"], help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -160,8 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.n < 2:
         parser.error("--n must be at least 2")
-    figures = run_bench(lambda: measure(args), args.timeout)
-    print(json.dumps(figures, separators=(",", ":")) if args.json else format_table(figures))
+    report(args, lambda: measure(args), format_table)
 
 
 if __name__ == "__main__":
