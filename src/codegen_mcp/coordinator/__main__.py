@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import socket
 import sys
 from pathlib import Path
@@ -12,8 +13,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from codegen_mcp.api import tracing
 from codegen_mcp.api.agent_settings import AgentSettingsError
 from codegen_mcp.api.errors import validation_sentence
+from codegen_mcp.api.logs import LogFormatError, configure_logging, log_format
 from codegen_mcp.coordinator.settings import CoordinatorSettings, LocalBackendSettings
 
 
@@ -87,6 +90,7 @@ async def serve_http(settings: CoordinatorSettings, log_level: str) -> None:
     config = uvicorn.Config(
         create_app(settings),
         log_level=log_level.lower(),
+        log_config=None,  # uvicorn's lines go through the root logger's handler, in CODEGEN_LOG_FORMAT
         lifespan="on",
         access_log=False,
         timeout_graceful_shutdown=5,
@@ -112,9 +116,11 @@ def main(argv: list[str] | None = None) -> None:
         settings, log_level = parse_settings(argv)
     except ValidationError as err:  # a flag or CODEGEN_* variable out of range
         sys.exit(f"codegen-mcp serve: {validation_sentence(err)}")
-    logging.basicConfig(
-        level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    try:
+        configure_logging(log_level, log_format(os.environ))
+        tracing.configure_tracing("codegen-mcp-coordinator")
+    except (LogFormatError, tracing.TracingError) as err:
+        sys.exit(f"codegen-mcp serve: {err}")
     if settings.backend == "kubernetes":
         try:
             import kubernetes_asyncio  # noqa: F401

@@ -13,6 +13,7 @@ import aiohttp
 
 from codegen_mcp.api import routes
 from codegen_mcp.api.errors import CodegenError, ErrorCode, SandboxUnavailable
+from codegen_mcp.api.propagation import outgoing_headers
 from codegen_mcp.api.task_results import OutputChunk
 from codegen_mcp.coordinator.settings import DEFAULT_AGENT_CONNECT_TIMEOUT_S
 
@@ -86,7 +87,7 @@ class AgentClient:
         )
         with self._errors():
             async with self._session.request(
-                method, self._base + path, json=body, params=params, timeout=timeout, headers=self._headers
+                method, self._base + path, json=body, params=params, timeout=timeout, headers=self._call_headers()
             ) as resp:
                 raw = await resp.read()
                 if resp.status >= 400:
@@ -108,7 +109,7 @@ class AgentClient:
         try:
             with self._errors():
                 async with self._session.get(
-                    self._base + path, params={"offset": str(offset)}, timeout=timeout, headers=self._headers
+                    self._base + path, params={"offset": str(offset)}, timeout=timeout, headers=self._call_headers()
                 ) as resp:
                     if resp.status >= 400:
                         raise _refusal(resp.status, await resp.read())
@@ -121,6 +122,10 @@ class AgentClient:
                     raise SandboxUnavailable("the sandbox ended the output stream before the task's end")
         finally:
             self._output_streams -= 1
+
+    def _call_headers(self) -> dict[str, str]:
+        """The bearer token, and the call this request serves (id, session, trace context) for the agent's logs."""
+        return {**self._headers, **outgoing_headers()}
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:

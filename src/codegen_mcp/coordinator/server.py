@@ -39,8 +39,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from codegen_mcp import __version__
 from codegen_mcp.api.errors import CodegenError, ErrorCode, SandboxUnavailable
+from codegen_mcp.api.logs import bind_session
 from codegen_mcp.api.tools import TOOLS_BY_NAME
-from codegen_mcp.coordinator import conformance_tools, mcp_tasks, tools
+from codegen_mcp.coordinator import conformance_tools, mcp_tasks, tools, tracing
 from codegen_mcp.coordinator.agent_client import AgentUnreachable
 from codegen_mcp.coordinator.audit import AuditLog
 from codegen_mcp.coordinator.backends import Backend, create_backend
@@ -249,6 +250,15 @@ class Coordinator:
     async def call_tool(
         self, ctx: ServerRequestContext[McpSessions, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
+        """One tool call under a call id of its own: its log lines, audit event, agent requests and span."""
+        with tracing.tool_call(params.name) as call:
+            result = await self._call_tool(ctx, params)
+            call.answered(result.is_error)
+            return result
+
+    async def _call_tool(
+        self, ctx: ServerRequestContext[McpSessions, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
         if params.name not in TOOLS_BY_NAME:
             # An unknown tool is a protocol error (JSON-RPC -32602), not a tool result, per the MCP spec.
             raise MCPError(
@@ -264,6 +274,7 @@ class Coordinator:
             spec = TOOLS_BY_NAME[params.name]
             args = tools.parse_arguments(spec, arguments)
             key = self.session_key(ctx)
+            bind_session(key)
 
             async def progress(done: float, total: float | None, message: str) -> None:
                 await ctx.session.report_progress(done, total, message)

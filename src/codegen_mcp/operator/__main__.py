@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 from typing import Any
 
 import kopf
 
+from codegen_mcp.api import tracing
+from codegen_mcp.api.logs import LogFormatError, configure_logging, log_format
 from codegen_mcp.operator.handlers import operator_kwargs
 from codegen_mcp.operator.settings import OperatorSettings
+from codegen_mcp.operator.tracing import name_kopf_objects
 
 
 def parse_args(argv: list[str] | None) -> tuple[OperatorSettings, argparse.Namespace]:
@@ -27,6 +32,7 @@ def parse_args(argv: list[str] | None) -> tuple[OperatorSettings, argparse.Names
     parser.add_argument(
         "--liveness", dest="liveness_endpoint", help="liveness endpoint, e.g. http://0.0.0.0:8081/healthz"
     )
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (0: none)")
     parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
     parser.add_argument("--default-image", help="sandbox image when spec.image is unset")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -40,6 +46,7 @@ def parse_args(argv: list[str] | None) -> tuple[OperatorSettings, argparse.Names
             "peering_name",
             "priority",
             "liveness_endpoint",
+            "metrics_port",
             "kubeconfig",
             "default_image",
         )
@@ -52,7 +59,14 @@ def parse_args(argv: list[str] | None) -> tuple[OperatorSettings, argparse.Names
 
 def main(argv: list[str] | None = None) -> None:
     settings, args = parse_args(argv)
-    kopf.configure(verbose=args.verbose, debug=args.debug, log_prefix=True)
+    # kopf's levels (and its quieting of asyncio), then one handler in CODEGEN_LOG_FORMAT for every line.
+    kopf.configure(verbose=args.verbose, debug=args.debug)
+    try:
+        handler = configure_logging(logging.getLogger().level, log_format(os.environ))
+        tracing.configure_tracing("codegen-mcp-operator")
+    except (LogFormatError, tracing.TracingError) as err:
+        sys.exit(f"codegen-mcp operator: {err}")
+    handler.addFilter(name_kopf_objects)
     logging.getLogger("codegen_mcp").setLevel(logging.DEBUG if args.verbose or args.debug else logging.INFO)
     kopf.run(**operator_kwargs(settings))
 

@@ -33,6 +33,7 @@ from codegen_mcp.operator import adoption, builders
 from codegen_mcp.operator import status as st
 from codegen_mcp.operator.kube import CLAIMS, KINDS_BY_NAME, PODS, SECRETS, SESSIONS, KubeClient, KubeError, now
 from codegen_mcp.operator.settings import OperatorSettings
+from codegen_mcp.operator.tracing import step
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class SessionReconciler:
         await self._event(body, WARNING, reason, message)
         return kopf.PermanentError(message)
 
+    @step
     async def _ensure(
         self, desired: dict[str, Any], session: builders.SessionRef, body: dict[str, Any]
     ) -> dict[str, Any]:
@@ -131,6 +133,7 @@ class SessionReconciler:
 
     # --- create / resume -----------------------------------------------------------------------------------
 
+    @step
     async def reconcile(self, body: dict[str, Any], pool_pods: list[dict[str, Any]] | None = None) -> None:
         """Make every child exist and the status say where the session stands (create and resume).
 
@@ -176,6 +179,7 @@ class SessionReconciler:
         except KubeError as exc:
             raise temporary(exc, f"reconciling {session.namespace}/{session.name}") from exc
 
+    @step
     async def _adopt(
         self, body: dict[str, Any], session: builders.SessionRef, pool_pods: list[dict[str, Any]] | None
     ) -> bool:
@@ -214,6 +218,7 @@ class SessionReconciler:
         new.image = builders.effective_image(spec, self.settings)
         return new
 
+    @step
     async def _observe(
         self,
         body: dict[str, Any],
@@ -268,6 +273,7 @@ class SessionReconciler:
 
     # --- suspend / resume ------------------------------------------------------------------------------------
 
+    @step
     async def _suspend(self, body: dict[str, Any], session: builders.SessionRef) -> None:
         """spec.suspend: the workspace claim and NetworkPolicy exist (also for a session created suspended), the
         sandbox stops."""
@@ -303,6 +309,7 @@ class SessionReconciler:
             message = f"stopped sandbox Pod {pod_name}; the workspace {claim} and the NetworkPolicy stay"
             await self._event(body, NORMAL, Reason.SUSPENDED, message)
 
+    @step
     async def _resume(self, body: dict[str, Any], session: builders.SessionRef) -> None:
         """spec.suspend is false again: once the old Pod and its Secret are gone, the session is Pending again (the
         caller makes a new Secret and Pod). A Pod of the same name cannot be made while the old one still stops,
@@ -321,6 +328,7 @@ class SessionReconciler:
 
     # --- Pod and claim events ------------------------------------------------------------------------------
 
+    @step
     async def sync_sandbox(self, namespace: str, session_name: str) -> None:
         """Level-triggered: look at the session's Pod now; replace it when it failed or vanished."""
         body = await self.kube.get(SESSIONS, namespace, session_name)
@@ -434,6 +442,7 @@ class SessionReconciler:
                 body, WARNING, Reason.RESTART_LIMIT, f"sandbox Pod failed {limit + 1} times ({obs.reason}); giving up"
             )
 
+    @step
     async def sync_claim(self, namespace: str, session_name: str, claim: dict[str, Any] | None) -> None:
         """Keep the WorkspaceBound condition in step with the claim."""
         obs = st.observe_claim(claim)
@@ -460,6 +469,7 @@ class SessionReconciler:
 
     # --- spec updates ---------------------------------------------------------------------------------------
 
+    @step
     async def spec_changed(self, body: dict[str, Any], old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         spec, problem = validate(body)
         if spec is None:
@@ -517,6 +527,7 @@ class SessionReconciler:
         idle = spec.get("idleTimeoutSeconds") or self.settings.default_idle_timeout_seconds
         return st.compute_expiry(ttl, idle, status, created)
 
+    @step
     async def check_expiry(self, namespace: str, name: str, at: datetime) -> None:
         """Keep status.expiresAt current, and delete the session once it is due (re-checked on fresh data)."""
         body = await self.kube.get(SESSIONS, namespace, name)
@@ -557,6 +568,7 @@ class SessionReconciler:
             log.info("suspending %s/%s: no tool call for %ss", meta["namespace"], meta["name"], after)
             await self._event(body, NORMAL, Reason.IDLE_SUSPEND, f"no tool call for {after}s: suspending the session")
 
+    @step
     async def expire(self, body: dict[str, Any], expiry: st.Expiry) -> None:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]

@@ -19,8 +19,10 @@ from typing import NoReturn
 
 from aiohttp import web
 
+from codegen_mcp.api import tracing
 from codegen_mcp.api.agent_settings import AgentSettings, AgentSettingsError
 from codegen_mcp.api.errors import AgentExitCode, CodegenError
+from codegen_mcp.api.logs import LogFormatError, configure_logging, log_format
 from codegen_mcp.sandbox_agent.app import create_app
 from codegen_mcp.sandbox_agent.storage import error_reason, workspace_storage_problem, write_termination_message
 
@@ -124,7 +126,11 @@ def fail(message: str, code: AgentExitCode, termination_log: Path | None) -> NoR
 
 def main(argv: list[str] | None = None) -> None:
     settings, level = parse_settings(argv)
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        configure_logging(level, log_format(os.environ))
+        tracing.configure_tracing("codegen-mcp-agent")
+    except (LogFormatError, tracing.TracingError) as err:
+        fail(str(err), AgentExitCode.USAGE, settings.termination_log)
     problem = workspace_storage_problem(settings.workspace)
     if problem is not None:
         fail(problem, AgentExitCode.WORKSPACE_NOT_WRITABLE, settings.termination_log)

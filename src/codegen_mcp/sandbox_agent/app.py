@@ -17,6 +17,7 @@ from codegen_mcp.api.routes import AGENT_ROUTES
 from codegen_mcp.api.tools import MAX_WRITE_BYTES
 from codegen_mcp.sandbox_agent.agent import AGENT, PLANNED, Agent
 from codegen_mcp.sandbox_agent.artifacts import ArtifactStore
+from codegen_mcp.sandbox_agent.calls import call_middleware
 from codegen_mcp.sandbox_agent.executor import Executor
 from codegen_mcp.sandbox_agent.handlers import HANDLERS
 from codegen_mcp.sandbox_agent.http import auth_middleware, error_middleware
@@ -83,7 +84,9 @@ def create_app(settings: AgentSettings, *, environ: Mapping[str, str] | None = N
         tasks=TaskManager(settings.task_retention),
         sandbox=sandbox,
     )
-    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=CLIENT_MAX_SIZE)
+    app = web.Application(
+        middlewares=[call_middleware, error_middleware, auth_middleware], client_max_size=CLIENT_MAX_SIZE
+    )
     app[AGENT] = agent
     app[PLANNED] = create_planned_tools(settings, agent, env, state_dir)
     app.cleanup_ctx.append(agent_lifecycle)
