@@ -17,6 +17,7 @@ import kopf
 from codegen_mcp.api import pool
 from codegen_mcp.api import session as api
 from codegen_mcp.operator.kube import KubeClient, KubeError, now
+from codegen_mcp.operator.metrics import OperatorMetrics, counted
 from codegen_mcp.operator.pools import PoolReconciler
 from codegen_mcp.operator.reconcile import SessionReconciler, temporary
 from codegen_mcp.operator.settings import OperatorSettings
@@ -73,6 +74,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     memo["reconciler"] = SessionReconciler(kube=kube, settings=config)
     memo["pools"] = PoolReconciler(kube=kube, settings=config)
     memo["sweeper"] = asyncio.create_task(sweep_forever(memo["reconciler"], sessions, config.expiry_check_seconds))
+    metrics: OperatorMetrics = memo["metrics"]
+    metrics.watch(sessions, kwargs["pool_pods"])
+    if config.metrics_port:
+        await metrics.serve("0.0.0.0", config.metrics_port)  # noqa: S104 - scraped from outside the Pod
 
 
 PEERING_INSTALL_HINT = "install them with `codegen-mcp crd --peering | kubectl apply -f -` (the chart ships them)"
@@ -109,6 +114,7 @@ async def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
 
 
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    await memo["metrics"].close()
     sweeper = memo.get("sweeper")
     if isinstance(sweeper, asyncio.Task):
         sweeper.cancel()
@@ -184,36 +190,44 @@ async def sweep_forever(rec: SessionReconciler, sessions: kopf.Index[Any, Any], 
 # --- children -------------------------------------------------------------------------------------------------
 
 
-async def _retrying(what: str, call: Callable[[], Awaitable[None]]) -> None:
-    """Event handlers are not retried by kopf: retry transient API errors here, with a short backoff."""
+async def _retrying(what: str, call: Callable[[], Awaitable[None]]) -> bool:
+    """Event handlers are not retried by kopf: retry transient API errors here, with a short backoff.
+
+    False when it gave up (logged here): the handler returns it, and its metrics count the run as an error.
+    """
     for attempt in range(EVENT_RETRIES):
         try:
             await call()
-            return
+            return True
         except KubeError as exc:
             if not exc.retryable or attempt == EVENT_RETRIES - 1:
                 log.error("%s failed: %s", what, exc)
-                return
+                return False
             await asyncio.sleep(0.5 * 2**attempt)
+    return False
 
 
-async def pod_event(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+async def pod_event(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> bool:
     session = labels.get(api.LABEL_SESSION)
-    if namespace and session:
-        rec = reconciler(memo)
-        await _retrying(f"syncing the sandbox of {namespace}/{session}", lambda: rec.sync_sandbox(namespace, session))
+    if not namespace or not session:
+        return True
+    rec = reconciler(memo)
+    return await _retrying(
+        f"syncing the sandbox of {namespace}/{session}", lambda: rec.sync_sandbox(namespace, session)
+    )
 
 
 async def claim_event(
     namespace: str | None, labels: kopf.Labels, body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, **_: Any
-) -> None:
+) -> bool:
     session = labels.get(api.LABEL_SESSION)
-    if namespace and session:
-        rec = reconciler(memo)
-        claim = None if event.get("type") == "DELETED" else _plain(body)
-        await _retrying(
-            f"syncing the workspace of {namespace}/{session}", lambda: rec.sync_claim(namespace, session, claim)
-        )
+    if not namespace or not session:
+        return True
+    rec = reconciler(memo)
+    claim = None if event.get("type") == "DELETED" else _plain(body)
+    return await _retrying(
+        f"syncing the workspace of {namespace}/{session}", lambda: rec.sync_claim(namespace, session, claim)
+    )
 
 
 # --- CodegenSandboxPool -----------------------------------------------------------------------------------------
@@ -231,16 +245,17 @@ async def pool_changed(namespace: str | None, name: str | None, memo: kopf.Memo,
         raise kopf.PermanentError(problem)
 
 
-async def pooled_pod_event(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+async def pooled_pod_event(namespace: str | None, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> bool:
     """A pooled sandbox's Pod changed (became ready, failed, vanished, was claimed): the pool looks again."""
     name = labels.get(pool.LABEL_POOL)
-    if namespace and name:
-        pools = pool_reconciler(memo)
+    if not namespace or not name:
+        return True
+    pools = pool_reconciler(memo)
 
-        async def sync() -> None:
-            await pools.sync(namespace, name)
+    async def sync() -> None:
+        await pools.sync(namespace, name)
 
-        await _retrying(f"syncing pool {namespace}/{name}", sync)
+    return await _retrying(f"syncing pool {namespace}/{name}", sync)
 
 
 def _plain(value: Any) -> Any:
@@ -265,16 +280,19 @@ def build_registry() -> kopf.OperatorRegistry:
     kopf.on.login(registry=registry)(login)
     kopf.on.probe(id="session_count", registry=registry)(probe_sessions)
     kopf.index(*res, id="sessions", registry=registry)(index_session)
-    kopf.on.create(*res, registry=registry, backoff=3)(session_created)
-    kopf.on.resume(*res, registry=registry, backoff=3)(session_created)
-    kopf.on.update(*res, field="spec", registry=registry, backoff=3)(spec_updated)
-    kopf.on.event("v1", "pods", labels=MANAGED, registry=registry)(pod_event)
-    kopf.on.event("v1", "persistentvolumeclaims", labels=MANAGED, registry=registry)(claim_event)
+    # Each reconciling handler is counted and timed (`metrics.counted`); kopf still ids it by its own name.
+    kopf.on.create(*res, registry=registry, backoff=3)(counted("session", "create")(session_created))
+    kopf.on.resume(*res, registry=registry, backoff=3)(counted("session", "resume")(session_created))
+    kopf.on.update(*res, field="spec", registry=registry, backoff=3)(counted("session", "update")(spec_updated))
+    kopf.on.event("v1", "pods", labels=MANAGED, registry=registry)(counted("session", "pod")(pod_event))
+    kopf.on.event("v1", "persistentvolumeclaims", labels=MANAGED, registry=registry)(
+        counted("session", "claim")(claim_event)
+    )
     pools = (api.GROUP, api.VERSION, pool.POOL_PLURAL)
-    kopf.on.create(*pools, registry=registry, backoff=3)(pool_changed)
-    kopf.on.resume(*pools, registry=registry, backoff=3)(pool_changed)
-    kopf.on.update(*pools, field="spec", registry=registry, backoff=3)(pool_changed)
-    kopf.on.event("v1", "pods", labels=POOLED, registry=registry)(pooled_pod_event)
+    kopf.on.create(*pools, registry=registry, backoff=3)(counted("pool", "create")(pool_changed))
+    kopf.on.resume(*pools, registry=registry, backoff=3)(counted("pool", "resume")(pool_changed))
+    kopf.on.update(*pools, field="spec", registry=registry, backoff=3)(counted("pool", "update")(pool_changed))
+    kopf.on.event("v1", "pods", labels=POOLED, registry=registry)(counted("pool", "pod")(pooled_pod_event))
     kopf.index("v1", "pods", labels=POOLED, id="pool_pods", registry=registry)(index_pool_pod)
     return registry
 
@@ -283,7 +301,7 @@ def operator_kwargs(config: OperatorSettings) -> dict[str, Any]:
     """Arguments of kopf.run()/kopf.operator() for these settings."""
     return {
         "registry": build_registry(),
-        "memo": kopf.Memo(config=config),
+        "memo": kopf.Memo(config=config, metrics=OperatorMetrics()),
         "namespaces": list(config.namespaces),
         "clusterwide": not config.namespaces,
         # Peering is decided at startup (`choose_peering`): a peering name given here would make kopf's peering

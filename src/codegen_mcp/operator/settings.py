@@ -71,6 +71,9 @@ class OperatorSettings(BaseSettings):
     liveness_endpoint: str | None = Field(
         "http://0.0.0.0:8081/healthz", description="Where kopf serves its liveness probe; empty: no endpoint."
     )
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port of the operator's Prometheus /metrics (all interfaces); 0: none."
+    )
     post_events: bool = Field(True, description="Post Kubernetes Events on each session for each step.")
     request_timeout_seconds: float = Field(30.0, gt=0, description="Deadline of each API request the operator makes.")
 

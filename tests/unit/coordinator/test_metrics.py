@@ -105,9 +105,7 @@ class FlakyBackend(Backend):
 
 async def test_sandbox_starts_and_agent_restarts_are_counted_by_kind() -> None:
     metrics = Metrics(sessions=lambda: 1)
-    manager = SessionManager(
-        FlakyBackend(), idle_timeout_s=3600, max_sessions=10, on_started=metrics.sandbox_started
-    )
+    manager = SessionManager(FlakyBackend(), idle_timeout_s=3600, max_sessions=10, on_started=metrics.sandbox_started)
     try:
         sandbox = await manager.acquire("s1")
         await manager.acquire("s1")  # running: no start
