@@ -289,11 +289,11 @@ async def test_audit_log_records_calls_without_contents(coordinator: Coordinator
     async with in_process_session(coordinator) as s:
         await call(s, "fs.write", path="audited.txt", content=marker)
         await s.call_tool("fs.read", {"path": "../nope"})
-    lines = [json.loads(x) for x in coordinator.audit.path.read_text().splitlines()]
+    lines = [json.loads(x) for x in coordinator.settings.audit_path.read_text().splitlines()]
     writes = [e for e in lines if e["tool"] == "fs.write" and e["args"].get("path") == "audited.txt"]
     assert writes and writes[-1]["outcome"] == "ok" and writes[-1]["sandbox"]
     assert writes[-1]["args"]["content"] == f"<{len(marker)} bytes>"
-    assert marker not in coordinator.audit.path.read_text()
+    assert marker not in coordinator.settings.audit_path.read_text()
     refused = [e for e in lines if e["tool"] == "fs.read" and e["args"].get("path") == "../nope"]
     assert refused and refused[-1]["outcome"] == "error" and refused[-1]["error_code"]
 

@@ -30,7 +30,17 @@ def parse_settings(argv: list[str] | None) -> tuple[CoordinatorSettings, str]:
     parser.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on; 0 picks a free one (default: 8765)")
     parser.add_argument("--state-dir", type=Path, help="local backend: workspaces and logs (default: ./.codegen-mcp)")
-    parser.add_argument("--audit-log", type=Path, help="JSON-lines audit log (default: <state-dir>/audit.jsonl)")
+    parser.add_argument(
+        "--audit-sink",
+        choices=["file", "stdout", "postgres"],
+        help="where audit events go: file (default), stdout (JSON lines for a log collector) or postgres",
+    )
+    parser.add_argument("--audit-log", type=Path, help="file audit sink: its path (default: <state-dir>/audit.jsonl)")
+    parser.add_argument(
+        "--audit-postgres-dsn",
+        help="postgres audit sink: e.g. postgresql://audit@db/codegen (give a password in "
+        "CODEGEN_AUDIT_POSTGRES_DSN instead: flags show in the process list)",
+    )
     parser.add_argument("--sandbox", choices=["auto", "bwrap", "none"], help="local backend: how code is confined")
     parser.add_argument(
         "--warm-pool", type=int, help="local backend: sandboxes started ahead for new sessions (default: 2; 0: none)"
@@ -60,7 +70,9 @@ def parse_settings(argv: list[str] | None) -> tuple[CoordinatorSettings, str]:
             "host": ns.host,
             "port": ns.port,
             "state_dir": ns.state_dir,
+            "audit_sink": ns.audit_sink,
             "audit_log": ns.audit_log,
+            "audit_postgres_dsn": ns.audit_postgres_dsn,
             "session_idle_timeout_s": ns.idle_timeout,
             "suspend_after_s": ns.suspend_after,
             "allowed_hosts": ns.allowed_host,
@@ -126,6 +138,11 @@ def main(argv: list[str] | None = None) -> None:
             import kubernetes_asyncio  # noqa: F401
         except ImportError:
             sys.exit("the kubernetes backend needs the operator extra: pip install 'codegen-mcp[all]'")
+    if settings.audit_sink == "postgres":
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            sys.exit("the postgres audit sink needs psycopg: pip install 'codegen-mcp[postgres]'")
     try:
         if settings.transport == "stdio":
             from codegen_mcp.coordinator.server import serve_stdio

@@ -43,7 +43,7 @@ from codegen_mcp.api.logs import bind_session
 from codegen_mcp.api.tools import TOOLS_BY_NAME
 from codegen_mcp.coordinator import conformance_tools, mcp_tasks, tools, tracing
 from codegen_mcp.coordinator.agent_client import AgentUnreachable
-from codegen_mcp.coordinator.audit import AuditLog
+from codegen_mcp.coordinator.audit import create_audit_log
 from codegen_mcp.coordinator.backends import Backend, create_backend
 from codegen_mcp.coordinator.backends.base import NAMED_WORKSPACE_PREFIX
 from codegen_mcp.coordinator.event_store import ResumableSessionManager, create_event_log
@@ -62,7 +62,7 @@ from codegen_mcp.coordinator.settings import CoordinatorSettings
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "codegen-mcp"
-# How long a tool result may wait for its audit record to reach the disk.
+# How long a tool result may wait for its audit event to be stored (written, or committed by PostgreSQL).
 AUDIT_WAIT_S = 1.0
 INSTRUCTIONS = (
     "Each MCP session gets its own isolated Python workspace. Write files with fs.write, run code with "
@@ -143,15 +143,15 @@ class Coordinator:
             on_close=self.streamable.forget,
             on_started=self.metrics.sandbox_started,
         )
-        self.audit = AuditLog(settings.audit_path)
+        self.audit = create_audit_log(settings)
         self._closing: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self.audit.open()
+        await asyncio.to_thread(self.audit.open)  # may connect to a database
         await self.backend.start()
         self.sessions.start()
         self.handshakes.start()
-        log.info("codegen-mcp %s ready: %s; audit log %s", __version__, self.backend.describe(), self.audit.path)
+        log.info("codegen-mcp %s ready: %s; audit to %s", __version__, self.backend.describe(), self.audit.describe())
 
     async def aclose(self) -> None:
         if self._closing:
@@ -354,8 +354,8 @@ class Coordinator:
                 error_code=code,
             )
             if outcome != "cancelled":
-                # The record is on disk before the result leaves, unless the disk is slow or failing: the
-                # call answers anyway, and the audit log reports the records it lost.
+                # The event is stored before the result leaves, unless the sink is slow or down: the call
+                # answers anyway, the event stays buffered and retried, and the audit log reports it.
                 await self.audit.written_within(recorded, AUDIT_WAIT_S)
 
     async def discover(

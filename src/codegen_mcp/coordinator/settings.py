@@ -134,7 +134,19 @@ class CoordinatorSettings(BaseSettings):
     port: int = Field(8765, ge=0, le=65535)
     transport: Literal["http", "stdio"] = "http"
     state_dir: Path = Field(Path(".codegen-mcp"), description="Where the local backend keeps workspaces and logs.")
-    audit_log: Path | None = Field(None, description="JSON-lines audit log; default <state_dir>/audit.jsonl.")
+    # The audit trail (README: Audit trail): one event per tool call, to one sink.
+    audit_sink: Literal["file", "stdout", "postgres"] = Field(
+        "file",
+        description="file: JSON lines in audit_log; stdout: JSON lines on standard output (a cluster's log "
+        "collector); postgres: rows in the PostgreSQL of audit_postgres_dsn (durable, shared by replicas).",
+    )
+    audit_log: Path | None = Field(None, description="The file sink's JSON lines; default <state_dir>/audit.jsonl.")
+    audit_postgres_dsn: SecretStr | None = Field(
+        None, description="The PostgreSQL of audit_sink=postgres, e.g. postgresql://audit@db:5432/codegen."
+    )
+    audit_buffer_events: int = Field(
+        10_000, ge=1, description="Audit events buffered while the sink is slow or down; more are dropped (counted)."
+    )
 
     session_idle_timeout_s: float = Field(
         1800.0,
@@ -212,6 +224,18 @@ class CoordinatorSettings(BaseSettings):
     def _redis_needs_url(self) -> CoordinatorSettings:
         if self.event_store == "redis" and self.redis_url is None:
             raise ValueError("event_store redis needs redis_url (CODEGEN_REDIS_URL or --redis-url)")
+        return self
+
+    @model_validator(mode="after")
+    def _audit_sink_fits(self) -> CoordinatorSettings:
+        if self.audit_sink == "postgres" and not (
+            self.audit_postgres_dsn and self.audit_postgres_dsn.get_secret_value()
+        ):
+            raise ValueError(
+                "audit_sink postgres needs audit_postgres_dsn (CODEGEN_AUDIT_POSTGRES_DSN or --audit-postgres-dsn)"
+            )
+        if self.audit_sink == "stdout" and self.transport == "stdio":
+            raise ValueError("audit_sink stdout cannot share standard output with the stdio transport; use file")
         return self
 
     @property
