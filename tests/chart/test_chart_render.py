@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from codegen_mcp.api import session as api
+from codegen_mcp.api.logs import LOG_FORMAT_ENV
 from codegen_mcp.coordinator import settings as coordinator_settings
 from codegen_mcp.operator.render import render_documents
 from codegen_mcp.operator.settings import OperatorSettings
@@ -300,6 +301,10 @@ def _env_with_secrets(deployment: dict[str, Any]) -> dict[str, str]:
     return env
 
 
+# Read by every component outside its settings: the log format (api.logs) and OpenTelemetry's own variables.
+SHARED_ENV = {LOG_FORMAT_ENV, "OTEL_EXPORTER_OTLP_ENDPOINT"}
+
+
 def _field(name: str, prefix: str, model: type[Any]) -> bool:
     return name.startswith(prefix) and name[len(prefix) :].lower() in model.model_fields
 
@@ -310,8 +315,13 @@ def test_coordinator_env_is_understood_by_its_settings(
     k8s_model = coordinator_settings.KubernetesBackendSettings
     env = _env_with_secrets(coordinator(render(values_of(value_set))))
     for name in env:
-        known = _field(name, "CODEGEN_K8S_", k8s_model) or (
-            not name.startswith("CODEGEN_K8S_") and _field(name, "CODEGEN_", coordinator_settings.CoordinatorSettings)
+        known = (
+            name in SHARED_ENV
+            or _field(name, "CODEGEN_K8S_", k8s_model)
+            or (
+                not name.startswith("CODEGEN_K8S_")
+                and _field(name, "CODEGEN_", coordinator_settings.CoordinatorSettings)
+            )
         )
         assert known, f"{name} is set by the chart but read by no coordinator setting"
     for key in [k for k in os.environ if k.startswith("CODEGEN_")]:
@@ -344,7 +354,8 @@ def test_operator_env_is_understood_by_its_settings_and_yields_valid_children(
     docs = render(values_of(value_set))
     deployment = operator(docs)
     env = plain_env(deployment)
-    unknown = [n for n in env if n != "POD_ID" and not _field(n, "CODEGEN_OPERATOR_", OperatorSettings)]
+    shared = {"POD_ID", *SHARED_ENV}
+    unknown = [n for n in env if n not in shared and not _field(n, "CODEGEN_OPERATOR_", OperatorSettings)]
     assert unknown == [], f"set by the chart but read by no operator setting: {unknown}"
     for key in [k for k in os.environ if k.startswith("CODEGEN_OPERATOR_")]:
         monkeypatch.delenv(key)

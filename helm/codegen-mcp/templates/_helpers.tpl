@@ -183,3 +183,15 @@ pull policy, runtime class, resources, network, env, packages and workspace size
 {{- with $s.packages }}{{- $_ := set $t "packages" . }}{{- end }}
 {{- toYaml $t }}
 {{- end }}
+
+{{/*
+Log format and traces of the coordinator and the operator (README: Logs and traces).
+*/}}
+{{- define "codegen-mcp.telemetryEnv" -}}
+- name: CODEGEN_LOG_FORMAT
+  value: {{ .Values.logs.format | quote }}
+{{- with .Values.tracing.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}

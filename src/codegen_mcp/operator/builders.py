@@ -15,6 +15,7 @@ from typing import Any
 from codegen_mcp.api import pool
 from codegen_mcp.api import session as api
 from codegen_mcp.api.agent_settings import AgentSettings
+from codegen_mcp.api.logs import LOG_FORMAT_ENV
 from codegen_mcp.api.session import EgressMode, SessionSpec
 from codegen_mcp.operator.settings import OperatorSettings
 
@@ -283,8 +284,14 @@ def run_memory_bytes(memory_limit: str) -> int:
 
 
 def agent_env(session: SessionRef, settings: OperatorSettings, memory_limit: str) -> list[dict[str, Any]]:
-    # The root filesystem is read-only: caches and temporary files go to the /tmp emptyDir.
-    base = {"HOME": api.TMP_MOUNT_PATH, "TMPDIR": api.TMP_MOUNT_PATH, "PYTHONUNBUFFERED": "1"}
+    # The root filesystem is read-only: caches and temporary files go to the /tmp emptyDir. The agent's stdout and
+    # stderr go to the cluster's log collector: JSON lines, each naming its call and session.
+    base = {
+        "HOME": api.TMP_MOUNT_PATH,
+        "TMPDIR": api.TMP_MOUNT_PATH,
+        "PYTHONUNBUFFERED": "1",
+        LOG_FORMAT_ENV: "json",
+    }
     agent = agent_settings(session, settings, memory_limit).to_env()
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in {**base, **agent}.items()]
     env.append(

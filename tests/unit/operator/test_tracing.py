@@ -11,10 +11,12 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from codegen_mcp.operator import builders
 from codegen_mcp.operator.reconcile import SessionReconciler
 from codegen_mcp.operator.settings import OperatorSettings
 from codegen_mcp.operator.tracing import name_kopf_objects, step
 from tests.support.telemetry import JsonLines, json_lines, recorded_spans
+from tests.unit.operator.test_builders import env_of, ref
 
 
 @pytest.fixture
@@ -72,3 +74,8 @@ def test_kopfs_lines_about_a_session_name_it(lines: JsonLines) -> None:
     kopf_log.info("about a Pod", extra={"k8s_ref": {"kind": "Pod", "name": "carol-sandbox", "namespace": "ns"}})
     first, second = lines.records()
     assert first["session"] == "carol" and second["session"] is None
+
+
+def test_sandbox_agents_in_pods_write_json_lines(settings: OperatorSettings) -> None:
+    env = env_of(builders.build_sandbox_pod(ref(), settings))
+    assert env["CODEGEN_LOG_FORMAT"] == "json"
