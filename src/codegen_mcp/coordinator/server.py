@@ -243,9 +243,9 @@ class Coordinator:
     # -- MCP handlers ----------------------------------------------------------------------------
 
     async def list_tools(
-        self, ctx: ServerRequestContext[McpSessions, Any], params: types.PaginatedRequestParams | None
-    ) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=tools.list_tools())
+        self, ctx: ServerRequestContext[McpSessions, Any], params: types.PaginatedRequestParams
+    ) -> dict[str, Any]:
+        return tools.list_tools_result()
 
     async def call_tool(
         self, ctx: ServerRequestContext[McpSessions, Any], params: types.CallToolRequestParams
@@ -401,11 +401,12 @@ def create_server(coordinator: Coordinator, lifespan: Lifespan | None = None) ->
             title="CodeGen-MCP",
             instructions=INSTRUCTIONS,
             lifespan=lifespan or coordinator.one_connection,
-            on_list_tools=coordinator.list_tools,
             on_call_tool=coordinator.call_tool,
             on_set_logging_level=coordinator.set_logging_level,
         )
     server.add_request_handler("server/discover", types.RequestParams, coordinator.discover)
+    # Registered here, not as `on_list_tools`: its result is the wire form, built once (tools.list_tools_result).
+    server.add_request_handler("tools/list", types.PaginatedRequestParams, coordinator.list_tools)
     mcp_tasks.install(server, mcp_tasks.McpTasks(coordinator))
     return server
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
+import mcp_types as types
 import pytest
 
 from codegen_mcp.api.errors import CodegenError, ErrorCode
 from codegen_mcp.api.tools import TOOLS_BY_NAME, RunResult, TaskKind, TaskState, TaskView
 from codegen_mcp.coordinator.audit import summarize_arguments
-from codegen_mcp.coordinator.tools import error_result, format_result, list_tools, parse_arguments
+from codegen_mcp.coordinator.server import Coordinator, create_server
+from codegen_mcp.coordinator.settings import CoordinatorSettings
+from codegen_mcp.coordinator.tools import error_result, format_result, list_tools, list_tools_result, parse_arguments
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 
@@ -57,6 +61,15 @@ def test_every_tool_is_listed_with_input_and_output_schemas() -> None:
         assert tool.output_schema is not None and tool.output_schema["type"] == "object"
     assert listed["fs.read"].annotations.read_only_hint is True
     assert listed["fs.write"].annotations.read_only_hint is False
+
+
+async def test_tools_list_hands_the_sdk_one_wire_form_dumped_once(tmp_path: Path) -> None:
+    """~120 KB of schemas: the SDK gets the same dict at every listing, not models to dump again."""
+    entry = create_server(Coordinator(CoordinatorSettings(state_dir=tmp_path))).get_request_handler("tools/list")
+    assert entry is not None
+    listed = await entry.handler(None, types.PaginatedRequestParams())
+    assert listed is await entry.handler(None, types.PaginatedRequestParams()) is list_tools_result()
+    assert listed == types.ListToolsResult(tools=list_tools()).model_dump(by_alias=True, mode="json", exclude_none=True)
 
 
 def test_error_result_is_a_capitalised_sentence() -> None:
