@@ -59,6 +59,12 @@ def parse_settings(argv: list[str] | None) -> tuple[CoordinatorSettings, str]:
     )
     parser.add_argument("--redis-url", help="the Redis of --event-store redis, e.g. redis://127.0.0.1:6379/0")
     parser.add_argument("--stream-retry-ms", type=int, help="SSE `retry` sent to clients, in ms (default: 1000)")
+    parser.add_argument(
+        "--shared-sessions",
+        action="store_const",
+        const=True,
+        help="replicas: any coordinator sharing this backend (and state folder or Redis) serves any MCP session",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING… (default: INFO)")
     ns = parser.parse_args(argv)
 
@@ -79,6 +85,7 @@ def parse_settings(argv: list[str] | None) -> tuple[CoordinatorSettings, str]:
             "event_store": ns.event_store,
             "redis_url": ns.redis_url,
             "stream_retry_ms": ns.stream_retry_ms,
+            "shared_sessions": ns.shared_sessions,
         }.items()
         if v is not None
     }

@@ -11,8 +11,13 @@ than a TTL go; the memory log also caps its total bytes, Redis its memory by its
 
 The SDK hands one store to the transports of all sessions and names a stream by its JSON-RPC request id,
 which every client counts from 0 or 1: sessions would read each other's streams. `ResumableSessionManager`
-therefore gives each session's transport its own `SessionEvents` view, under a random scope that every event
-id carries; a `Last-Event-ID` of another scope (another session's, or a made-up one) replays nothing.
+therefore gives each session's transport its own `SessionEvents` view, under a scope derived from the session
+id that every event id carries; a `Last-Event-ID` of another scope (another session's, or a made-up one)
+replays nothing. Derived, not random: another replica serving the same session (`shared_sessions`) reads the
+same streams from Redis.
+
+With `shared_sessions` the manager also records each session it opens (`shared_sessions.SessionRecords`) and
+serves a session another replica opened, as already initialized, when a request of it arrives here.
 """
 
 from __future__ import annotations
@@ -21,18 +26,41 @@ import base64
 import binascii
 import collections
 import contextlib
+import hashlib
+import json
 import logging
 import re
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
+from uuid import uuid4
 
-from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
+import anyio
+from anyio.abc import TaskStatus
+from mcp.server.connection import Connection
+from mcp.server.runner import serve_connection
+from mcp.server.streamable_http import (
+    MCP_SESSION_ID_HEADER,
+    EventCallback,
+    EventId,
+    EventMessage,
+    EventStore,
+    StreamableHTTPServerTransport,
+    StreamId,
+)
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from mcp_types import JSONRPCMessage, jsonrpc_message_adapter
+from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
+from mcp.shared.transport_context import TransportContext
+from mcp_types import InitializeRequestParams, JSONRPCMessage, jsonrpc_message_adapter
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
+from pydantic import ValidationError
+from starlette.datastructures import Headers
+from starlette.types import Message, Receive, Scope, Send
+
+from codegen_mcp.coordinator.shared_sessions import SessionRecord, SessionRecords, owner_digest
 
 if TYPE_CHECKING:
     from codegen_mcp.coordinator.settings import CoordinatorSettings
@@ -275,24 +303,178 @@ class SessionEvents(EventStore):
         return stream.stream_id
 
 
-class ResumableSessionManager(StreamableHTTPSessionManager):
-    """The SDK's session manager, giving each new session's transport its own `SessionEvents` view.
+def session_scope(session_id: str) -> str:
+    """The scope of a session's streams: the same on every replica, and telling nothing of the session id."""
+    return hashlib.sha256(session_id.encode()).hexdigest()[:32]
 
-    The SDK reads `event_store` once per session it opens, when it builds the session's transport.
+
+MAX_INITIALIZE_BODY: Final = 64 * 1024  # an initialize request is a few KiB: past this it is not recorded
+
+
+class ResumableSessionManager(StreamableHTTPSessionManager):
+    """The SDK's session manager, giving each session's transport its own `SessionEvents` view; with `records`,
+    also recording the sessions it opens and serving those another replica opened.
+
+    Relies on mcp 2.3's private `_handle_stateful_request`, `_admit_session`, `_server_instances`,
+    `_session_owners`, `_session_creation_lock`, `_task_group`, `_lifespan_state` and `_discard_session` (the
+    SDK has no public way to name a session's id, or to serve a session initialized elsewhere); the connection
+    of an adopted session is built with public API (`Connection`, `JSONRPCDispatcher`, `serve_connection`).
     """
 
-    def __init__(self, *, events: EventLog, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        events: EventLog,
+        records: SessionRecords | None = None,
+        on_adopt: Callable[[SessionRecord], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.events = events
+        self.records = records
+        self.on_adopt = on_adopt  # told of each session this replica serves that another one opened
         super().__init__(**kwargs)
 
     @property
-    def event_store(self) -> EventStore:
-        return SessionEvents(self.events)
+    def event_store(self) -> EventStore | None:
+        return None  # each session's transport gets its own view (`_transport`)
 
     @event_store.setter
     def event_store(self, value: EventStore | None) -> None:
         if value is not None:
             raise TypeError("ResumableSessionManager keeps events in its `events` log; pass no event_store")
+
+    def _transport(self, session_id: str) -> StreamableHTTPServerTransport:
+        return StreamableHTTPServerTransport(
+            mcp_session_id=session_id,
+            is_json_response_enabled=self.json_response,
+            event_store=SessionEvents(self.events, session_scope(session_id)),
+            security_settings=self.security_settings,
+            retry_interval=self.retry_interval,
+            idle_timeout=self.session_idle_timeout,
+        )
+
+    def _admit_session(self, requestor: Any) -> StreamableHTTPServerTransport | None:
+        # The SDK's, with our transport (mcp 2.3 builds its own inside, with the one shared event store).
+        if self.max_sessions is not None and len(self._server_instances) >= self.max_sessions:
+            return None
+        session_id = uuid4().hex
+        transport = self._transport(session_id)
+        if requestor is not None:
+            self._session_owners[session_id] = requestor
+        self._server_instances[session_id] = transport
+        log.info("Created new transport with session ID: %s", session_id)
+        return transport
+
+    async def _handle_stateful_request(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.records is not None:
+            session_id = Headers(scope=scope).get(MCP_SESSION_ID_HEADER)
+            if session_id is None and scope["method"] == "POST":
+                receive, send = _RecordInitialize(self.records, scope, receive, send).streams()
+            elif session_id is not None and session_id not in self._server_instances:
+                await self._adopt(session_id, scope)
+        await super()._handle_stateful_request(scope, receive, send)
+
+    async def _adopt(self, session_id: str, scope: Scope) -> None:
+        """Serve a session another replica opened (if its record says so, for this credential) from now on."""
+        assert self.records is not None and self._task_group is not None
+        record = await self.records.load(session_id)
+        if record is None or record.owner != owner_digest(Headers(scope=scope).get("authorization")):
+            return  # the SDK answers 404, as for any session it does not know
+        async with self._session_creation_lock:
+            if session_id in self._server_instances:
+                return  # a concurrent request adopted it first
+            transport = self._server_instances[session_id] = self._transport(session_id)
+        await self._task_group.start(self._serve_adopted, transport, record)
+        if self.on_adopt is not None:
+            self.on_adopt(record)
+        log.info("serving MCP session %s, opened by another replica", session_id)
+
+    async def _serve_adopted(
+        self,
+        transport: StreamableHTTPServerTransport,
+        record: SessionRecord,
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """The SDK's session task (as `_serve_opening_request` runs it), on a connection initialized already."""
+        session_id = record.session_id
+        async with transport.connect() as (read_stream, write_stream):
+            task_status.started()
+            try:
+                idle_scope = transport.idle_scope or anyio.CancelScope()
+                with idle_scope:
+                    dispatcher: JSONRPCDispatcher[TransportContext] = JSONRPCDispatcher(
+                        read_stream, write_stream, inline_methods=frozenset({"initialize"})
+                    )
+                    connection = Connection.for_loop(
+                        dispatcher, session_id=session_id, protocol_version_hint=record.protocol_version
+                    )
+                    connection.client_params = _client_params(record)
+                    connection.initialized.set()
+                    await serve_connection(
+                        self.app, dispatcher, connection=connection, lifespan_state=self._lifespan_state
+                    )
+            except Exception:
+                log.exception("MCP session %s crashed", session_id)
+            finally:
+                await self._discard_session(session_id, transport)
+
+    @contextlib.asynccontextmanager
+    async def run(self) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            if self.records is not None:
+                await stack.enter_async_context(self.records.opened())
+            await stack.enter_async_context(super().run())
+            yield
+
+
+def _client_params(record: SessionRecord) -> InitializeRequestParams | None:
+    try:
+        return InitializeRequestParams.model_validate(record.client, by_name=False)
+    except ValidationError:
+        return None
+
+
+class _RecordInitialize:
+    """Around a request that may open a session: once the SDK opened one, its record is saved (before the
+    client learns the session id, so that its next request finds the record on any replica)."""
+
+    def __init__(self, records: SessionRecords, scope: Scope, receive: Receive, send: Send) -> None:
+        self.records = records
+        self.owner = owner_digest(Headers(scope=scope).get("authorization"))
+        self._receive = receive
+        self._send = send
+        self._body = bytearray()
+
+    def streams(self) -> tuple[Receive, Send]:
+        return self.receive, self.send
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.request" and len(self._body) <= MAX_INITIALIZE_BODY:
+            self._body.extend(message.get("body", b""))
+        return message
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] < 400:
+            session_id = Headers(raw=message["headers"]).get(MCP_SESSION_ID_HEADER)
+            record = self._record(session_id) if session_id is not None else None
+            if record is not None:
+                await self.records.save(record)
+        await self._send(message)
+
+    def _record(self, session_id: str) -> SessionRecord | None:
+        try:
+            request = json.loads(self._body)
+        except ValueError:
+            return None
+        params = request.get("params") if isinstance(request, dict) and request.get("method") == "initialize" else None
+        if not isinstance(params, dict):
+            return None
+        # The version the SDK negotiates (mcp 2.3's ServerRunner._negotiate_initialize): the client's, if known.
+        requested = params.get("protocolVersion")
+        version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
+        return SessionRecord(session_id=session_id, owner=self.owner, protocol_version=version, client=params)
 
 
 def create_event_log(settings: CoordinatorSettings) -> EventLog:

@@ -9,12 +9,15 @@ lifespan state (`ctx.lifespan_context`), which each transport enters in its own 
 - The streamable-HTTP session manager enters it once for all its sessions: `StreamableSessions` tells them
   apart by the `mcp-session-id` header, which the SDK has matched to a live session of the same client
   before any handler runs. They end with an HTTP DELETE (the client's, or the coordinator's for an idle
-  handshake), or when their sandbox idles out.
+  handshake), or when their sandbox idles out. With `shared_sessions`, what is kept of each is also in its
+  `SessionRecord` (see `shared_sessions`), so that another replica serving the session knows it too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, get_args
 
@@ -23,6 +26,7 @@ from mcp_types import LoggingLevel
 from starlette.requests import Request
 
 from codegen_mcp.api.errors import CodegenError, ErrorCode
+from codegen_mcp.coordinator.shared_sessions import SessionRecord, SessionRecords
 
 MCP_SESSION_ID_HEADER = "mcp-session-id"
 
@@ -69,17 +73,28 @@ class OneConnection:
 class StreamableSessions:
     """All MCP sessions of the streamable-HTTP transport, by their `mcp-session-id`.
 
-    Only the levels clients set are kept (the key is the session id itself), until `forget`.
+    Only the levels clients set are kept (the key is the session id itself), until `forget`; with `records`,
+    in the session's record too, which each use of the session keeps from expiring.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, records: SessionRecords | None = None) -> None:
         self._levels: dict[str, LoggingLevel] = {}
+        self._records = records
+        self._writes: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         return len(self._levels)
 
     def key(self, ctx: ServerRequestContext[Any, Any]) -> str:
-        return _session_id(ctx)
+        session_id = _session_id(ctx)
+        if self._records is not None:
+            self._write(self._records.touch(session_id))
+        return session_id
+
+    def adopt(self, record: SessionRecord) -> None:
+        """This replica serves a session another one opened: its client's level as the record says."""
+        if record.log_level is not None:
+            self._levels[record.session_id] = record.log_level
 
     def log_level(self, ctx: ServerRequestContext[Any, Any]) -> LoggingLevel:
         # A 2026-07-28 request has no session (its log level comes with it, and the SDK applies it).
@@ -87,11 +102,22 @@ class StreamableSessions:
         return DEFAULT_LOG_LEVEL if session_id is None else self._levels.get(session_id, DEFAULT_LOG_LEVEL)
 
     def set_log_level(self, ctx: ServerRequestContext[Any, Any], level: LoggingLevel) -> None:
-        self._levels[_session_id(ctx)] = level
+        session_id = _session_id(ctx)
+        self._levels[session_id] = level
+        if self._records is not None:
+            self._write(self._records.set_log_level(session_id, level))
 
     def forget(self, session_id: str) -> None:
         """The session ended: nothing of it is kept."""
         self._levels.pop(session_id, None)
+        if self._records is not None:
+            self._write(self._records.forget(session_id))
+
+    def _write(self, write: Coroutine[Any, Any, None]) -> None:
+        # Records are written beside the request, never in its way (and never fail it: they do not raise).
+        task = asyncio.create_task(write)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
 
 
 def _header(ctx: ServerRequestContext[Any, Any]) -> str | None:

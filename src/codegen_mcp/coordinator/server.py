@@ -58,6 +58,7 @@ from codegen_mcp.coordinator.metrics import Metrics
 from codegen_mcp.coordinator.negotiated_version import NegotiatedVersion
 from codegen_mcp.coordinator.sessions import Handshakes, SessionManager
 from codegen_mcp.coordinator.settings import CoordinatorSettings
+from codegen_mcp.coordinator.shared_sessions import create_session_records
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,8 @@ class Coordinator:
     def __init__(self, settings: CoordinatorSettings, backend: Backend | None = None) -> None:
         self.settings = settings
         self.backend = backend or create_backend(settings)
-        self.streamable = StreamableSessions()
+        self.records = create_session_records(settings)  # shared_sessions: where any replica finds each session
+        self.streamable = StreamableSessions(self.records)
         self.handshakes = Handshakes(
             per_client=settings.max_handshakes_per_client,
             total=settings.max_handshakes,
@@ -639,6 +641,8 @@ def create_app(settings: CoordinatorSettings, backend: Backend | None = None) ->
     session_manager = ResumableSessionManager(
         app=server,
         events=events,  # resumable POST SSE streams: a priming event, `retry`, and replay after Last-Event-ID
+        records=coordinator.records,  # and with shared_sessions, sessions another replica opened are served here
+        on_adopt=coordinator.streamable.adopt,
         retry_interval=settings.stream_retry_ms,
         security_settings=security,
         session_idle_timeout=settings.session_idle_timeout_s,

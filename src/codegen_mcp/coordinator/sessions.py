@@ -100,8 +100,9 @@ class SessionManager:
         await asyncio.gather(*(self._shut_down(key) for key in list(self._entries)), return_exceptions=True)
 
     async def _shut_down(self, key: str) -> None:
-        """At shutdown a session's own sandbox ends with it; a named workspace's is let go, to be found again."""
-        if not is_named_workspace(key):
+        """At shutdown a session's own sandbox ends with it; a named workspace's is let go, to be found again
+        (as is every sandbox when other coordinators serve the same sessions: the session goes on there)."""
+        if not is_named_workspace(key) and not self._backend.shared:
             await self.close(key)
             return
         entry = self._entries.pop(key, None)
@@ -186,6 +187,8 @@ class SessionManager:
     async def close(self, key: str) -> None:
         entry = self._entries.pop(key, None)
         if entry is None:
+            if self._backend.shared:  # the session may have a sandbox that another coordinator started
+                await self._backend.close_unopened(key)
             return
         if self._on_close is not None:
             self._on_close(key)
@@ -214,6 +217,21 @@ class SessionManager:
             await self._backend.suspend(sandbox)
             entry.suspended = True
 
+    async def _busy_elsewhere(self, key: str, idle_s_needed: float) -> bool:
+        """Whether another coordinator served the session within `idle_s_needed` (its idleness counts from there)."""
+        entry = self._entries.get(key)
+        if not self._backend.shared or entry is None or entry.sandbox is None:
+            return False
+        try:
+            idle_s = await self._backend.idle_for(entry.sandbox)
+        except Exception:
+            log.exception("could not tell when session %s was last used elsewhere", key)
+            return False
+        if idle_s is None or idle_s > idle_s_needed:
+            return False
+        entry.last_used = time.monotonic() - idle_s
+        return True
+
     async def _reap_idle(self) -> None:
         shortest = min(self._idle_timeout_s, self._suspend_after_s or self._idle_timeout_s)
         interval = max(0.5, min(60.0, shortest / 4))
@@ -223,6 +241,8 @@ class SessionManager:
             if self._suspend_after_s is not None:
                 for entry in list(self._entries.values()):
                     if not entry.suspended and now - entry.last_used > self._suspend_after_s:
+                        if await self._busy_elsewhere(entry.key, self._suspend_after_s):
+                            continue
                         try:
                             await self._suspend(entry)
                         except Exception:
@@ -233,6 +253,8 @@ class SessionManager:
                 if e.calls_in_flight == 0 and now - e.last_used > self._idle_timeout_s
             ]
             for key in idle:
+                if await self._busy_elsewhere(key, self._idle_timeout_s):
+                    continue
                 log.info("session %s idle for over %.0f s; closing its sandbox", key, self._idle_timeout_s)
                 try:
                     await self.close(key)

@@ -203,6 +203,12 @@ class CoordinatorSettings(BaseSettings):
     conformance_tools: bool = Field(
         False, description="Also serve `test_reconnection`, which the MCP conformance suite calls (for its tests)."
     )
+    shared_sessions: bool = Field(
+        False,
+        description="Replicas: keep each MCP session where every coordinator on this backend reads it (local: the "
+        "state folder; kubernetes: Redis at redis_url and the CodegenSession), so any of them serves any session, "
+        "and a coordinator that stops leaves its sessions' sandboxes running for the others.",
+    )
 
     # HTTP transport security: Host/Origin validation against DNS rebinding (both transports).
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
@@ -224,6 +230,11 @@ class CoordinatorSettings(BaseSettings):
     def _redis_needs_url(self) -> CoordinatorSettings:
         if self.event_store == "redis" and self.redis_url is None:
             raise ValueError("event_store redis needs redis_url (CODEGEN_REDIS_URL or --redis-url)")
+        if self.shared_sessions and self.backend == "kubernetes" and self.redis_url is None:
+            raise ValueError(
+                "shared_sessions on the kubernetes backend keeps MCP sessions in Redis: set redis_url "
+                "(CODEGEN_REDIS_URL or --redis-url)"
+            )
         return self
 
     @model_validator(mode="after")

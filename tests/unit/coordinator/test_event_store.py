@@ -184,13 +184,20 @@ async def test_an_unreachable_redis_loses_resumability_not_the_call() -> None:
         assert got.events == []
 
 
-def test_each_session_gets_its_own_view_of_the_log() -> None:
+def test_each_session_gets_its_own_view_of_the_log_the_same_on_every_replica() -> None:
     log = MemoryEventLog(max_events_per_stream=10, max_bytes=1 << 20, ttl_s=60)
     manager = ResumableSessionManager(app=object(), events=log)
-    first, second = manager.event_store, manager.event_store
+    replica = ResumableSessionManager(app=object(), events=log)
+    views = [
+        m._transport(sid)._event_store for m, sid in ((manager, "a" * 32), (manager, "b" * 32), (replica, "a" * 32))
+    ]
+    first, second, elsewhere = views
     assert isinstance(first, SessionEvents) and isinstance(second, SessionEvents)
+    assert isinstance(elsewhere, SessionEvents)
     assert first.events is second.events is log
     assert first.scope != second.scope
+    assert first.scope == elsewhere.scope  # another replica serving the session reads the same streams
+    assert "a" * 32 not in first.scope
     with pytest.raises(TypeError, match="pass no event_store"):
         manager.event_store = SessionEvents(log)
 

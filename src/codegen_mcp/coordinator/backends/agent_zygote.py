@@ -37,9 +37,17 @@ class ForkedAgent:
     """An agent forked by the zygote, followed by a pidfd: the subset of `asyncio.subprocess.Process` we use.
 
     Its exit status is the zygote's to reap and is not known here: `returncode` becomes -1 once it ended.
+    Also an agent another coordinator started (shared sessions): followed the same way, with no stdout or
+    channel (it serves already).
     """
 
-    def __init__(self, pid: int, pidfd: int, stdout: asyncio.StreamReader, channel: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        pid: int,
+        pidfd: int,
+        stdout: asyncio.StreamReader | None = None,
+        channel: asyncio.StreamWriter | None = None,
+    ) -> None:
         self.pid = pid
         self.stdout = stdout
         self.returncode: int | None = None
@@ -49,6 +57,7 @@ class ForkedAgent:
 
     def go(self) -> None:
         """Let the agent start serving (it is in its cgroups now)."""
+        assert self._channel is not None, "only a forked agent waits for its go"
         self._channel.write(b"g")
 
     def send_signal(self, sig: int) -> None:
@@ -76,7 +85,8 @@ class ForkedAgent:
         os.close(self._pidfd)
         self._pidfd = None
         self.returncode = -1
-        self._channel.close()
+        if self._channel is not None:
+            self._channel.close()
         self._ended.set_result(-1)
 
 

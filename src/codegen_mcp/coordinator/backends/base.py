@@ -30,6 +30,9 @@ class Sandbox:
 class Backend(ABC):
     name: str
     suspends = False  # whether `suspend` works: only then are idle sessions suspended rather than kept whole
+    # `shared_sessions`: other coordinators serve the same sessions, so a stopping one only lets go of its
+    # sandboxes, a session's idleness counts its calls on all of them, and one it never served may end here.
+    shared = False
 
     @abstractmethod
     async def start(self) -> None:
@@ -82,3 +85,7 @@ class Backend(ABC):
 
     async def touch(self, sandbox: Sandbox) -> None:  # noqa: B027 - optional hook, default does nothing
         """Note activity on a sandbox (the kubernetes backend records it for idle expiry)."""
+
+    async def idle_for(self, sandbox: Sandbox) -> float | None:
+        """With `shared`: seconds since any coordinator last noted activity on the sandbox (None: not known)."""
+        return None

@@ -134,6 +134,8 @@ class SessionCgroups:
         """Remove the empty groups a killed coordinator left (non-empty ones are left alone: someone uses them)."""
         removed = 0
         for base in self.found.values():
+            if not base.is_dir():  # removed by another coordinator on this state folder, as it stopped
+                continue
             for group in base.iterdir():
                 if group.is_dir():
                     with contextlib.suppress(OSError):

@@ -60,6 +60,7 @@ from codegen_mcp.coordinator.backends.agent_zygote import AgentZygote, ForkedAge
 from codegen_mcp.coordinator.backends.base import Backend, Sandbox, is_named_workspace
 from codegen_mcp.coordinator.backends.cgroups import SessionCgroups
 from codegen_mcp.coordinator.backends.cleanup import kill_processes_of, remove_tree
+from codegen_mcp.coordinator.backends.local_sharing import AgentRecord, SharedFolders
 from codegen_mcp.coordinator.backends.uids import UidRegistry
 from codegen_mcp.coordinator.backends.warm_pool import WarmPool
 from codegen_mcp.coordinator.settings import CoordinatorSettings
@@ -131,18 +132,24 @@ def _try_lock(session_dir: Path) -> int | None:
     return fd
 
 
-def _kill_leftover_agent(session_dir: Path) -> None:
-    """SIGKILL the agent a dead coordinator started on this folder, if it is still running."""
+def _agent_of(session_dir: Path) -> int | None:
+    """The pid of the agent running on this folder, if one is (by its `agent.pid`, checked against reuse)."""
     try:
         pid = int((session_dir / _AGENT_PID).read_text())
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         cwd = os.readlink(f"/proc/{pid}/cwd")
     except (OSError, ValueError):
-        return
+        return None
     # The pid may have been reused since: only a process serving this very workspace is that agent. A started
     # agent has it in its environment; a forked one has the zygote's environment, and the folder as its cwd.
     started = f"{AgentSettings.env_name('workspace')}={session_dir / 'workspace'}".encode() in environ
-    if started or cwd == str(session_dir):
+    return pid if started or cwd == str(session_dir) else None
+
+
+def _kill_leftover_agent(session_dir: Path) -> None:
+    """SIGKILL the agent a dead coordinator started on this folder, if it is still running."""
+    pid = _agent_of(session_dir)
+    if pid is not None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         log.warning("killed agent %d, left running on %s by a coordinator that stopped uncleanly", pid, session_dir)
@@ -168,6 +175,11 @@ class LocalBackend(Backend):
         self._local = settings.local
         self._root = settings.state_dir.resolve()
         self._sessions_dir = self._root / "sessions"
+        # Replicas on this state folder (`local_sharing`): agents outlive their coordinator and any coordinator
+        # serves them. None suspends a sandbox, which another one may be serving a call of.
+        self.shared = settings.shared_sessions
+        self.suspends = not self.shared
+        self._sharing = SharedFolders(self._root, self._sessions_dir) if self.shared else None
         # Agent settings given to the coordinator pass to every agent (e.g. the S3 artifact store's
         # CODEGEN_AGENT_S3_BUCKET).
         self._agent_variables = agent_variables(os.environ)
@@ -184,7 +196,7 @@ class LocalBackend(Backend):
         self._isolation = "rlimits"
         self.zygote = (
             AgentZygote(self._root / "zygote.log", self._inherited_env(), parent_death_prefix())
-            if self._local.zygote
+            if self._local.zygote and not self.shared  # forked agents end with the zygote, and it with us
             else None
         )
         self._cgroups = SessionCgroups(
@@ -202,6 +214,7 @@ class LocalBackend(Backend):
             self._local.warm_pool, start=self._start_for_pool, discard=self.close, has_room=self._has_room
         )
         self._opening = 0  # sessions' own starts under way (their folder may not be locked yet)
+        self._orphan_reaper: asyncio.Task[None] | None = None
         self.agents_started = 0  # agent processes started, for tests and the bench: a claim starts none
         # What agents would refuse (a misspelt or bad CODEGEN_AGENT_* variable, a local option out of the agent's
         # range) stops the coordinator now, in one sentence, rather than every sandbox's start later.
@@ -215,10 +228,12 @@ class LocalBackend(Backend):
         # 0700 and owned by that uid), but nobody may list the sessions.
         self._sessions_dir.mkdir(mode=0o711, exist_ok=True)
         os.chmod(self._sessions_dir, 0o711)  # noqa: S103 - traverse-only, see above
+        if self._sharing is not None:
+            self._sharing.prepare()
         if self._registry is not None:
             await asyncio.to_thread(self._registry.prepare)
         await asyncio.to_thread(self._start_cgroups)
-        await asyncio.to_thread(self._sweep)
+        await asyncio.to_thread(self._sweep, self._orphaned_after())
         if self._registry is not None:
             freed = await asyncio.to_thread(self._registry.prune)
             if freed:
@@ -262,8 +277,14 @@ class LocalBackend(Backend):
             except ZygoteUnavailable as err:
                 log.warning("local backend: %s; agents are started directly", err)
         self.pool.begin()
+        if self.shared:
+            self._orphan_reaper = asyncio.create_task(self._reap_orphans(), name="orphan-reaper")
 
     async def aclose(self) -> None:
+        if self._orphan_reaper is not None:
+            self._orphan_reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._orphan_reaper
         await self.pool.aclose()
         await asyncio.gather(*(self._stop(sid) for sid in list(self._procs)), return_exceptions=True)
         if self.zygote is not None:
@@ -283,6 +304,8 @@ class LocalBackend(Backend):
     # -- sandboxes -----------------------------------------------------------------------------
 
     async def open(self, session_key: str) -> Sandbox:
+        if self._sharing is not None and (found := self._sharing.find(session_key)) is not None:
+            return await self._join(found)  # started by this or another coordinator for the session
         if is_named_workspace(session_key):
             # A named workspace lives in a folder derived from its key, so it resumes after a restart: it is
             # never served from the pool.
@@ -322,10 +345,11 @@ class LocalBackend(Backend):
             raise SandboxUnavailable(f"the pooled sandbox {sandbox.sandbox_id} did not answer its health check")
         return sandbox
 
-    @staticmethod
-    def _attach(sandbox: Sandbox, session_key: str, how: str) -> Sandbox:
+    def _attach(self, sandbox: Sandbox, session_key: str, how: str) -> Sandbox:
         """Bind a started sandbox to its session: bookkeeping only, the agent already runs (and knows no session)."""
         log.info("session %s gets sandbox %s (%s)", session_key, sandbox.sandbox_id, how)
+        if self._sharing is not None:
+            self._sharing.link(session_key, sandbox.sandbox_id)
         return sandbox
 
     async def _start_sandbox(self, sandbox_id: str) -> Sandbox:
@@ -367,6 +391,9 @@ class LocalBackend(Backend):
 
     async def revive(self, sandbox: Sandbox) -> Sandbox:
         sandbox_id = sandbox.sandbox_id
+        if self.shared and sandbox_id not in self._locks:  # a guest's: its owner may be gone, or restarted it
+            await sandbox.client.aclose()
+            return await self._join(sandbox_id)
         await self._stop(sandbox_id)
         await sandbox.client.aclose()
         session_dir = self._sessions_dir / sandbox_id
@@ -399,10 +426,119 @@ class LocalBackend(Backend):
 
     async def close(self, sandbox: Sandbox) -> None:
         sandbox.alive = False
+        if self.shared and sandbox.sandbox_id not in self._locks:
+            # A guest's: the sandbox is its owner's to end, unless it has none any more.
+            await sandbox.client.aclose()
+            await self._end_orphan(sandbox.sandbox_id)
+            return
         await self._stop(sandbox.sandbox_id)
         await sandbox.client.aclose()
         await self._discard(sandbox.sandbox_id, self._sessions_dir / sandbox.sandbox_id)
         self.pool.room_freed()
+
+    # -- shared sessions (`local_sharing`) ------------------------------------------------------
+
+    async def detach(self, sandbox: Sandbox) -> None:
+        """Shared sessions: this coordinator stops, its sandboxes run on for the others (they adopt them)."""
+        if not self.shared:
+            await self.close(sandbox)
+            return
+        await sandbox.client.aclose()
+        sandbox_id = sandbox.sandbox_id
+        entry = self._procs.pop(sandbox_id, None)
+        if entry is not None:
+            for task in (entry.watcher, entry.drain):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        self._uids.pop(sandbox_id, None)
+        self._disks.discard(sandbox_id)
+        lock = self._locks.pop(sandbox_id, None)
+        if lock is not None:
+            os.close(lock)
+        log.info("left sandbox %s running for the coordinators that go on serving its session", sandbox_id)
+
+    async def close_unopened(self, session_key: str) -> None:
+        found = self._sharing.find(session_key) if self._sharing is not None else None
+        if found is not None:
+            await self._end_orphan(found)
+
+    async def touch(self, sandbox: Sandbox) -> None:
+        if self.shared:
+            SharedFolders.touch(self._sessions_dir / sandbox.sandbox_id)
+
+    async def idle_for(self, sandbox: Sandbox) -> float | None:
+        return SharedFolders.idle_for(self._sessions_dir / sandbox.sandbox_id) if self.shared else None
+
+    async def _end_orphan(self, sandbox_id: str) -> None:
+        """End a session's sandbox if no live coordinator owns it (one that does ends it when it idles out)."""
+        if await asyncio.to_thread(self._clear_unowned, self._sessions_dir / sandbox_id):
+            log.info("ended sandbox %s, whose coordinator had stopped", sandbox_id)
+
+    async def _join(self, sandbox_id: str) -> Sandbox:
+        """A session's sandbox that a coordinator on this state folder started: owned from now on if its owner
+        stopped (its agent adopted, or started again on the workspace), else used as its owner's guest."""
+        session_dir = self._sessions_dir / sandbox_id
+        if sandbox_id in self._locks:
+            agent = SharedFolders.read_agent(session_dir)
+            if agent is None:
+                raise SandboxUnavailable(f"sandbox {sandbox_id} is still starting; try again")
+            return self._sandbox(sandbox_id, session_dir, agent.address, agent.token)
+        try:
+            lock = await asyncio.to_thread(_try_lock, session_dir)
+        except OSError:
+            raise SandboxUnavailable("your sandbox just ended; start a new MCP session") from None
+        if lock is None:
+            return await self._as_guest(sandbox_id, session_dir)
+        self._locks[sandbox_id] = lock
+        try:
+            if self._registry is not None:
+                self._uids[sandbox_id] = await asyncio.to_thread(self._claim_uid, self._registry, session_dir)
+            if self._disk_quota is not None:
+                await asyncio.to_thread(self._attach_disk, sandbox_id, session_dir, self._disk_quota)
+            adopted = await self._adopt_agent(sandbox_id, session_dir)
+            if adopted is not None:
+                log.info("took over sandbox %s and its running agent from a stopped coordinator", sandbox_id)
+                return adopted
+            await asyncio.to_thread(_kill_leftover_agent, session_dir)  # one that runs but does not answer
+            log.info("took over sandbox %s from a stopped coordinator; starting its agent again", sandbox_id)
+            return await self._launch(sandbox_id, session_dir)
+        except BaseException:
+            self._uids.pop(sandbox_id, None)
+            self._disks.discard(sandbox_id)
+            os.close(self._locks.pop(sandbox_id))
+            raise
+
+    async def _adopt_agent(self, sandbox_id: str, session_dir: Path) -> Sandbox | None:
+        """The folder's agent, still running after its coordinator stopped, followed by a pidfd; None if none."""
+        agent = SharedFolders.read_agent(session_dir)
+        pid = await asyncio.to_thread(_agent_of, session_dir)
+        if agent is None or pid != agent.pid:
+            return None
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            return None
+        sandbox = self._sandbox(sandbox_id, session_dir, agent.address, agent.token)
+        self._follow(sandbox, ForkedAgent(pid, pidfd), drain=None)
+        if await sandbox.client.healthy():
+            return sandbox
+        await self._stop(sandbox_id)
+        await sandbox.client.aclose()
+        return None
+
+    async def _as_guest(self, sandbox_id: str, session_dir: Path) -> Sandbox:
+        """The agent of a sandbox that another live coordinator owns: this one sends it calls, nothing more."""
+        agent = SharedFolders.read_agent(session_dir)
+        sandbox = self._sandbox(sandbox_id, session_dir, agent.address, agent.token) if agent else None
+        if sandbox is None or not await sandbox.client.healthy():
+            if sandbox is not None:
+                await sandbox.client.aclose()
+            raise SandboxUnavailable(
+                "your sandbox is being started or restarted by another coordinator on this host; try again"
+            )
+        return sandbox
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -450,6 +586,8 @@ class LocalBackend(Backend):
         return self._local.retain_workspaces or sandbox_id.startswith("w-")
 
     async def _discard(self, sandbox_id: str, session_dir: Path) -> None:
+        if self._sharing is not None:
+            await asyncio.to_thread(self._sharing.unlink, session_dir)
         uid = self._uids.pop(sandbox_id, None)
         lock = self._locks.pop(sandbox_id, None)
         self._suspended.discard(sandbox_id)
@@ -488,41 +626,68 @@ class LocalBackend(Backend):
         if not kill_processes_of(uid):
             log.error("processes of uid %d (sandbox folder %s) survived SIGKILL", uid, session_dir)
 
-    def _sweep(self) -> None:
+    def _orphaned_after(self) -> float | None:
+        """With shared sessions, a session's folder nobody owns is kept this long for a coordinator to adopt."""
+        return self._settings.session_idle_timeout_s if self.shared else None
+
+    def _sweep(self, orphaned_after_s: float | None = None) -> None:
         """Clear what a killed coordinator left in this state folder, before anything is served.
 
         Its agents and their uids' processes are killed and its per-session folders removed; named workspaces
-        stay, with their uids.
+        stay, with their uids. With `orphaned_after_s`, a session's sandbox used more recently is left running:
+        another coordinator may serve it (a warm pool's, serving no session, goes at once).
         """
-        removed, registry = 0, self._registry
+        removed = 0
         for session_dir in sorted(self._sessions_dir.iterdir()):
             if not session_dir.name.startswith(("s-", "w-")) or session_dir.is_symlink() or not session_dir.is_dir():
                 continue
-            try:
-                lock = _try_lock(session_dir)
-            except OSError:  # removed meanwhile by its live coordinator
-                continue
-            if lock is None:
-                continue  # served by a live coordinator sharing this state folder
-            try:
-                _kill_leftover_agent(session_dir)
-                uids = registry.owned(session_dir) if registry is not None else []
-                for uid in uids:
-                    self._kill_processes(uid, session_dir)
-                self._detach_disk(session_dir)
-                if self._keeps(session_dir.name):
+            if orphaned_after_s is not None and SharedFolders.serves_a_session(session_dir):
+                idle_s = SharedFolders.idle_for(session_dir)
+                if idle_s is None or idle_s < orphaned_after_s:
                     continue
-                remove_tree(session_dir)
-                removed += 1
-                if registry is not None:
-                    for uid in uids:
-                        registry.release(session_dir, uid)
-            except OSError:
-                log.exception("could not clear %s, left by a coordinator that stopped uncleanly", session_dir)
-            finally:
-                os.close(lock)
+            removed += self._clear_unowned(session_dir)
         if removed:
             log.warning("removed %d per-session folders left by a coordinator that stopped uncleanly", removed)
+
+    def _clear_unowned(self, session_dir: Path) -> bool:
+        """End the sandbox of a folder no live coordinator owns (and remove the folder unless kept); whether removed."""
+        try:
+            lock = _try_lock(session_dir)
+        except OSError:  # removed meanwhile by its live coordinator
+            return False
+        if lock is None:
+            return False  # served by a live coordinator sharing this state folder
+        registry = self._registry
+        try:
+            if self._sharing is not None:
+                self._sharing.unlink(session_dir)
+            _kill_leftover_agent(session_dir)
+            uids = registry.owned(session_dir) if registry is not None else []
+            for uid in uids:
+                self._kill_processes(uid, session_dir)
+            self._detach_disk(session_dir)
+            if self._keeps(session_dir.name):
+                return False
+            remove_tree(session_dir)
+            if registry is not None:
+                for uid in uids:
+                    registry.release(session_dir, uid)
+            return True
+        except OSError:
+            log.exception("could not clear %s, left by a coordinator that stopped uncleanly", session_dir)
+            return False
+        finally:
+            os.close(lock)
+
+    async def _reap_orphans(self) -> None:
+        """Shared sessions: end the sandboxes whose coordinator stopped and that no session used since, for long."""
+        after_s = self._settings.session_idle_timeout_s
+        while True:
+            await asyncio.sleep(max(1.0, min(60.0, after_s / 4)))
+            try:
+                await asyncio.to_thread(self._sweep, after_s)
+            except OSError:
+                log.exception("sweeping sandboxes left by stopped coordinators failed")
 
     @staticmethod
     def _inherited_env() -> dict[str, str]:
@@ -613,6 +778,15 @@ class LocalBackend(Backend):
             await proc.wait()
             raise
 
+        if self._sharing is not None:
+            self._sharing.write_agent(session_dir, AgentRecord(proc.pid, address, token))
+        sandbox = self._sandbox(sandbox_id, session_dir, address, token)
+        drain = asyncio.create_task(self._drain(proc.stdout), name=f"drain-{sandbox_id}")
+        self._follow(sandbox, proc, drain)
+        return sandbox
+
+    def _sandbox(self, sandbox_id: str, session_dir: Path, address: str, token: str) -> Sandbox:
+        """A sandbox whose agent listens at `address` (as it printed it)."""
         if address.startswith("unix:"):
             endpoint = AgentEndpoint("http://sandbox", token, unix_socket=address[len("unix:") :])
         else:
@@ -622,11 +796,13 @@ class LocalBackend(Backend):
             request_timeout_s=self._settings.request_timeout_s,
             connect_timeout_s=self._settings.agent_connect_timeout_s,
         )
-        sandbox = Sandbox(sandbox_id=sandbox_id, client=client, where=str(workspace))
-        drain = asyncio.create_task(self._drain(proc.stdout), name=f"drain-{sandbox_id}")
-        watcher = asyncio.create_task(self._watch(sandbox, proc), name=f"watch-{sandbox_id}")
-        self._procs[sandbox_id] = _Process(proc, watcher, drain)
-        return sandbox
+        return Sandbox(sandbox_id=sandbox_id, client=client, where=str(session_dir / "workspace"))
+
+    def _follow(
+        self, sandbox: Sandbox, proc: asyncio.subprocess.Process | ForkedAgent, drain: asyncio.Task[None] | None
+    ) -> None:
+        watcher = asyncio.create_task(self._watch(sandbox, proc), name=f"watch-{sandbox.sandbox_id}")
+        self._procs[sandbox.sandbox_id] = _Process(proc, watcher, drain)
 
     async def _spawn(
         self, argv: list[str], session_dir: Path, env: dict[str, str]
@@ -640,7 +816,9 @@ class LocalBackend(Backend):
                 log.warning("starting the agent of %s directly: %s", session_dir.name, err)
         with log_path.open("ab") as log_file:
             return await asyncio.create_subprocess_exec(
-                *parent_death_prefix(),
+                # Shared sessions: the agent outlives this coordinator (another one adopts it), and a signal to our
+                # process group (a terminal's Ctrl-C) is not for it.
+                *([] if self.shared else parent_death_prefix()),
                 sys.executable,
                 "-m",
                 "codegen_mcp.sandbox_agent",
@@ -649,6 +827,7 @@ class LocalBackend(Backend):
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log_file,
                 env=env,
+                start_new_session=self.shared,
             )
 
     @staticmethod

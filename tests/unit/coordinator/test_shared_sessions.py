@@ -1,0 +1,90 @@
+"""Session records (shared_sessions): kept whole, found only by their id, dropped when unused; the log level a
+client set comes with its session to another replica."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from codegen_mcp.coordinator.mcp_sessions import StreamableSessions
+from codegen_mcp.coordinator.settings import CoordinatorSettings
+from codegen_mcp.coordinator.shared_sessions import (
+    FileSessionRecords,
+    SessionRecord,
+    create_session_records,
+    owner_digest,
+)
+
+SESSION = "0123456789abcdef0123456789abcdef"
+
+
+def record(**changes: object) -> SessionRecord:
+    fields: dict[str, object] = {
+        "session_id": SESSION,
+        "owner": owner_digest("Bearer t"),
+        "protocol_version": "2025-11-25",
+        "client": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "c", "version": "1"}},
+    }
+    return SessionRecord(**{**fields, **changes})  # type: ignore[arg-type]
+
+
+async def test_a_saved_record_is_read_back_whole_and_forgotten(tmp_path: Path) -> None:
+    records = FileSessionRecords(tmp_path, ttl_s=60)
+    await records.save(record())
+    assert await records.load(SESSION) == record()
+    await records.set_log_level(SESSION, "error")
+    assert (await records.load(SESSION)) == record(log_level="error")
+    await records.forget(SESSION)
+    assert await records.load(SESSION) is None
+    assert list(tmp_path.iterdir()) == []  # no temporary file left either
+
+
+@pytest.mark.parametrize("session_id", ["../../etc/passwd", "ABCDEF0123456789ABCDEF0123456789", "", "0" * 33])
+async def test_an_id_the_sdk_never_makes_is_never_looked_up(tmp_path: Path, session_id: str) -> None:
+    assert await FileSessionRecords(tmp_path, ttl_s=60).load(session_id) is None
+
+
+async def test_a_damaged_or_misfiled_record_is_no_session(tmp_path: Path) -> None:
+    records = FileSessionRecords(tmp_path, ttl_s=60)
+    (tmp_path / f"{SESSION}.json").write_text("{not json")
+    assert await records.load(SESSION) is None
+    (tmp_path / f"{SESSION}.json").write_bytes(record(session_id="f" * 32).dumps())
+    assert await records.load(SESSION) is None
+
+
+async def test_records_unused_for_their_ttl_are_dropped_and_used_ones_kept(tmp_path: Path) -> None:
+    records = FileSessionRecords(tmp_path, ttl_s=60)
+    await records.save(record())
+    await records.save(record(session_id="f" * 32))
+    long_ago = time.time() - 120
+    for path in tmp_path.iterdir():
+        os.utime(path, (long_ago, long_ago))
+    await records.touch(SESSION)  # a call on the session
+    assert records.prune() == 1
+    assert await records.load(SESSION) is not None
+    assert await records.load("f" * 32) is None
+
+
+async def test_the_log_level_a_client_set_reaches_the_replica_that_adopts_its_session(tmp_path: Path) -> None:
+    records = FileSessionRecords(tmp_path, ttl_s=60)
+    await records.save(record(log_level="warning"))
+    elsewhere = StreamableSessions(records)
+    loaded = await records.load(SESSION)
+    assert loaded is not None
+    elsewhere.adopt(loaded)
+    assert elsewhere._levels[SESSION] == "warning"
+    elsewhere.forget(SESSION)
+    await asyncio.sleep(0.05)  # the record is removed beside the request
+    assert await records.load(SESSION) is None
+
+
+def test_records_are_kept_only_with_shared_sessions_and_in_redis_on_kubernetes(tmp_path: Path) -> None:
+    assert create_session_records(CoordinatorSettings(state_dir=tmp_path)) is None
+    local = create_session_records(CoordinatorSettings(state_dir=tmp_path, shared_sessions=True))
+    assert isinstance(local, FileSessionRecords) and local.folder == tmp_path.resolve() / "mcp-sessions"
+    with pytest.raises(ValueError, match="keeps MCP sessions in Redis: set redis_url"):
+        CoordinatorSettings(backend="kubernetes", shared_sessions=True)
