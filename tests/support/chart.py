@@ -620,6 +620,8 @@ def running_coordinator(installed: Installed, folder: Path) -> Iterator[Coordina
     env = deployment_env(deployment, installed.admin, pod_name="coordinator-on-the-host")
     state = folder / "coordinator"
     state.mkdir()
+    # The chart's audit sink is stdout (nobody reads the test's pipe past LISTENING): a file in `folder` instead.
+    env["CODEGEN_AUDIT_SINK"] = "file"
     env["CODEGEN_AUDIT_LOG"] = str(state / "audit.jsonl")  # the chart's path is an emptyDir in the Pod
     env["CODEGEN_K8S_KUBECONFIG"] = str(installed.coordinator.kubeconfig)
     # Nothing from this shell's environment leaks in; the local backend's CODEGEN_LOCAL_* do not apply to the
