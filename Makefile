@@ -85,7 +85,10 @@ bench-pool: install-dev ## Real control plane: pooled claim → Ready p50/p95; f
 bench-live-output: install ## Live output: print in the sandbox → MCP notification at the client, p50/p95 (vs a bare SDK echo)
 	$(BIN)/python bench/live_output.py
 
-.PHONY: help install install-dev run test lint fmt bench bench-sessions bench-streams bench-security bench-cluster bench-pool bench-live-output conformance-install conformance crd test-operator
+bench-contexts: install ## Python contexts: a cell in a persistent context vs a stateless run.python (median, min, first cell)
+	$(BIN)/python bench/contexts.py
+
+.PHONY: help install install-dev run test lint fmt bench bench-sessions bench-streams bench-security bench-cluster bench-pool bench-live-output bench-contexts conformance-install conformance crd test-operator
 
 include mk/cluster.mk
 include mk/node.mk
