@@ -3,12 +3,14 @@
 `json` gives one JSON object per line (time, level, logger, message, call_id, session, exception), what a
 cluster's log collector indexes; `text` gives the classic line with `call_id=… session=…` after the message, for
 a terminal. The call id comes from `api.call_id`; the session from `session_scope` here. A log record may also
-carry its own `call_id` / `session` attribute (the operator sets the session of kopf's per-object lines so).
+carry its own `call_id` / `session` attribute (the operator sets the session of kopf's per-object lines so), and
+an `object` it is about (`namespace/name` of a Kubernetes object): a JSON field, a `[namespace/name]` prefix in text.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import re
@@ -82,6 +84,9 @@ class JsonFormatter(logging.Formatter):
             "call_id": call_id,
             "session": session,
         }
+        subject = getattr(record, "object", None)
+        if subject is not None:
+            line["object"] = subject
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:
@@ -98,6 +103,10 @@ class TextFormatter(logging.Formatter):
         super().__init__(TEXT_FORMAT)
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        subject = getattr(record, "object", None)
+        if subject is not None:
+            record = copy.copy(record)  # other handlers see the message as it was
+            record.message = f"[{subject}] {record.message}"
         text = super().formatMessage(record)
         call_id, session = _context(record)
         tags = [f"{name}={value}" for name, value in (("call_id", call_id), ("session", session)) if value]

@@ -2,7 +2,8 @@
 
 `step` wraps a reconcile step (a `SessionReconciler` method): its lines carry the session (`api.logs`) and,
 when tracing is on, it is a span `reconcile <step>` with the session's namespace and name. `name_kopf_objects`
-gives kopf's own per-object lines (handler started, succeeded, retried) the same session field.
+gives kopf's own per-object lines (handler started, succeeded, retried) the same session field, and names the
+object they are about (the `[namespace/name]` kopf's text lines begin with).
 """
 
 from __future__ import annotations
@@ -52,8 +53,12 @@ def step(
 
 
 def name_kopf_objects(record: logging.LogRecord) -> bool:
-    """A logging filter: kopf's line about a CodegenSession names it as `session`; every line passes."""
+    """A logging filter: kopf's line about an object names it (`object`: namespace/name), and a CodegenSession
+    as `session` too; every line passes."""
     ref = getattr(record, "k8s_ref", None)
-    if isinstance(ref, dict) and ref.get("kind") == api.KIND and not getattr(record, "session", None):
-        record.session = ref.get("name")
+    if isinstance(ref, dict):
+        namespace, name = ref.get("namespace"), ref.get("name")
+        record.object = f"{namespace}/{name}" if namespace else name
+        if ref.get("kind") == api.KIND and not getattr(record, "session", None):
+            record.session = name
     return True

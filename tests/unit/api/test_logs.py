@@ -89,6 +89,17 @@ def test_a_text_line_ends_with_the_call_and_session_when_known(lines: tuple[logg
     assert second.endswith(" INFO codegen_mcp.test_logs: plain")
 
 
+def test_a_line_about_an_object_names_it(lines: tuple[logging.Handler, io.StringIO]) -> None:
+    handler, out = lines
+    handler.setFormatter(JsonFormatter())
+    log.info("Handler succeeded.", extra={"object": "team-a/alice"})
+    handler.setFormatter(TextFormatter())
+    log.info("Handler succeeded.", extra={"object": "team-a/alice"})
+    as_json, as_text = out.getvalue().splitlines()
+    assert json.loads(as_json)["object"] == "team-a/alice" and json.loads(as_json)["message"] == "Handler succeeded."
+    assert as_text.endswith(" INFO codegen_mcp.test_logs: [team-a/alice] Handler succeeded.")
+
+
 def test_bind_session_names_the_session_until_its_scope_ends() -> None:
     with session_scope():
         assert current_session() is None

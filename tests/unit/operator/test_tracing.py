@@ -73,7 +73,8 @@ def test_kopfs_lines_about_a_session_name_it(lines: JsonLines) -> None:
     kopf_log.info("Handler 'session_created' succeeded.", extra={"k8s_ref": ref})
     kopf_log.info("about a Pod", extra={"k8s_ref": {"kind": "Pod", "name": "carol-sandbox", "namespace": "ns"}})
     first, second = lines.records()
-    assert first["session"] == "carol" and second["session"] is None
+    assert (first["session"], first["object"]) == ("carol", "ns/carol")
+    assert (second["session"], second["object"]) == (None, "ns/carol-sandbox")
 
 
 def test_sandbox_agents_in_pods_write_json_lines(settings: OperatorSettings) -> None:
