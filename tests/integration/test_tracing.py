@@ -15,17 +15,23 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2 as httpx
 import pytest
 from aiohttp import web
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from codegen_mcp.api.agent_settings import AgentSettings
 from codegen_mcp.coordinator.agent_client import AgentClient, AgentEndpoint
 from codegen_mcp.coordinator.backends.base import Backend, Sandbox
 from codegen_mcp.sandbox_agent.app import create_app
-from tests.support.coordinator import state_root
-from tests.support.mcp_client import call, in_process_coordinator, in_process_session
+from tests.support.coordinator import print_log_tail, private_uid_registry, start_coordinator, state_root, stop_process
+from tests.support.mcp_client import call, in_process_coordinator, in_process_session, mcp_session
 from tests.support.telemetry import json_lines, recorded_spans
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -172,3 +178,72 @@ async def test_the_coordinators_and_the_agents_log_lines_share_the_call_id(root:
     (found,) = [r for r in agent_lines if r["message"].startswith("POST /v1/fs/list answered 200")]
     assert (found["call_id"], found["session"]) == (line["call_id"], line["session"])
     assert found["logger"] == "codegen_mcp.sandbox_agent.calls" and found["level"] == "DEBUG"
+
+
+class Collector:
+    """An OTLP/HTTP trace receiver: what processes export to `url`, decoded into spans."""
+
+    def __init__(self) -> None:
+        self.spans: list[Any] = []
+
+    async def receive(self, request: web.Request) -> web.Response:
+        export = ExportTraceServiceRequest.FromString(await request.read())
+        for resource in export.resource_spans:
+            service = next(a.value.string_value for a in resource.resource.attributes if a.key == "service.name")
+            for scope in resource.scope_spans:
+                self.spans += [(service, span) for span in scope.spans]
+        return web.Response(
+            body=ExportTraceServiceResponse().SerializeToString(), content_type="application/x-protobuf"
+        )
+
+    def named(self, name: str) -> tuple[str, Any] | None:
+        return next(((service, span) for service, span in self.spans if span.name == name), None)
+
+
+@pytest.fixture
+async def collector() -> AsyncIterator[tuple[Collector, str]]:
+    received = Collector()
+    app = web.Application()
+    app.router.add_post("/v1/traces", received.receive)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield received, f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_coordinator_and_agent_processes_export_one_trace_over_otlp(
+    root: Path, collector: tuple[Collector, str]
+) -> None:
+    """The real deployment path: `OTEL_EXPORTER_OTLP_ENDPOINT` alone turns tracing on in the coordinator and in the
+    agents it starts (they inherit OTEL_*), and their spans reach the collector as one trace."""
+    received, endpoint = collector
+    (root / "state").mkdir()
+    env = {
+        **private_uid_registry(root / "uids"),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",  # export within 0.1 s rather than 5 s
+        "CODEGEN_LOCAL_WARM_POOL": "0",
+    }
+    cp = start_coordinator(root / "state", env=env)
+    try:
+        async with mcp_session(cp.url, timeout=httpx.Timeout(60)) as session:
+            await call(session, "fs.write", path="a.txt", content="hello")
+        tool = await eventually(lambda: received.named("tools/call fs.write"), timeout=30)
+        request = await eventually(lambda: received.named("POST /v1/fs/write"), timeout=30)
+    finally:
+        stop_process(cp.proc)
+        print_log_tail(cp)
+    (tool_service, tool_span), (agent_service, agent_span) = tool, request
+    assert (tool_service, agent_service) == ("codegen-mcp-coordinator", "codegen-mcp-agent")
+    assert agent_span.trace_id == tool_span.trace_id and agent_span.parent_span_id == tool_span.span_id
+    sdk_spans = [s for service, s in received.spans if s.span_id == tool_span.parent_span_id]
+    assert [s.name for s in sdk_spans] == ["tools/call fs.write"]  # the MCP SDK's own server span, its parent
+    attributes = {a.key: a.value.string_value for a in tool_span.attributes}
+    assert attributes["codegen.outcome"] == "ok"
+    agent_attributes = {a.key: a.value.string_value for a in agent_span.attributes}
+    assert agent_attributes["codegen.call_id"] == attributes["codegen.call_id"]
