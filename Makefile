@@ -73,6 +73,9 @@ bench-sessions: install ## New sessions: first call with the warm pool and witho
 bench-streams: install-dev ## Resumable streams: an echo call's cost with the memory and Redis event stores (vs a bare MCP server)
 	$(BIN)/python bench/streams.py
 
+bench-audit: install-dev ## Audit sinks: an echo call's cost with the file, stdout and PostgreSQL sinks (vs the file sink)
+	$(BIN)/python bench/audit.py
+
 bench-security: install-dev ## As root: attack a local coordinator (paths, races, bombs, quotas, floods) and print the figures
 	$(BIN)/python bench/security.py
 
@@ -88,7 +91,7 @@ bench-live-output: install ## Live output: print in the sandbox → MCP notifica
 bench-contexts: install ## Python contexts: a cell in a persistent context vs a stateless run.python (median, min, first cell)
 	$(BIN)/python bench/contexts.py
 
-.PHONY: help install install-dev run test lint fmt bench bench-sessions bench-streams bench-security bench-cluster bench-pool bench-live-output bench-contexts conformance-install conformance crd test-operator
+.PHONY: help install install-dev run test lint fmt bench bench-sessions bench-streams bench-audit bench-security bench-cluster bench-pool bench-live-output bench-contexts conformance-install conformance crd test-operator
 
 include mk/cluster.mk
 include mk/node.mk

@@ -99,10 +99,18 @@ class ServerProcess:
 
 
 @contextlib.asynccontextmanager
-async def running_server(name: str, argv: list[str], log_path: Path) -> AsyncIterator[ServerProcess]:
+async def running_server(
+    name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None
+) -> AsyncIterator[ServerProcess]:
+    """`argv` started with this environment plus `env`, until it says LISTENING; stopped on exit."""
     with log_path.open("wb") as log:  # the child keeps its own copy of the descriptor
         proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=REPO, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log
+            *argv,
+            cwd=REPO,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log,
+            env={**os.environ, **(env or {})},
         )
     server = ServerProcess(name, proc, log_path)
     try:
@@ -146,6 +154,39 @@ async def time_interleaved(calls: dict[str, Callable[[], Awaitable[Any]]], n: in
                 await call()
             timings[name].append(time.perf_counter() - started)
     return timings
+
+
+async def time_echo(
+    servers: dict[str, tuple[list[str], dict[str, str]]], workdir: Path, message: str, *, n: int, warmup: int
+) -> tuple[dict[str, Figures], float]:
+    """Start each server (argv, extra environment), then time `n` interleaved rounds of one `echo` on each.
+
+    A coordinator's first call (it creates the session's sandbox) and `warmup` rounds are not timed. Returns the
+    figures by server name and the 1-minute load average when the timed rounds began.
+    """
+    from mcp import Client
+
+    async with contextlib.AsyncExitStack() as stack:
+        clients: dict[str, Any] = {}
+        for name, (argv, env) in servers.items():
+            log = workdir / f"{name.replace(' ', '_')}.log"
+            server = await stack.enter_async_context(running_server(name, argv, log, env))
+            clients[name] = await stack.enter_async_context(Client(f"{server.url}/mcp", mode="legacy"))
+
+        def echo(name: str) -> Callable[[], Awaitable[None]]:
+            async def call() -> None:
+                checked(await clients[name].call_tool("echo", {"message": message}), name)
+
+            return call
+
+        calls = {name: echo(name) for name in clients}
+        for call in calls.values():
+            async with asyncio.timeout(FIRST_CALL_TIMEOUT_S):
+                await call()
+        await time_interleaved(calls, warmup)
+        load = os.getloadavg()[0]
+        timings = await time_interleaved(calls, n)
+    return {name: Figures.of(seconds) for name, seconds in timings.items()}, load
 
 
 async def measure(bare_url: str, coordinator_url: str, n: int, warmup: int) -> dict[str, Any]:

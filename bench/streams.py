@@ -29,16 +29,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from bench.roundtrip import (  # noqa: E402
-    BARE_ARGV,
-    CALL_TIMEOUT_S,
-    FIRST_CALL_TIMEOUT_S,
-    Figures,
-    checked,
-    coordinator_argv,
-    running_server,
-    time_interleaved,
-)
+from bench.roundtrip import BARE_ARGV, CALL_TIMEOUT_S, coordinator_argv, time_echo  # noqa: E402
 from bench.runner import bench_parser, report  # noqa: E402
 from tests.support.redis import RedisServer, start_redis, stop_redis  # noqa: E402
 
@@ -73,36 +64,16 @@ def servers(workdir: Path, redis_url: str | None) -> dict[str, list[str]]:
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
-    from mcp import Client
-
     workdir = Path(tempfile.mkdtemp(prefix="codegen-mcp-bench-"))
     workdir.chmod(0o711)  # the local backend's sandbox uids must enter its state dirs
     try:
         with redis_if_installed(workdir) as redis:
-            async with asyncio.timeout(args.timeout), contextlib.AsyncExitStack() as stack:
-                clients: dict[str, Any] = {}
-                for name, argv in servers(workdir, redis.url if redis else None).items():
-                    log = workdir / f"{name.replace(' ', '_')}.log"
-                    server = await stack.enter_async_context(running_server(name, argv, log))
-                    clients[name] = await stack.enter_async_context(Client(f"{server.url}/mcp", mode="legacy"))
-
-                def echo(name: str) -> Any:
-                    async def call() -> None:
-                        checked(await clients[name].call_tool("echo", {"message": MESSAGE}), name)
-
-                    return call
-
-                calls = {name: echo(name) for name in clients}
-                for call in calls.values():  # a coordinator's first call creates its session's sandbox
-                    async with asyncio.timeout(FIRST_CALL_TIMEOUT_S):
-                        await call()
-                await time_interleaved(calls, args.warmup)
-                load = os.getloadavg()[0]
-                timings = await time_interleaved(calls, args.n)
+            started = {name: (argv, {}) for name, argv in servers(workdir, redis.url if redis else None).items()}
+            async with asyncio.timeout(args.timeout):
+                figures, load = await time_echo(started, workdir, MESSAGE, n=args.n, warmup=args.warmup)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    figures = {name: Figures.of(seconds) for name, seconds in timings.items()}
     base = figures["bare echo"].median_ms
     return {
         "n": args.n,

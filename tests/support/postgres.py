@@ -31,7 +31,7 @@ NO_USER = "running as root and there is no `postgres` system user to run the ser
 START_TIMEOUT_S = 30.0
 
 
-def _bin_dir() -> Path | None:
+def server_bin_dir() -> Path | None:
     """The newest installed server's bin folder (Debian's layout), or None."""
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"), key=lambda p: int(Path(p).parts[-3]))
     return Path(found[-1]).parent if found else None
@@ -101,7 +101,7 @@ class PostgresServer:
 @contextlib.contextmanager
 def start_postgres() -> Iterator[PostgresServer]:
     """A fresh server in a temp folder of its own, stopped and removed at the end."""
-    bin_dir = _bin_dir()
+    bin_dir = server_bin_dir()
     if bin_dir is None:
         pytest.skip(reason=MISSING)
     user: str | None = None
