@@ -37,6 +37,13 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "coordinator": {"allowedOrigins": ["https://app.example.org"]},
     },
     "servicemonitor": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+    "monitoring": {
+        "serviceMonitor": {"enabled": True},
+        "monitoring": {
+            "dashboards": {"enabled": True, "annotations": {"grafana_folder": "CodeGen-MCP"}},
+            "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}, "alertLabels": {"team": "ml"}},
+        },
+    },
     "runtime-class": {"sessions": {"runtimeClassName": "gvisor", "nodeSelector": {"pool": "sandbox"}}},
     "egress-none": {
         "sessions": {

@@ -38,7 +38,7 @@ from .validation import repo_path, validate_manifest
 ALL_SETS = list(VALUE_SETS) + [f"ci/{p.name}" for p in ci_value_files()]
 NAMESPACED_KINDS = {
     "ConfigMap", "Deployment", "Ingress", "KopfPeering", "NetworkPolicy", "PodDisruptionBudget", "Role",
-    "RoleBinding", "Secret", "Service", "ServiceAccount", "ServiceMonitor",
+    "RoleBinding", "Secret", "Service", "ServiceAccount", "ServiceMonitor", "PrometheusRule",
 }  # fmt: skip
 CLUSTER_KINDS = {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}
 
@@ -116,9 +116,9 @@ def test_every_rendered_manifest_is_valid(render: Renderer, value_set: str) -> N
     docs = render(values_of(value_set))
     assert docs
     how = {f"{d['kind']}/{d['metadata']['name']}": validate_manifest(d, docs) for d in docs}
-    # Only the chart's own CRD kinds and ServiceMonitor are checked outside the Kubernetes schemas.
+    # Only the chart's own CRD kinds and the Prometheus Operator's are checked outside the Kubernetes schemas.
     assert {k for k, v in how.items() if v != "kubernetes"} <= {
-        k for k in how if k.split("/")[0] in ("ServiceMonitor", "KopfPeering", "ClusterKopfPeering")
+        k for k in how if k.split("/")[0] in ("ServiceMonitor", "PrometheusRule", "KopfPeering", "ClusterKopfPeering")
     }
 
 
@@ -185,7 +185,7 @@ def test_coordinator_serves_mcp_behind_its_service(render: Renderer, value_set: 
     # What every sandbox's NetworkPolicy admits (operator setting CODEGEN_OPERATOR_COORDINATOR_POD_LABELS).
     assert labels[api.LABEL_NAME] == "codegen-mcp" or value_set == "renamed"
     assert labels[api.LABEL_COMPONENT] == "coordinator"
-    service = find(docs, "Service")
+    (service,) = [s for s in find_all(docs, "Service") if s["metadata"]["labels"][api.LABEL_COMPONENT] == "coordinator"]
     assert service["spec"]["selector"].items() <= labels.items()
     assert [(p["name"], p["targetPort"]) for p in service["spec"]["ports"]] == [("mcp", "mcp")]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
@@ -508,7 +508,7 @@ def test_single_operator_runs_standalone_and_never_overlaps(render: Renderer) ->
 
 def test_servicemonitor_targets_the_coordinator_service(render: Renderer) -> None:
     docs = render(VALUE_SETS["servicemonitor"])
-    monitor = find(docs, "ServiceMonitor")
+    monitor = find(docs, "ServiceMonitor", "codegen-mcp-coordinator")
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     assert monitor["spec"]["endpoints"][0]["port"] == "mcp"
     assert validate_manifest(monitor, docs) == "structural"

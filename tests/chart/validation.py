@@ -1,5 +1,6 @@
 """Validators for rendered manifests: the official Kubernetes schemas for built-in kinds, the CRDs' own
-openAPIV3Schema for custom resources the chart ships, and a structural check for ServiceMonitor."""
+openAPIV3Schema for custom resources the chart ships, and structural checks for ServiceMonitor and PrometheusRule
+(whose rules `promtool` checks too: tests/chart/test_chart_monitoring.py)."""
 
 from __future__ import annotations
 
@@ -57,6 +58,20 @@ def validate_service_monitor(doc: dict[str, Any], docs: list[dict[str, Any]]) ->
         assert DURATION.match(endpoint["interval"]) and DURATION.match(endpoint["scrapeTimeout"])
 
 
+def validate_prometheus_rule(doc: dict[str, Any]) -> None:
+    """monitoring.coreos.com/v1 PrometheusRule: groups of alerting rules, as the Prometheus Operator reads them."""
+    assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(doc["spec"]) == {"groups"}, set(doc["spec"])
+    for group in doc["spec"]["groups"]:
+        assert set(group) <= {"name", "interval", "rules"} and group["name"] and group["rules"], group
+        for rule in group["rules"]:
+            assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule
+            assert isinstance(rule["alert"], str) and isinstance(rule["expr"], str) and rule["expr"].strip()
+            assert "for" not in rule or DURATION.match(rule["for"]), rule["for"]
+            for key in ("labels", "annotations"):
+                assert all(isinstance(v, str) for v in (rule.get(key) or {}).values()), rule.get(key)
+
+
 def validate_manifest(doc: dict[str, Any], docs: list[dict[str, Any]]) -> str:
     """Validate one manifest; returns how ('kubernetes', 'crd' or 'structural')."""
     try:
@@ -67,6 +82,9 @@ def validate_manifest(doc: dict[str, Any], docs: list[dict[str, Any]]) -> str:
         pass
     if doc["kind"] == "ServiceMonitor":
         validate_service_monitor(doc, docs)
+        return "structural"
+    if doc["kind"] == "PrometheusRule":
+        validate_prometheus_rule(doc)
         return "structural"
     schema = crd_schema(chart_crds(), doc["apiVersion"], doc["kind"])
     assert schema is not None, f"{doc['apiVersion']} {doc['kind']} is neither built in nor a CRD of the chart"
