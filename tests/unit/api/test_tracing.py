@@ -4,6 +4,7 @@ their trace context crosses a hop in headers."""
 from __future__ import annotations
 
 import logging
+import subprocess
 import sys
 from collections.abc import Iterator
 
@@ -84,3 +85,13 @@ def test_a_malformed_call_id_is_replaced(spans: InMemorySpanExporter) -> None:
     (span,) = spans.get_finished_spans()
     assert span.attributes is not None
     assert span.attributes["codegen.call_id"] != "bad id\n" and "codegen.session" not in span.attributes
+
+
+def test_the_agent_imports_nothing_of_opentelemetry_while_tracing_is_off() -> None:
+    """The sandbox image has no otel extra: the agent must start without it."""
+    code = (
+        "import sys, codegen_mcp.sandbox_agent.__main__, codegen_mcp.sandbox_agent.app\n"
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
