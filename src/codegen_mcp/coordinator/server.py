@@ -145,7 +145,7 @@ class Coordinator:
             on_close=self.streamable.forget,
             on_started=self.metrics.sandbox_started,
         )
-        self.audit = create_audit_log(settings)
+        self.audit = create_audit_log(settings, registry=self.metrics.registry)
         self._closing: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -674,10 +674,7 @@ def create_app(settings: CoordinatorSettings, backend: Backend | None = None) ->
         return JSONResponse(body)
 
     async def metrics(request: Request) -> Response:
-        c = coordinator
-        # The audit log still writes its own lines (until it reports on the coordinator's registry).
-        body = generate_latest(c.metrics.registry) + (c.audit.render_metrics() + "\n").encode()
-        return Response(body, media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(coordinator.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

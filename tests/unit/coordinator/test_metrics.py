@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
-from prometheus_client import generate_latest
+import httpx2 as httpx
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from codegen_mcp.coordinator.agent_client import AgentClient, AgentEndpoint
 from codegen_mcp.coordinator.backends.base import Backend, Sandbox
 from codegen_mcp.coordinator.metrics import Metrics
+from codegen_mcp.coordinator.server import create_app
 from codegen_mcp.coordinator.sessions import SessionManager
+from codegen_mcp.coordinator.settings import CoordinatorSettings
 
 
 def lines(metrics: Metrics) -> set[str]:
@@ -121,3 +126,21 @@ async def test_sandbox_starts_and_agent_restarts_are_counted_by_kind() -> None:
     assert 'codegen_mcp_sandbox_start_seconds_count{kind="restart"} 2.0' in exposed
     assert 'codegen_mcp_sandbox_start_seconds_bucket{kind="new",le="0.05"} 1.0' in exposed  # it opened at once
     assert "codegen_mcp_agent_restarts_total 2.0" in exposed
+
+
+async def test_the_coordinator_serves_every_part_from_one_registry(tmp_path: Path) -> None:
+    app = create_app(CoordinatorSettings(state_dir=tmp_path))
+    coordinator = app.state.coordinator
+    assert coordinator.audit.registry is coordinator.metrics.registry  # the audit log reports on it too
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+        response = await http.get("/metrics")
+    assert response.headers["content-type"] == CONTENT_TYPE_LATEST
+    families = {f.name for f in text_string_to_metric_families(response.text)}
+    assert {
+        "codegen_mcp_sessions",
+        "codegen_mcp_handshakes",
+        "codegen_mcp_audit_healthy",
+        "codegen_mcp_warm_pool_size",
+    } <= families
+    assert response.text.count("# TYPE codegen_mcp_audit_healthy gauge") == 1
