@@ -64,7 +64,8 @@ class _IndexCollector(Collector):
         sandboxes = GaugeMetricFamily(
             "codegen_operator_pool_sandboxes",
             "Sandbox Pods of each CodegenSandboxPool not yet claimed by a session, by state (ready, starting).",
-            labels=["namespace", "pool", "state"],
+            # Not `namespace`: Prometheus gives every scraped series the operator Pod's namespace under that name.
+            labels=["pool_namespace", "pool", "state"],
         )
         for (namespace, name), pods in self._pool_pods.items():
             ready = starting = 0

@@ -87,8 +87,8 @@ def test_sessions_by_phase_and_pool_sandboxes_by_state_come_from_the_indices() -
         'codegen_operator_sessions{phase="Suspended"} 1.0',
         'codegen_operator_sessions{phase="Unknown"} 1.0',
         'codegen_operator_sessions{phase="Failed"} 0.0',
-        'codegen_operator_pool_sandboxes{namespace="a",pool="warm",state="ready"} 2.0',
-        'codegen_operator_pool_sandboxes{namespace="a",pool="warm",state="starting"} 1.0',
+        'codegen_operator_pool_sandboxes{pool="warm",pool_namespace="a",state="ready"} 2.0',
+        'codegen_operator_pool_sandboxes{pool="warm",pool_namespace="a",state="starting"} 1.0',
     } <= exposed
     sessions[("a", "s1")] = [{"phase": "Failed"}]  # the watch changed the index: the next scrape sees it
     assert 'codegen_operator_sessions{phase="Failed"} 1.0' in lines(metrics)
