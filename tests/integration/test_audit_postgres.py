@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -83,6 +83,36 @@ def test_a_role_allowed_only_to_insert_appends_to_an_existing_table(postgres_dsn
     finally:
         sink.close()
     assert [r["call_id"] for r in rows(postgres_dsn)] == ["call-3"]
+
+
+def test_a_schema_and_timeouts_of_its_own_in_the_dsn_are_kept(postgres_dsn: str) -> None:
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA audit")
+    sink = PostgresSink(f"{postgres_dsn}?options=-csearch_path%3Daudit&connect_timeout=2")
+    try:
+        sink.connect()
+        sink.write([event(4)])
+        conn = sink._connection()
+        assert conn.info.get_parameters()["connect_timeout"] == "2"
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("30s",)
+    finally:
+        sink.close()
+    with psycopg.connect(postgres_dsn) as conn:
+        assert conn.execute(f"SELECT call_id FROM audit.{TABLE}").fetchall() == [("call-4",)]
+        assert conn.execute("SELECT to_regclass('public.codegen_mcp_audit')").fetchone() == (None,)
+
+
+def test_replicas_starting_together_create_the_table_once(postgres_dsn: str) -> None:
+    sinks = [PostgresSink(postgres_dsn) for _ in range(4)]
+    try:
+        with ThreadPoolExecutor(len(sinks)) as pool:
+            list(pool.map(lambda sink: sink.connect(), sinks))  # no "duplicate key" from two CREATE TABLEs
+        for n, sink in enumerate(sinks):
+            sink.write([event(10 + n)])
+    finally:
+        for sink in sinks:
+            sink.close()
+    assert sorted(r["call_id"] for r in rows(postgres_dsn)) == [f"call-{10 + n}" for n in range(4)]
 
 
 def test_a_dsn_that_does_not_work_is_a_problem_at_start_not_a_crash(postgres_server: PostgresServer) -> None:

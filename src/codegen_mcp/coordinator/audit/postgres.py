@@ -19,7 +19,18 @@ from codegen_mcp.coordinator.audit.event import AuditEvent
 from codegen_mcp.coordinator.audit.sinks import SinkDown
 
 TABLE: Final = "codegen_mcp_audit"
-CONNECT_TIMEOUT_S: Final = 5
+# A database that stops answering (a network partition, a hung server) must not hold the writer forever: the
+# connection gives up after these (unless the DSN says otherwise), and the batch stays buffered for a new one.
+_CONNECTION_DEFAULTS: Final[dict[str, Any]] = {
+    "connect_timeout": 5,
+    "tcp_user_timeout": 30_000,  # ms unacknowledged data may wait
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "application_name": "codegen-mcp audit",
+}
+_STATEMENT_TIMEOUT: Final = "-c statement_timeout=30s"
 # Two replicas starting at once create the table under this lock, one after the other.
 _SCHEMA_LOCK: Final = 0x636F6465_67656E  # "codegen"
 _SCHEMA: Final = (
@@ -115,9 +126,7 @@ class PostgresSink:
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            conn = psycopg.connect(
-                self._dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, application_name="codegen-mcp audit"
-            )
+            conn = psycopg.connect(self._dsn, autocommit=True, **self._connection_parameters())
             try:
                 self._ensure_table(conn)
             except BaseException:
@@ -125,6 +134,13 @@ class PostgresSink:
                 raise
             self._conn = conn
         return self._conn
+
+    def _connection_parameters(self) -> dict[str, Any]:
+        """The defaults the DSN does not set itself; its `options` (say, a search_path) kept, a timeout added."""
+        given = conninfo_to_dict(self._dsn)
+        parameters = {key: value for key, value in _CONNECTION_DEFAULTS.items() if key not in given}
+        parameters["options"] = f"{given.get('options') or ''} {_STATEMENT_TIMEOUT}".strip()
+        return parameters
 
     @staticmethod
     def _ensure_table(conn: psycopg.Connection[Any]) -> None:
