@@ -591,6 +591,7 @@ def running_operator(installed: Installed, folder: Path) -> Iterator[OperatorPro
     env = deployment_env(deployment, installed.admin, pod_name="operator-on-the-host")
     liveness = f"http://127.0.0.1:{free_port()}/healthz"
     env["CODEGEN_OPERATOR_LIVENESS_ENDPOINT"] = liveness  # the chart's 0.0.0.0:8081, moved off a shared port
+    env["CODEGEN_OPERATOR_METRICS_PORT"] = str(free_port())  # the chart's 8082, likewise
     command = [sys.executable, "-m", "codegen_mcp.cli", *container_args(deployment)]
     command += ["--kubeconfig", str(installed.operator.kubeconfig)]
     log_path = folder / "operator.log"
