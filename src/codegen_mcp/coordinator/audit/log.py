@@ -19,7 +19,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from codegen_mcp.coordinator.audit.event import AuditEvent
 from codegen_mcp.coordinator.audit.metrics import AuditCollector
@@ -156,10 +156,6 @@ class AuditLog:
             waited = time.monotonic() - started
             return f"the audit sink has not answered a write for {waited:.0f} s; {self.backlog} events wait"
         return self._problem
-
-    def render_metrics(self) -> str:
-        """This log's metrics in the Prometheus text format (its registry's, when it has one of its own)."""
-        return generate_latest(self.registry).decode()
 
     # -- the writer thread -------------------------------------------------------------------------------
 
