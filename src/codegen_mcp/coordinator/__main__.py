@@ -145,11 +145,13 @@ def main(argv: list[str] | None = None) -> None:
             import kubernetes_asyncio  # noqa: F401
         except ImportError:
             sys.exit("the kubernetes backend needs the operator extra: pip install 'codegen-mcp[all]'")
-    if settings.audit_sink == "postgres":
+    if settings.audit_sink == "postgres" and settings.audit_postgres_dsn is not None:
         try:
-            import psycopg  # noqa: F401
+            from codegen_mcp.coordinator.audit.postgres import dsn_problem
         except ImportError:
             sys.exit("the postgres audit sink needs psycopg: pip install 'codegen-mcp[postgres]'")
+        if problem := dsn_problem(settings.audit_postgres_dsn.get_secret_value()):
+            sys.exit(f"codegen-mcp serve: {problem}")
     try:
         if settings.transport == "stdio":
             from codegen_mcp.coordinator.server import serve_stdio

@@ -77,6 +77,18 @@ def _row(event: AuditEvent) -> tuple[Any, ...]:
     return tuple(Jsonb(event.args) if column == "args" else getattr(event, column) for column in _COLUMNS)
 
 
+def dsn_problem(dsn: str) -> str | None:
+    """A sentence when `dsn` is no PostgreSQL connection string, else None. It never quotes the DSN (a password)."""
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return (
+            "the audit DSN (CODEGEN_AUDIT_POSTGRES_DSN) does not parse: give "
+            "postgresql://user:password@host:port/dbname or key=value pairs"
+        )
+    return None
+
+
 def _reason(exc: psycopg.Error) -> str:
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return f"PostgreSQL: {first_line}"
@@ -90,10 +102,9 @@ class PostgresSink:
         self._conn: psycopg.Connection[Any] | None = None
 
     def describe(self) -> str:
-        try:
-            info = conninfo_to_dict(self._dsn)
-        except psycopg.ProgrammingError:
+        if dsn_problem(self._dsn):
             return "postgresql (a DSN that does not parse)"
+        info = conninfo_to_dict(self._dsn)
         user = f"{info['user']}@" if info.get("user") else ""
         where = f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
         return f"postgresql {user}{where} table {TABLE}"
@@ -126,6 +137,9 @@ class PostgresSink:
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
+            problem = dsn_problem(self._dsn)
+            if problem:
+                raise SinkDown(problem)
             conn = psycopg.connect(self._dsn, autocommit=True, **self._connection_parameters())
             try:
                 self._ensure_table(conn)
