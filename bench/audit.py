@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
-import os
 import shutil
 import sys
 import tempfile
@@ -29,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from bench.roundtrip import CALL_TIMEOUT_S, coordinator_argv, time_echo  # noqa: E402
+from bench.roundtrip import coordinator_argv, echo_figures, echo_table, time_echo  # noqa: E402
 from bench.runner import bench_parser, report  # noqa: E402
 from tests.support.postgres import PostgresServer, server_bin_dir, start_postgres  # noqa: E402
 
@@ -72,30 +70,14 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    base = figures[BASELINE].median_ms
     return {
-        "n": args.n,
-        "warmup": args.warmup,
-        "calls": {name: dataclasses.asdict(f) for name, f in figures.items()},
-        "ratio_to_file_sink": {name: round(f.median_ms / base, 3) for name, f in figures.items()},
+        **echo_figures(args, figures, load, baseline=BASELINE, ratio_key="ratio_to_file_sink"),
         "postgres": dsn is not None,
-        "loadavg_1m": round(load, 2),
-        "cpus": os.cpu_count(),
-        "call_timeout_s": CALL_TIMEOUT_S,
     }
 
 
 def format_table(figures: dict[str, Any]) -> str:
-    lines = [
-        f"{figures['n']} sequential echo calls on each coordinator (interleaved) after {figures['warmup']} warm-up "
-        "rounds;",
-        f"streamable HTTP on loopback; load average {figures['loadavg_1m']} on {figures['cpus']} CPUs",
-        "",
-        f"{'call':<30}{'median ms':>10}{'p90 ms':>10}{'min ms':>10}{'/ file':>9}",
-    ]
-    for name, f in figures["calls"].items():
-        ratio = figures["ratio_to_file_sink"][name]
-        lines.append(f"{name:<30}{f['median_ms']:>10.2f}{f['p90_ms']:>10.2f}{f['min_ms']:>10.2f}{ratio:>8.2f}x")
+    lines = echo_table(figures, servers="coordinator", ratio_key="ratio_to_file_sink", ratio_column="/ file")
     if not figures["postgres"]:
         lines += ["", "(PostgreSQL not installed: no postgres row; apt install postgresql)"]
     return "\n".join(lines)

@@ -189,6 +189,37 @@ async def time_echo(
     return {name: Figures.of(seconds) for name, seconds in timings.items()}, load
 
 
+def echo_figures(
+    args: argparse.Namespace, figures: dict[str, Figures], load: float, *, baseline: str, ratio_key: str
+) -> dict[str, Any]:
+    """What `time_echo` measured, for `--json`: each server's figures and its ratio to `baseline`'s median."""
+    base = figures[baseline].median_ms
+    return {
+        "n": args.n,
+        "warmup": args.warmup,
+        "calls": {name: dataclasses.asdict(f) for name, f in figures.items()},
+        ratio_key: {name: round(f.median_ms / base, 3) for name, f in figures.items()},
+        "loadavg_1m": round(load, 2),
+        "cpus": os.cpu_count(),
+        "call_timeout_s": CALL_TIMEOUT_S,
+    }
+
+
+def echo_table(figures: dict[str, Any], *, servers: str, ratio_key: str, ratio_column: str) -> list[str]:
+    """`echo_figures` as the lines of a table (the caller adds its own notes)."""
+    lines = [
+        f"{figures['n']} sequential echo calls on each {servers} (interleaved) after {figures['warmup']} warm-up "
+        "rounds;",
+        f"streamable HTTP on loopback; load average {figures['loadavg_1m']} on {figures['cpus']} CPUs",
+        "",
+        f"{'call':<30}{'median ms':>10}{'p90 ms':>10}{'min ms':>10}{ratio_column:>9}",
+    ]
+    for name, f in figures["calls"].items():
+        ratio = figures[ratio_key][name]
+        lines.append(f"{name:<30}{f['median_ms']:>10.2f}{f['p90_ms']:>10.2f}{f['min_ms']:>10.2f}{ratio:>8.2f}x")
+    return lines
+
+
 async def measure(bare_url: str, coordinator_url: str, n: int, warmup: int) -> dict[str, Any]:
     from mcp import Client
 
