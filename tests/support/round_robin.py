@@ -27,7 +27,7 @@ class RoundRobin:
     served: list[tuple[str, str, str]] = field(default_factory=list)  # (backend, method, mcp-session-id)
 
     def __post_init__(self) -> None:
-        self._next = itertools.cycle(range(len(self.backends)))
+        self._turns = itertools.count()  # backends may be added while it serves: each turn takes the next
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, read=None))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -42,8 +42,8 @@ class RoundRobin:
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP_BY_HOP]
         target = scope["path"] + (f"?{scope['query_string'].decode()}" if scope["query_string"] else "")
         session = dict(headers).get(b"mcp-session-id", b"").decode()
-        for _ in self.backends:
-            backend = self.backends[next(self._next)]
+        for _ in list(self.backends):
+            backend = self.backends[next(self._turns) % len(self.backends)]
             request = self._http.build_request(scope["method"], backend + target, headers=headers, content=bytes(body))
             try:
                 response = await self._http.send(request, stream=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from codegen_mcp.coordinator.__main__ import parse_settings
 from codegen_mcp.coordinator.mcp_sessions import StreamableSessions
 from codegen_mcp.coordinator.settings import CoordinatorSettings
 from codegen_mcp.coordinator.shared_sessions import (
@@ -88,3 +89,8 @@ def test_records_are_kept_only_with_shared_sessions_and_in_redis_on_kubernetes(t
     assert isinstance(local, FileSessionRecords) and local.folder == tmp_path.resolve() / "mcp-sessions"
     with pytest.raises(ValueError, match="keeps MCP sessions in Redis: set redis_url"):
         CoordinatorSettings(backend="kubernetes", shared_sessions=True)
+
+
+def test_the_flag_turns_sharing_on() -> None:
+    assert parse_settings(["--shared-sessions"])[0].shared_sessions is True
+    assert parse_settings([])[0].shared_sessions is False

@@ -13,6 +13,10 @@ coordinator serves them). A session found suspended — by this coordinator, or 
 workspace found again): spec.suspend false, then the same wait for Ready as a new session, then the new token.
 While sessions may be suspended for idleness, those with a task still running report activity, so that the
 operator does not take a busy session for an idle one.
+
+With `shared_sessions`, several coordinators serve the same sessions (any request to any replica): a stopping
+one only lets go of its sessions' resources, and a session counts as idle only when status.lastActivityAt,
+which every replica writes, says so too.
 """
 
 from __future__ import annotations
@@ -200,6 +204,7 @@ class KubernetesBackend(Backend):
         self._changed = asyncio.Condition()
         self._deleted_at: dict[str, float] = {}  # sessions the watch saw deleted, and when
         self._suspend_after = operator_suspend_after(settings)
+        self.shared = settings.shared_sessions
         self._busy_reporter: asyncio.Task[None] | None = None
         check_template(self._k8s)
 
@@ -318,6 +323,15 @@ class KubernetesBackend(Backend):
     async def touch(self, sandbox: Sandbox) -> None:
         if self._throttle.due(sandbox.sandbox_id, time.monotonic()):
             await self._write_activity(sandbox.sandbox_id)
+
+    async def idle_for(self, sandbox: Sandbox) -> float | None:
+        """Since status.lastActivityAt (as the watch last saw it), which any replica may have written."""
+        written = ((self._latest.get(sandbox.sandbox_id) or {}).get("status") or {}).get("lastActivityAt")
+        try:
+            at = datetime.strptime(str(written), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        except ValueError:
+            return None
+        return max(0.0, (datetime.now(UTC) - at).total_seconds())
 
     async def _write_activity(self, name: str) -> None:
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
