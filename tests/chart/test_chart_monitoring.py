@@ -111,7 +111,10 @@ def test_the_rule_has_every_alert_with_the_values_thresholds(render: Renderer, m
         "CodegenMcpOperatorDown",
         "CodegenMcpOperatorReconcileErrors",
     }
-    assert [s["metadata"]["name"] for s in find_all(without_operator, "Service")] == ["codegen-mcp"]
+    services = find_all(without_operator, "Service")
+    assert [
+        s["metadata"]["name"] for s in services if s["metadata"]["labels"]["app.kubernetes.io/component"] != "redis"
+    ] == ["codegen-mcp"]
 
 
 # --- the dashboard against Grafana's dashboard schema ------------------------------------------------------------

@@ -85,7 +85,9 @@ def test_render_with_defaults_produces_the_whole_release(render: Renderer) -> No
         [
             "Deployment/codegen-mcp-coordinator",
             "Deployment/codegen-mcp-operator",
+            "Deployment/codegen-mcp-redis",
             "NetworkPolicy/codegen-mcp-coordinator",
+            "NetworkPolicy/codegen-mcp-redis",
             "PodDisruptionBudget/codegen-mcp-coordinator",
             "Role/codegen-mcp-coordinator",
             "Role/codegen-mcp-operator",
@@ -93,6 +95,7 @@ def test_render_with_defaults_produces_the_whole_release(render: Renderer) -> No
             "RoleBinding/codegen-mcp-operator",
             "Secret/codegen-mcp-auth",
             "Service/codegen-mcp",
+            "Service/codegen-mcp-redis",
             "ServiceAccount/codegen-mcp-coordinator",
             "ServiceAccount/codegen-mcp-operator",
             "ServiceAccount/codegen-mcp-sandbox",
@@ -170,6 +173,8 @@ def test_control_plane_pods_are_locked_down(render: Renderer, value_set: str) ->
         assert "/tmp" in {m["mountPath"] for m in c["volumeMounts"]}, name
         for kind in ("requests", "limits"):
             assert {"cpu", "memory"} <= set(c["resources"][kind]), (name, kind)
+        if pod_labels(deployment)[api.LABEL_COMPONENT] == "redis":
+            continue  # the chart's Redis has no /healthz (tests/chart/test_chart_replicas.py)
         assert c["livenessProbe"]["httpGet"]["path"] == "/healthz", name
         assert c["startupProbe"]["httpGet"]["path"] == "/healthz", name
 
@@ -191,6 +196,8 @@ def test_coordinator_serves_mcp_behind_its_service(render: Renderer, value_set: 
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
     for kind in ("PodDisruptionBudget", "NetworkPolicy"):
         for doc in find_all(docs, kind):
+            if doc["metadata"]["labels"][api.LABEL_COMPONENT] == "redis":
+                continue  # the chart's Redis has its own (tests/chart/test_chart_replicas.py)
             selector = doc["spec"]["podSelector" if kind == "NetworkPolicy" else "selector"]["matchLabels"]
             assert selector.items() <= labels.items(), kind
     for ingress in find_all(docs, "Ingress"):
@@ -200,12 +207,12 @@ def test_coordinator_serves_mcp_behind_its_service(render: Renderer, value_set: 
 
 
 def test_coordinator_network_policy_admits_clients_and_reaches_only_what_it_needs(render: Renderer) -> None:
-    policy = find(render(), "NetworkPolicy")
+    policy = find(render(), "NetworkPolicy", "codegen-mcp-coordinator")
     spec = policy["spec"]
     assert spec["policyTypes"] == ["Ingress", "Egress"]
     assert spec["ingress"] == [{"ports": [{"port": "mcp", "protocol": "TCP"}]}]
     egress_ports = [sorted(p["port"] for p in rule["ports"]) for rule in spec["egress"]]
-    assert egress_ports == [[53, 53], [443, 6443], [8080]]
+    assert egress_ports == [[53, 53], [443, 6443], [8080], [6379]]  # the last: the chart's Redis
     sandboxes = spec["egress"][2]["to"][0]["podSelector"]["matchLabels"]
     assert sandboxes == {api.LABEL_NAME: api.SANDBOX_APP_NAME, api.LABEL_MANAGED_BY: api.MANAGED_BY}
 

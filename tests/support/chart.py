@@ -41,6 +41,7 @@ from codegen_mcp.operator.settings import OperatorSettings
 from tests.support.control_plane import ControlPlane, free_port, tail, terminate
 from tests.support.coordinator import CoordinatorProcess, print_log_tail, start_coordinator, stop_process
 from tests.support.real_cluster import RealCluster, api_path
+from tests.support.redis import start_redis, stop_redis
 from tests.support.waiting import wait_for
 
 G = api.GROUP
@@ -615,7 +616,8 @@ def running_coordinator(installed: Installed, folder: Path) -> Iterator[Coordina
     """`codegen-mcp serve` with the chart's Deployment env and args, as the chart's coordinator ServiceAccount.
 
     Only where the Pod listens and keeps its files is changed: the host's coordinator serves on a free loopback port
-    and keeps its state and audit log in `folder`.
+    and keeps its state and audit log in `folder`; for the chart's own Redis (a Service name in the cluster) a
+    redis-server on the host stands in.
     """
     deployment = installed.release.find("Deployment", "-coordinator")
     env = deployment_env(deployment, installed.admin, pod_name="coordinator-on-the-host")
@@ -632,9 +634,14 @@ def running_coordinator(installed: Installed, folder: Path) -> Iterator[Coordina
     command, *args = container_args(deployment)
     assert command == "serve", command
     args = _without(args, ("--host", "--port"))  # start_coordinator's 127.0.0.1 and a free port instead
-    coordinator = start_coordinator(state, *args, env={**env, "KUBECONFIG": "/nonexistent"})
-    try:
-        yield coordinator
-    finally:
-        stop_process(coordinator.proc)
-        print_log_tail(coordinator)
+    with contextlib.ExitStack() as stack:
+        if ".svc:" in env.get("CODEGEN_REDIS_URL", ""):
+            redis = start_redis(folder)
+            stack.callback(stop_redis, redis)
+            env["CODEGEN_REDIS_URL"] = redis.url
+        coordinator = start_coordinator(state, *args, env={**env, "KUBECONFIG": "/nonexistent"})
+        try:
+            yield coordinator
+        finally:
+            stop_process(coordinator.proc)
+            print_log_tail(coordinator)

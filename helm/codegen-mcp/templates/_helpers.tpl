@@ -25,6 +25,16 @@
 {{- printf "%s-coordinator" (include "codegen-mcp.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* The Redis the chart runs itself: eventStore.type redis with neither redisUrl nor redisUrlSecret. */}}
+{{- define "codegen-mcp.redisName" -}}
+{{- printf "%s-redis" (include "codegen-mcp.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "codegen-mcp.bundledRedis" -}}
+{{- $es := .Values.coordinator.eventStore -}}
+{{- if and (eq $es.type "redis") (not $es.redisUrl) (not $es.redisUrlSecret.name) -}}true{{- end -}}
+{{- end }}
+
 {{/* The Service clients connect to: the release's own name, e.g. `codegen-mcp`. */}}
 {{- define "codegen-mcp.serviceName" -}}
 {{- include "codegen-mcp.fullname" . }}
