@@ -43,7 +43,9 @@ def rows(dsn: str) -> list[dict[str, Any]]:
 
 def record(audit: AuditLog, n: int) -> Future[bool]:
     return audit.record(
-        session="s", sandbox="sb", tool="echo", arguments={"message": f"m{n}"}, outcome="ok", duration_s=0.001
+        AuditEvent.of_call(
+            session="s", sandbox="sb", tool="echo", arguments={"message": f"m{n}"}, outcome="ok", duration_s=0.001
+        )
     )
 
 
@@ -152,7 +154,7 @@ async def test_a_database_that_is_down_delays_events_and_they_arrive_once_it_is_
         assert "PostgreSQL" in str(audit.problem) and audit.backlog == 4 and audit.dropped == 0
 
         own_postgres.start()
-        assert all([await asyncio.wrap_future(f) for f in waiting])
+        assert [await asyncio.wrap_future(f) for f in waiting] == [True] * 4
         assert audit.problem is None and audit.backlog == 0
     finally:
         audit.close()

@@ -43,7 +43,7 @@ from codegen_mcp.api.logs import bind_session
 from codegen_mcp.api.tools import TOOLS_BY_NAME
 from codegen_mcp.coordinator import conformance_tools, mcp_tasks, tools, tracing
 from codegen_mcp.coordinator.agent_client import AgentUnreachable
-from codegen_mcp.coordinator.audit import create_audit_log
+from codegen_mcp.coordinator.audit import AuditEvent, create_audit_log
 from codegen_mcp.coordinator.backends import Backend, create_backend
 from codegen_mcp.coordinator.backends.base import NAMED_WORKSPACE_PREFIX
 from codegen_mcp.coordinator.event_store import ResumableSessionManager, create_event_log
@@ -347,13 +347,15 @@ class Coordinator:
         finally:
             self.metrics.observe_call(params.name, outcome, time.monotonic() - started)
             recorded = self.audit.record(
-                session=key,
-                sandbox=sandbox_id,
-                tool=params.name,
-                arguments=arguments,
-                outcome=outcome,
-                duration_s=time.monotonic() - started,
-                error_code=code,
+                AuditEvent.of_call(
+                    session=key,
+                    sandbox=sandbox_id,
+                    tool=params.name,
+                    arguments=arguments,
+                    outcome=outcome,
+                    duration_s=time.monotonic() - started,
+                    error_code=code,
+                )
             )
             if outcome != "cancelled":
                 # The event is stored before the result leaves, unless the sink is slow or down: the call

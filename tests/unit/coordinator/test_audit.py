@@ -31,7 +31,9 @@ def audit(tmp_path: Path) -> Iterator[AuditLog]:
 
 def record(audit: AuditLog, n: int) -> Future[bool]:
     return audit.record(
-        session="s1", sandbox="sb", tool="echo", arguments={"message": f"m{n}"}, outcome="ok", duration_s=0.001
+        AuditEvent.of_call(
+            session="s1", sandbox="sb", tool="echo", arguments={"message": f"m{n}"}, outcome="ok", duration_s=0.001
+        )
     )
 
 
@@ -105,9 +107,7 @@ def test_an_event_carries_the_call_id_and_a_digest_never_contents() -> None:
             duration_s=0.25,
             error_code="timeout",
         )
-    other = AuditEvent.of_call(
-        session="mcp-1", sandbox=None, tool="echo", arguments={}, outcome="ok", duration_s=0, error_code=None
-    )
+    other = AuditEvent.of_call(session="mcp-1", sandbox=None, tool="echo", arguments={}, outcome="ok", duration_s=0)
     line = json.loads(event.json_line())
     assert line["call_id"] == "call-123" and other.call_id and other.call_id != "call-123"
     assert line["session"] == "mcp-1" and line["sandbox"] == "cs-abc" and line["tool"] == "run.python"

@@ -66,7 +66,7 @@ class AuditEvent:
         arguments: dict[str, Any],
         outcome: str,
         duration_s: float,
-        error_code: str | None,
+        error_code: str | None = None,
     ) -> AuditEvent:
         """The event of the call being handled now (its id from `call_scope`, a fresh one outside any)."""
         summary, digest = summarize_arguments(arguments)

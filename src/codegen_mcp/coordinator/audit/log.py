@@ -17,7 +17,6 @@ import queue
 import threading
 import time
 from datetime import UTC, datetime
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -94,30 +93,11 @@ class AuditLog:
 
     # -- recording -----------------------------------------------------------------------------------
 
-    def record(
-        self,
-        *,
-        session: str,
-        sandbox: str | None,
-        tool: str,
-        arguments: dict[str, Any],
-        outcome: str,
-        duration_s: float,
-        error_code: str | None = None,
-    ) -> concurrent.futures.Future[bool]:
+    def record(self, event: AuditEvent) -> concurrent.futures.Future[bool]:
         """Buffer one call's event; the future says (True/False) whether the sink took it. Never raises."""
-        event = AuditEvent.of_call(
-            session=session,
-            sandbox=sandbox,
-            tool=tool,
-            arguments=arguments,
-            outcome=outcome,
-            duration_s=duration_s,
-            error_code=error_code,
-        )
         done: concurrent.futures.Future[bool] = concurrent.futures.Future()
         if self._thread is None:
-            log.warning("audit log closed; dropped the event of call %s (%s)", event.call_id, tool)
+            log.warning("audit log closed; dropped the event of call %s (%s)", event.call_id, event.tool)
             self._drop(1)
             done.set_result(False)
             return done
