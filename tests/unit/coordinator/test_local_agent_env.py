@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from codegen_mcp.api.agent_settings import AgentSettings, AgentSettingsError
+from codegen_mcp.api.logs import log_format
+from codegen_mcp.api.tracing import tracing_wanted
 from codegen_mcp.coordinator.backends.local import LocalBackend
 from codegen_mcp.coordinator.settings import CoordinatorSettings, LocalBackendSettings
 
@@ -54,12 +56,25 @@ def test_the_coordinators_agent_variables_pass_through_its_own_win(
     monkeypatch.setenv("codegen_agent_upload_max_bytes", "4096")  # any case, as the agent reads them
     monkeypatch.setenv("CODEGEN_AGENT_WORKSPACE", "/elsewhere")  # each sandbox has its own
     monkeypatch.setenv("CODEGEN_STATE_DIR", "/coordinator/own")  # never given to agents
+    monkeypatch.setenv("CODEGEN_LOG_FORMAT", "json")  # shared: the agents' lines look like the coordinator's
     env = agent_env(tmp_path)
     agent = AgentSettings.from_environ(env)
     assert (agent.artifact_store, agent.s3_bucket, agent.upload_max_bytes) == ("s3", "artifacts", 4096)
     assert agent.workspace == tmp_path.resolve() / "sessions" / "s-1" / "workspace"
-    assert [name for name in env if name.upper().startswith("CODEGEN_") and not name.startswith("CODEGEN_AGENT_")] == []
+    others = [name for name in env if name.upper().startswith("CODEGEN_") and not name.startswith("CODEGEN_AGENT_")]
+    assert others == ["CODEGEN_LOG_FORMAT"]
     assert "codegen_agent_upload_max_bytes" not in env
+
+
+def test_agents_log_in_the_coordinators_format_and_trace_only_when_it_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CODEGEN_LOG_FORMAT", "json")  # not the agents' default (text)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
+    monkeypatch.setenv("CODEGEN_TRACING", "off")  # the coordinator does not trace: its agents must not either
+    env = agent_env(tmp_path)
+    assert log_format(env) == "json"
+    assert tracing_wanted(os.environ) is False and tracing_wanted(env) is False
 
 
 @pytest.mark.parametrize(

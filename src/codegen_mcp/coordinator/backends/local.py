@@ -54,6 +54,8 @@ from typing import Any
 
 from codegen_mcp.api.agent_settings import AgentSettings, SandboxMode, agent_variables
 from codegen_mcp.api.errors import SandboxUnavailable
+from codegen_mcp.api.logs import LOG_FORMAT_ENV
+from codegen_mcp.api.tracing import TRACING_ENV
 from codegen_mcp.coordinator.agent_client import AgentClient, AgentEndpoint
 from codegen_mcp.coordinator.backends import disks
 from codegen_mcp.coordinator.backends.agent_zygote import AgentZygote, ForkedAgent, ZygoteUnavailable
@@ -691,8 +693,10 @@ class LocalBackend(Backend):
 
     @staticmethod
     def _inherited_env() -> dict[str, str]:
-        """What agents inherit: the coordinator's environment but its own settings (PATH, AWS_* stay)."""
-        return {k: v for k, v in os.environ.items() if not k.upper().startswith("CODEGEN_")}
+        """What agents inherit: the coordinator's environment but its own settings (PATH, AWS_* stay), except the
+        log format and tracing choice: agents write their lines as it does, and trace only when it does."""
+        shared = (LOG_FORMAT_ENV, TRACING_ENV)
+        return {k: v for k, v in os.environ.items() if not k.upper().startswith("CODEGEN_") or k in shared}
 
     def _agent_env(self, sandbox_id: str, workspace: Path, token: str) -> dict[str, str]:
         return {**self._inherited_env(), **self._agent_settings(sandbox_id, workspace, token).to_env()}
