@@ -117,6 +117,27 @@ def test_an_event_carries_the_call_id_and_a_digest_never_contents() -> None:
     assert event.event_id != other.event_id  # unique per event: what a retrying sink deduplicates on
 
 
+def test_an_event_stays_small_whatever_the_client_sent() -> None:
+    # A refused call is audited too, with the arguments as sent: up to a 4 MiB request of fields.
+    sent = {f"field_{n}_{'k' * 100}": "v" for n in range(50_000)}
+    event = AuditEvent.of_call(
+        session="s", sandbox=None, tool="fs.write", arguments=sent, outcome="error", duration_s=0
+    )
+    assert len(event.json_line()) < 8_000
+    assert len(event.args) == 33 and event.args["…"] == "<49968 more fields>"
+    assert all(len(name) <= 65 for name in event.args)
+
+
+def test_an_event_never_keeps_the_credentials_of_a_url() -> None:
+    # git.clone refuses such a URL, but the refused call is audited: its token must not reach the trail.
+    url = "https://alice:ghp_SECRET@github.com/alice/private.git"
+    event = AuditEvent.of_call(
+        session="s", sandbox=None, tool="git.clone", arguments={"url": url}, outcome="error", duration_s=0
+    )
+    assert event.args == {"url": "https://***@github.com/alice/private.git"}
+    assert "ghp_SECRET" not in event.json_line().decode()
+
+
 async def test_a_sink_that_cannot_be_written_keeps_the_events_retries_and_recovers(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

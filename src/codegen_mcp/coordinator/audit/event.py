@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import socket
 from dataclasses import asdict, dataclass
@@ -18,6 +19,12 @@ from codegen_mcp.api.call_id import current_call_id
 # Arguments whose values are content, not metadata: the event keeps only their size.
 _CONTENT_FIELDS = frozenset({"content", "contents", "code", "stdin"})
 _MAX_VALUE_CHARS = 200
+# A refused call is audited with the arguments as sent, which may be any fields (a request of up to 4 MiB): the
+# summary keeps the first fields (a tool takes at most 8), names cut short, so a buffered event stays small.
+_MAX_FIELDS = 32
+_MAX_NAME_CHARS = 64
+# The `user:password@` of a URL (git.clone refuses one, but the refused call is audited): never stored.
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 # The host that wrote an event: in a cluster, the coordinator Pod's name (two replicas, one trail).
 _HOST = socket.gethostname()
 
@@ -27,16 +34,24 @@ def summarize_arguments(arguments: dict[str, Any]) -> tuple[dict[str, Any], str]
     canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"), default=str)
     digest = hashlib.sha256(canonical.encode()).hexdigest()
     summary: dict[str, Any] = {}
-    for key, value in arguments.items():
+    for count, (key, value) in enumerate(arguments.items()):
+        if count == _MAX_FIELDS:
+            summary["…"] = f"<{len(arguments) - count} more fields>"
+            break
+        name = _cut(key, _MAX_NAME_CHARS)
         if key in _CONTENT_FIELDS and isinstance(value, str):
-            summary[key] = f"<{len(value.encode())} bytes>"
-        elif isinstance(value, str) and len(value) > _MAX_VALUE_CHARS:
-            summary[key] = value[:_MAX_VALUE_CHARS] + "…"
-        elif isinstance(value, str | int | float | bool) or value is None:
-            summary[key] = value
+            summary[name] = f"<{len(value.encode())} bytes>"
+        elif isinstance(value, str):
+            summary[name] = _cut(_URL_CREDENTIALS.sub("***@", value), _MAX_VALUE_CHARS)
+        elif isinstance(value, int | float | bool) or value is None:
+            summary[name] = value
         else:
-            summary[key] = f"<{type(value).__name__}>"
+            summary[name] = f"<{type(value).__name__}>"
     return summary, digest
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 @dataclass(frozen=True)
