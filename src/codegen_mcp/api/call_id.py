@@ -40,3 +40,9 @@ def call_scope(call_id: str | None = None) -> Iterator[str]:
         yield effective
     finally:
         _current.reset(token)
+
+
+def join_call(call_id: str) -> None:
+    """Make the rest of the enclosing `call_scope` part of the call `call_id` (a request about a task that names
+    no call of its own joins the call that started the task); the previous id is back when that scope ends."""
+    _current.set(call_id)

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from codegen_mcp.api.call_id import current_call_id
 from codegen_mcp.api.propagation import incoming
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ async def call_middleware(
     attributes = {"http.request.method": request.method, "http.route": route}
     with incoming(request.headers, f"{request.method} {route}", attributes) as span:
         response = await handler(request)
+        span.set("codegen.call_id", current_call_id())  # a request about a task may have joined its call
         span.set("http.response.status_code", response.status)
         if response.status >= 500:
             span.failed(f"HTTP {response.status}")

@@ -18,7 +18,9 @@ from aiohttp import web
 from codegen_mcp import __version__
 from codegen_mcp.api import routes
 from codegen_mcp.api.arguments import ArtifactRegisterArgs
+from codegen_mcp.api.call_id import CALL_ID_HEADER, join_call, valid_call_id
 from codegen_mcp.api.errors import InvalidArgument
+from codegen_mcp.api.logs import bind_session
 from codegen_mcp.api.routes import Route
 from codegen_mcp.api.tools import (
     MAX_WAIT_S,
@@ -153,8 +155,15 @@ async def pkg_install(request: web.Request) -> web.Response:
     return await _respond_after(agent, task, args.wait_s)
 
 
-def _task_id(request: web.Request) -> str:
-    return validated(TaskIdArgs, request.match_info).task_id
+def _task(request: web.Request) -> Task:
+    """The task a request names. A request naming no call of its own (MCP's tasks/get and tasks/cancel, which
+    the coordinator serves outside any tool call) is handled as part of the call, and session, that started it."""
+    task = request.app[AGENT].tasks.get(validated(TaskIdArgs, request.match_info).task_id)
+    if task.call_id is not None and valid_call_id(request.headers.get(CALL_ID_HEADER)) is None:
+        join_call(task.call_id)
+        if task.session is not None:
+            bind_session(task.session)
+    return task
 
 
 def _wait_s(query: Mapping[str, str]) -> float:
@@ -169,20 +178,18 @@ def _wait_s(query: Mapping[str, str]) -> float:
 
 
 async def get_task(request: web.Request) -> web.Response:
-    agent = request.app[AGENT]
-    task_id, wait_s = _task_id(request), _wait_s(request.query)
-    return await _respond_after(agent, agent.tasks.get(task_id), wait_s)
+    wait_s = _wait_s(request.query)
+    task = _task(request)
+    return await _respond_after(request.app[AGENT], task, wait_s)
 
 
 async def task_output(request: web.Request) -> web.StreamResponse:
-    agent = request.app[AGENT]
-    task = agent.tasks.get(_task_id(request))
+    task = _task(request)
     return await follow(request, task.output, offset_of(request.query))
 
 
 async def cancel_task(request: web.Request) -> web.Response:
-    agent = request.app[AGENT]
-    task = await agent.tasks.cancel(_task_id(request))
+    task = await request.app[AGENT].tasks.cancel(_task(request).task_id)
     return model_response(task.view())
 
 

@@ -17,7 +17,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from codegen_mcp.api.call_id import current_call_id
 from codegen_mcp.api.errors import CodegenError, ErrorCode
+from codegen_mcp.api.logs import current_session
 from codegen_mcp.api.tools import (
     GitCloneResult,
     LintResult,
@@ -71,6 +73,9 @@ class Task:
     cancel_requested: asyncio.Event = field(default_factory=asyncio.Event)
     runner: asyncio.Task[None] | None = None
     output: LiveOutput = field(default_factory=LiveOutput)
+    # The call (and session) that started the task: requests about it that name no call of their own join it.
+    call_id: str | None = field(default_factory=current_call_id)
+    session: str | None = field(default_factory=current_session)
 
     def view(self) -> TaskView:
         elapsed = 0.0
