@@ -3,10 +3,13 @@
 The client talks to them through a round-robin proxy (a Service without session affinity), so its requests
 alternate between the two from `initialize` on. A run started as a task goes on when the coordinator that owns
 its sandbox stops: the other one adopts the running agent, and the client gets the run's result and its files.
+With the Redis event store, a call whose connection dropped is resumed through the other replica.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
 import time
 from collections.abc import Iterator
@@ -15,6 +18,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
+from tests.integration.test_resumable_streams import CODE, RawSession, sse_events
 from tests.support.coordinator import (
     CoordinatorProcess,
     print_log_tail,
@@ -24,19 +28,21 @@ from tests.support.coordinator import (
     stop_process,
 )
 from tests.support.mcp_client import call, mcp_session, text_of
+from tests.support.redis import RedisServer, redis_server  # noqa: F401  (a fixture)
 from tests.support.round_robin import round_robin
 
 TIMEOUT = httpx.Timeout(60.0, read=120.0)
 RUN = "import time\nprint('started', flush=True)\ntime.sleep(3)\nprint('finished')"
 
 
-@pytest.fixture
-def replicas() -> Iterator[tuple[CoordinatorProcess, CoordinatorProcess]]:
+@contextlib.contextmanager
+def two_replicas(*extra: str) -> Iterator[tuple[CoordinatorProcess, CoordinatorProcess]]:
+    """Two coordinators with shared sessions on one state folder (and one uid registry)."""
     for root in state_root():
         state = root / "state"
         state.mkdir()
         env = private_uid_registry(root / "uids")
-        flags = ["--shared-sessions", "--warm-pool", "0", "--suspend-after", "0"]
+        flags = ["--shared-sessions", "--warm-pool", "0", "--suspend-after", "0", *extra]
         first = start_coordinator(state, *flags, env=env)
         second: CoordinatorProcess | None = None
         try:
@@ -47,6 +53,18 @@ def replicas() -> Iterator[tuple[CoordinatorProcess, CoordinatorProcess]]:
                 if cp is not None:
                     stop_process(cp.proc)
             print_log_tail(first, 120)
+
+
+@pytest.fixture
+def replicas() -> Iterator[tuple[CoordinatorProcess, CoordinatorProcess]]:
+    with two_replicas() as both:
+        yield both
+
+
+@pytest.fixture
+def replicas_on_redis(redis_server: RedisServer) -> Iterator[tuple[CoordinatorProcess, CoordinatorProcess]]:  # noqa: F811
+    with two_replicas("--event-store", "redis", "--redis-url", redis_server.url, "--stream-retry-ms", "300") as both:
+        yield both
 
 
 def owner_of_the_sandbox(state: Path, replicas: tuple[CoordinatorProcess, ...]) -> CoordinatorProcess:
@@ -99,3 +117,38 @@ async def test_a_session_id_no_replica_opened_is_not_found(
             f"{first.url}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers=headers
         )
     assert response.status_code == 404
+
+
+async def test_a_dropped_call_resumes_through_the_other_replica(
+    replicas_on_redis: tuple[CoordinatorProcess, CoordinatorProcess],
+) -> None:
+    first, second = replicas_on_redis
+    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+        session = RawSession(http, f"{first.url}/mcp")
+        await session.initialize()
+        run = {"name": "run.python", "arguments": {"code": CODE, "wait_s": 60}, "_meta": {"progressToken": 7}}
+        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": run}
+        async with http.stream("POST", session.url, json=call, headers=session.headers()) as response:
+            priming = await anext(sse_events(response))
+            assert priming.id and priming.retry == 300
+        # The connection dropped mid-call; the client comes back through the other replica. It replays what the
+        # first one kept in Redis and ends the stream (the call runs elsewhere); the client comes back from its
+        # newest event, after `retry`, until the answer is in Redis too.
+        session.url = f"{second.url}/mcp"
+        last_event_id, resumes, answer = priming.id, 0, None
+        while answer is None:
+            resumes += 1
+            headers = session.headers(**{"last-event-id": last_event_id, "accept": "text/event-stream"})
+            async with http.stream("GET", session.url, headers=headers) as resumed:
+                assert resumed.status_code == 200, await resumed.aread()
+                async for event in sse_events(resumed):
+                    last_event_id = event.id or last_event_id
+                    message = event.message()
+                    if message is not None and message.get("id") == 1:
+                        answer = message
+            if answer is None:
+                await asyncio.sleep(0.3)
+            assert resumes < 100, "the answer never reached the other replica"
+    assert resumes >= 2  # the run was still going when the client first came back
+    assert answer["result"]["structuredContent"]["run"]["stdout"] == "started\nfinished\n"
+    assert first.alive() and second.alive()

@@ -54,7 +54,13 @@ from mcp.server.streamable_http import (
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 from mcp.shared.transport_context import TransportContext
-from mcp_types import InitializeRequestParams, JSONRPCMessage, jsonrpc_message_adapter
+from mcp_types import (
+    InitializeRequestParams,
+    JSONRPCError,
+    JSONRPCMessage,
+    JSONRPCResponse,
+    jsonrpc_message_adapter,
+)
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
 from pydantic import ValidationError
 from starlette.datastructures import Headers
@@ -271,13 +277,23 @@ class SessionEvents(EventStore):
 
     Never raises into the SDK (its message router would stop, and the session with it): an event the log
     could not keep is still sent, under an id that replays nothing.
+
+    A replay stays open for the stream's live tail only where the stream is live: in this process, its request
+    not answered yet. Otherwise the stream ends after what was kept, and the client, as for any stream that ends
+    before its answer, reconnects after `retry` from its newest event: so a resume that reaches a replica other
+    than the one serving the request polls the shared log until the answer is in it.
     """
 
     def __init__(self, events: EventLog, scope: str | None = None) -> None:
         self.events = events
         self.scope = scope or secrets.token_hex(16)
+        self._live: set[StreamId] = set()  # streams this process writes whose request is not answered yet
 
     async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
+        if isinstance(message, JSONRPCResponse | JSONRPCError):  # a request's answer: its stream's last event
+            self._live.discard(stream_id)
+        else:
+            self._live.add(stream_id)
         stream = StreamKey(self.scope, stream_id)
         try:
             return stream.event_id(await self.events.append(stream, message))
@@ -300,7 +316,7 @@ class SessionEvents(EventStore):
         for kept_position, message in kept:
             if message is not None:  # a priming event has nothing to replay
                 await send_callback(EventMessage(message, stream.event_id(kept_position)))
-        return stream.stream_id
+        return stream.stream_id if stream.stream_id in self._live else None
 
 
 def session_scope(session_id: str) -> str:

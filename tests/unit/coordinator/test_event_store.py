@@ -72,13 +72,13 @@ async def test_replays_what_the_stream_sent_after_an_id(log: EventLog) -> None:
     first = await store.store_event("1", progress(1))
     later = [await store.store_event("1", progress(2)), await store.store_event("1", result(1, "done"))]
 
-    got = Received()
-    assert await store.replay_events_after(first, got) == "1"
+    got = Received()  # answered: the replay is all the stream still sends
+    assert await store.replay_events_after(first, got) is None
     assert got.messages == [progress(2), result(1, "done")]
     assert [e.event_id for e in got.events] == later
 
     from_start = Received()  # the priming event is a cursor only: nothing to send for it
-    assert await store.replay_events_after(priming, from_start) == "1"
+    assert await store.replay_events_after(priming, from_start) is None
     assert from_start.messages == [progress(1), progress(2), result(1, "done")]
 
 
@@ -90,7 +90,7 @@ async def test_streams_are_replayed_apart(log: EventLog) -> None:
     await store.store_event("2", result(2, "two"))
 
     got = Received()
-    assert await store.replay_events_after(one, got) == "1"
+    assert await store.replay_events_after(one, got) is None
     assert got.messages == [result(1, "one")]
 
 
@@ -102,10 +102,28 @@ async def test_a_session_never_replays_another_sessions_stream_of_the_same_reque
     await bob.store_event("1", result(1, "bob's"))
 
     mine, theirs = Received(), Received()
-    assert await alice.replay_events_after(alice_id, mine) == "1"
+    assert await alice.replay_events_after(alice_id, mine) is None
     assert mine.messages == [result(1, "alice's")]
     assert await alice.replay_events_after(bob_id, theirs) is None
     assert theirs.events == []
+
+
+async def test_only_a_stream_live_here_stays_open_after_its_replay(log: EventLog) -> None:
+    here = SessionEvents(log, scope="session")
+    elsewhere = SessionEvents(log, scope="session")  # the same session, served by another replica too
+    priming = await here.store_event("1", None)
+    await here.store_event("1", progress(1))
+
+    assert await here.replay_events_after(priming, Received()) == "1"  # its request runs here: the live tail follows
+    got = Received()  # another replica has no live tail to give: the stream ends, and the client polls again
+    assert await elsewhere.replay_events_after(priming, got) is None
+    assert got.messages == [progress(1)]
+
+    await here.store_event("1", result(1, "done"))
+    answered = Received()
+    assert await elsewhere.replay_events_after(priming, answered) is None
+    assert answered.messages == [progress(1), result(1, "done")]
+    assert await here.replay_events_after(priming, Received()) is None
 
 
 @pytest.mark.parametrize(
@@ -130,7 +148,7 @@ async def test_each_stream_keeps_its_newest_events(kind: str, request: pytest.Fi
         await store.store_event("1", result(1, "done"))
 
         got = Received()  # the id itself was dropped: the client gets every event still kept, the result last
-        assert await store.replay_events_after(dropped, got) == "1"
+        assert await store.replay_events_after(dropped, got) is None
         assert got.messages == [progress(3), progress(4), result(1, "done")]
 
 
@@ -160,7 +178,7 @@ async def test_the_memory_log_drops_the_oldest_events_past_its_total_bytes() -> 
     gone, kept = Received(), Received()
     assert await store.replay_events_after(old, gone) is None
     assert gone.events == []
-    assert await store.replay_events_after(new, kept) == "2"
+    assert await store.replay_events_after(new, kept) is None
     assert kept.messages == [result(2, "1" * 300), result(2, "2" * 300)]
 
 
