@@ -35,8 +35,10 @@ _disable_created_metrics()  # type: ignore[no-untyped-call]  # the library leave
 BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 Resource = Literal["session", "pool"]
-# ok; retry: kopf tries again (a temporary error); error: the handler failed for good, or gave up retrying.
+# ok; retry: kopf tries again; error: the handler failed for good, or gave up retrying.
 Result = Literal["ok", "retry", "error"]
+# kopf runs these change handlers again after any exception but PermanentError; an event handler's it only logs.
+RETRIED_TRIGGERS = frozenset({"create", "resume", "update"})
 Handler = Callable[..., Coroutine[Any, Any, Any]]
 
 
@@ -137,9 +139,11 @@ class OperatorMetrics:
 def counted(resource: Resource, trigger: str) -> Callable[[Handler], Handler]:
     """Count a kopf handler's runs and time them, on the `metrics` in its memo.
 
-    A temporary error (kopf retries) is `retry`; any other exception is `error`, and so is an event handler
-    that returns False: it gave up retrying by itself (see `handlers._retrying`), since kopf never retries those.
+    An exception kopf retries is `retry`: a TemporaryError, or any exception but PermanentError from a change
+    handler (`RETRIED_TRIGGERS`). Any other is `error`, and so is an event handler that returns False: it gave up
+    retrying by itself (see `handlers._retrying`), since kopf never retries those.
     """
+    retried = trigger in RETRIED_TRIGGERS
 
     def decorate(handler: Handler) -> Handler:
         @functools.wraps(handler)
@@ -155,6 +159,11 @@ def counted(resource: Resource, trigger: str) -> Callable[[Handler], Handler]:
                 raise
             except asyncio.CancelledError:
                 result = None  # the operator stops: the run neither succeeded nor failed
+                raise
+            except kopf.PermanentError:
+                raise
+            except Exception:
+                result = "retry" if retried else "error"
                 raise
             finally:
                 metrics = kwargs["memo"].get("metrics")

@@ -63,9 +63,30 @@ async def test_handler_runs_are_counted_by_result() -> None:
     assert works.__name__ == "works"  # kopf ids a handler by its wrapped function's name: progress stays valid
 
 
+async def test_an_exception_is_a_retry_where_kopf_retries_it_and_an_error_where_it_does_not() -> None:
+    """kopf runs a change handler (create, resume, update) again after any exception but PermanentError; an event
+    handler's exception it only logs."""
+    metrics = OperatorMetrics()
+
+    @counted("session", "update")
+    async def api_error(**_: Any) -> None:
+        raise RuntimeError("the API server closed the connection")
+
+    @counted("session", "claim")
+    async def event_error(**_: Any) -> None:
+        raise RuntimeError("the API server closed the connection")
+
+    for handler in (api_error, event_error):
+        with pytest.raises(RuntimeError):
+            await handler(memo=kopf.Memo(metrics=metrics))
+    exposed = lines(metrics)
+    assert 'codegen_operator_reconciles_total{resource="session",result="retry",trigger="update"} 1.0' in exposed
+    assert 'codegen_operator_reconciles_total{resource="session",result="error",trigger="claim"} 1.0' in exposed
+
+
 def test_sessions_by_phase_and_pool_sandboxes_by_state_come_from_the_indices() -> None:
     metrics = OperatorMetrics()
-    sessions = {
+    sessions: dict[tuple[str, str], list[dict[str, str | None]]] = {
         ("a", "s1"): [{"phase": "Ready"}],
         ("a", "s2"): [{"phase": "Ready"}],
         ("b", "s3"): [{"phase": "Suspended"}],
