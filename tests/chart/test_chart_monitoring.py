@@ -117,6 +117,14 @@ def test_the_rule_has_every_alert_with_the_values_thresholds(render: Renderer, m
     ] == ["codegen-mcp"]
 
 
+def test_without_the_charts_service_monitors_no_alert_waits_on_their_jobs(render: Renderer) -> None:
+    """Scraped some other way (annotations, a static config), the jobs the `up` alerts name never exist: those
+    alerts would fire for good, so the rule leaves them out."""
+    values = VALUE_SETS["monitoring"] | {"serviceMonitor": {"enabled": False}}
+    alerts = {r["alert"] for r in rules_of(render(values))}
+    assert alerts == ALERTS - {"CodegenMcpCoordinatorDown", "CodegenMcpOperatorDown"}
+
+
 # --- the dashboard against Grafana's dashboard schema ------------------------------------------------------------
 
 
