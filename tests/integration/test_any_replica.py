@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx2 as httpx
@@ -35,51 +37,67 @@ TIMEOUT = httpx.Timeout(60.0, read=120.0)
 RUN = "import time\nprint('started', flush=True)\ntime.sleep(3)\nprint('finished')"
 
 
+@dataclass
+class Replicas:
+    """Coordinators with shared sessions on one state folder (and one uid registry)."""
+
+    state: Path
+    flags: list[str]
+    env: dict[str, str]
+    started: list[CoordinatorProcess] = field(default_factory=list)
+
+    def start(self) -> CoordinatorProcess:
+        cp = start_coordinator(self.state, *self.flags, env=self.env)
+        self.started.append(cp)
+        return cp
+
+
 @contextlib.contextmanager
-def two_replicas(*extra: str) -> Iterator[tuple[CoordinatorProcess, CoordinatorProcess]]:
-    """Two coordinators with shared sessions on one state folder (and one uid registry)."""
+def two_replicas(*extra: str) -> Iterator[Replicas]:
     for root in state_root():
         state = root / "state"
         state.mkdir()
-        env = private_uid_registry(root / "uids")
         flags = ["--shared-sessions", "--warm-pool", "0", "--suspend-after", "0", *extra]
-        first = start_coordinator(state, *flags, env=env)
-        second: CoordinatorProcess | None = None
+        replicas = Replicas(state, flags, private_uid_registry(root / "uids"))
         try:
-            second = start_coordinator(state, *flags, env=env)
-            yield first, second
+            replicas.start()
+            replicas.start()
+            yield replicas
         finally:
-            for cp in (first, second):
-                if cp is not None:
-                    stop_process(cp.proc)
-            print_log_tail(first, 120)
+            for cp in replicas.started:
+                stop_process(cp.proc)
+            if replicas.started:
+                print_log_tail(replicas.started[0], 120)
 
 
 @pytest.fixture
-def replicas() -> Iterator[tuple[CoordinatorProcess, CoordinatorProcess]]:
-    with two_replicas() as both:
-        yield both
+def replicas() -> Iterator[Replicas]:
+    with two_replicas() as started:
+        yield started
 
 
 @pytest.fixture
-def replicas_on_redis(redis_server: RedisServer) -> Iterator[tuple[CoordinatorProcess, CoordinatorProcess]]:  # noqa: F811
+def replicas_on_redis(redis_server: RedisServer) -> Iterator[Replicas]:  # noqa: F811
     with two_replicas("--event-store", "redis", "--redis-url", redis_server.url, "--stream-retry-ms", "300") as both:
         yield both
 
 
-def owner_of_the_sandbox(state: Path, replicas: tuple[CoordinatorProcess, ...]) -> CoordinatorProcess:
-    """The coordinator that started the one sandbox's agent (its parent process)."""
+def agent_pid(state: Path) -> int:
+    """The pid of the one sandbox's agent."""
     (record,) = (state / "sessions").glob("*/agent.json")
-    pid = int(record.read_text().split('"pid": ')[1].split(",")[0])
-    parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return int(json.loads(record.read_text())["pid"])
+
+
+def owner_of_the_sandbox(state: Path, replicas: list[CoordinatorProcess]) -> CoordinatorProcess:
+    """The coordinator that started the one sandbox's agent (its parent process)."""
+    parent = int(Path(f"/proc/{agent_pid(state)}/stat").read_text().rsplit(")", 1)[1].split()[1])
     (owner,) = [cp for cp in replicas if cp.proc.pid == parent]
     return owner
 
 
-async def test_a_session_goes_on_on_the_other_replica_when_its_own_stops(
-    replicas: tuple[CoordinatorProcess, CoordinatorProcess],
-) -> None:
-    first, second = replicas
+@pytest.mark.parametrize("end", ["stopped", "killed"])
+async def test_a_session_goes_on_on_the_other_replicas_when_its_own_ends(replicas: Replicas, end: str) -> None:
+    first, second = replicas.started
     async with round_robin([first.url, second.url]) as (url, proxy), mcp_session(url, timeout=TIMEOUT) as s:
         await call(s, "fs.write", path="notes.txt", content="kept across replicas")
         started = (await call(s, "run.python", code=RUN, wait_s=0.5)).structured_content
@@ -89,28 +107,39 @@ async def test_a_session_goes_on_on_the_other_replica_when_its_own_stops(
         assert {backend for backend, _ in served} == {first.url, second.url}, "both replicas served the session"
         assert len({session for _, session in served}) == 1
 
-        owner = owner_of_the_sandbox(first.state_dir, replicas)
+        agent = agent_pid(replicas.state)
+        owner = owner_of_the_sandbox(replicas.state, replicas.started)
         other = second if owner is first else first
-        stop_process(owner.proc)
+        if end == "stopped":
+            stop_process(owner.proc)
+        else:
+            owner.proc.kill()
+            owner.proc.wait()
         assert other.alive()
 
+        # The other replica, which served the session beside the owner, goes on with its agent.
         began = time.monotonic()
         status = (await call(s, "task.get_status", task_id=started["task_id"])).structured_content
         first_call_ms = (time.monotonic() - began) * 1000
-        print(f"first call on the remaining replica after the owner stopped: {first_call_ms:.0f} ms", file=sys.stderr)
+        print(f"first call on the remaining replica after the owner {end}: {first_call_ms:.0f} ms", file=sys.stderr)
         assert status is not None and status["state"] in ("running", "succeeded")
 
+        # A replica new to the session takes the sandbox over, with the same agent (it knows the task).
+        third = replicas.start()
+        proxy.backends.append(third.url)
+        stop_process(other.proc)
+        began = time.monotonic()
         result = (await call(s, "task.get_result", task_id=started["task_id"], wait_s=30)).structured_content
+        print(f"first call on a new replica: {(time.monotonic() - began) * 1000:.0f} ms", file=sys.stderr)
         assert result is not None and result["state"] == "succeeded"
         assert result["run"]["stdout"] == "started\nfinished\n"
         assert "kept across replicas" in text_of(await call(s, "fs.read", path="notes.txt"))
-        assert {backend for backend, _, _ in proxy.served[-3:]} == {other.url}
+        assert {backend for backend, _, _ in proxy.served[-2:]} == {third.url}
+        assert agent_pid(replicas.state) == agent and Path(f"/proc/{agent}").exists()
 
 
-async def test_a_session_id_no_replica_opened_is_not_found(
-    replicas: tuple[CoordinatorProcess, CoordinatorProcess],
-) -> None:
-    first, _ = replicas
+async def test_a_session_id_no_replica_opened_is_not_found(replicas: Replicas) -> None:
+    first = replicas.started[0]
     headers = {"mcp-session-id": "0" * 32, "mcp-protocol-version": "2025-06-18", "accept": "application/json"}
     async with httpx.AsyncClient(timeout=TIMEOUT) as http:
         response = await http.post(
@@ -119,10 +148,8 @@ async def test_a_session_id_no_replica_opened_is_not_found(
     assert response.status_code == 404
 
 
-async def test_a_dropped_call_resumes_through_the_other_replica(
-    replicas_on_redis: tuple[CoordinatorProcess, CoordinatorProcess],
-) -> None:
-    first, second = replicas_on_redis
+async def test_a_dropped_call_resumes_through_the_other_replica(replicas_on_redis: Replicas) -> None:
+    first, second = replicas_on_redis.started
     async with httpx.AsyncClient(timeout=TIMEOUT) as http:
         session = RawSession(http, f"{first.url}/mcp")
         await session.initialize()
