@@ -104,6 +104,15 @@ def test_a_schema_and_timeouts_of_its_own_in_the_dsn_are_kept(postgres_dsn: str)
         assert conn.execute("SELECT to_regclass('public.codegen_mcp_audit')").fetchone() == (None,)
 
 
+def test_a_statement_timeout_of_the_dsns_own_wins_over_the_default(postgres_dsn: str) -> None:
+    sink = PostgresSink(f"{postgres_dsn}?options=-cstatement_timeout%3D5min")
+    try:
+        conn = sink._connection()
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("5min",)
+    finally:
+        sink.close()
+
+
 def test_replicas_starting_together_create_the_table_once(postgres_dsn: str) -> None:
     sinks = [PostgresSink(postgres_dsn) for _ in range(4)]
     try:

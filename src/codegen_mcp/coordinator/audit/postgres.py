@@ -150,10 +150,11 @@ class PostgresSink:
         return self._conn
 
     def _connection_parameters(self) -> dict[str, Any]:
-        """The defaults the DSN does not set itself; its `options` (say, a search_path) kept, a timeout added."""
+        """The defaults the DSN does not set itself; its `options` (say, a search_path) kept after our statement
+        timeout, so that a `-c statement_timeout=…` of its own wins (the last one given counts)."""
         given = conninfo_to_dict(self._dsn)
         parameters = {key: value for key, value in _CONNECTION_DEFAULTS.items() if key not in given}
-        parameters["options"] = f"{given.get('options') or ''} {_STATEMENT_TIMEOUT}".strip()
+        parameters["options"] = f"{_STATEMENT_TIMEOUT} {given.get('options') or ''}".strip()
         return parameters
 
     @staticmethod
