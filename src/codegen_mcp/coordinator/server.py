@@ -132,6 +132,7 @@ class Coordinator:
             per_client=settings.max_handshakes_per_client,
             total=settings.max_handshakes,
             idle_timeout_s=settings.handshake_idle_timeout_s,
+            records=self.records,  # shared_sessions: one whose calls another replica serves is not ended here
         )
         self.metrics = Metrics(
             sessions=lambda: len(self.sessions), handshakes=self.handshakes, warm_pool=self.backend.warm_pool_size

@@ -23,6 +23,7 @@ from codegen_mcp.api.errors import CodegenError, ErrorCode, SandboxUnavailable
 from codegen_mcp.coordinator.agent_client import AgentUnreachable
 from codegen_mcp.coordinator.backends.base import Backend, Sandbox, is_named_workspace
 from codegen_mcp.coordinator.metrics import StartKind
+from codegen_mcp.coordinator.shared_sessions import SessionRecords
 
 log = logging.getLogger(__name__)
 
@@ -283,13 +284,17 @@ class Handshakes:
     (remote address and bearer token) holds at most `per_client` of them and the whole server `total`: a
     new one ends the oldest first. One idle for `idle_timeout_s` (no request in progress, none started) is
     ended too; its client then gets 404 and, as the MCP spec says, initializes again. A session leaves this
-    registry for good once one of its tool calls holds a sandbox (`promote`).
+    registry for good once one of its tool calls holds a sandbox (`promote`). With shared sessions (`records`),
+    one whose tool calls another replica served is only let go here, not ended.
     """
 
-    def __init__(self, *, per_client: int, total: int, idle_timeout_s: float) -> None:
+    def __init__(
+        self, *, per_client: int, total: int, idle_timeout_s: float, records: SessionRecords | None = None
+    ) -> None:
         self._per_client = per_client
         self._total = total
         self._idle_timeout_s = idle_timeout_s
+        self._records = records
         self._open: dict[str, Handshake] = {}  # oldest first
         self.ended: Counter[str] = Counter()  # by reason (evicted, expired), for /metrics
         self._sweeper: asyncio.Task[None] | None = None
@@ -354,6 +359,9 @@ class Handshakes:
     async def _end(self, handshake: Handshake, reason: str) -> None:
         if self._open.pop(handshake.session_id, None) is None:
             return  # promoted or ended meanwhile
+        if self._records is not None and await self._records.working(handshake.session_id):
+            log.info("MCP session %s works on another replica; this one lets it go", handshake.session_id)
+            return
         self.ended[reason] += 1
         try:
             await handshake.end()

@@ -55,6 +55,7 @@ class SessionRecord:
     protocol_version: str  # the version `initialize` negotiated
     client: dict[str, Any]  # the client's `initialize` params (capabilities, clientInfo), as it sent them
     log_level: LoggingLevel | None = None  # what the client set with logging/setLevel, if it did
+    working: bool = False  # a tool call of it was served (on any replica): it is no handshake any more
 
     def dumps(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -100,12 +101,23 @@ class SessionRecords(ABC):
             await self.save(replace(record, log_level=level))
 
     async def touch(self, session_id: str) -> None:
-        """The session is in use: its record stays (written at most every TOUCH_EVERY_S)."""
+        """A tool call of the session: its record stays (written at most every TOUCH_EVERY_S), and says the
+        session works (the first time this replica serves one), so that no replica ends it as a mere handshake."""
         now = time.monotonic()
-        if now - self._touched.get(session_id, -TOUCH_EVERY_S) < TOUCH_EVERY_S:
+        last = self._touched.get(session_id)
+        if last is not None and now - last < TOUCH_EVERY_S:
             return
         self._touched[session_id] = now
-        await self._refresh(session_id)
+        record = await self.load(session_id) if last is None else None
+        if record is not None and not record.working:
+            await self.save(replace(record, working=True))
+        else:
+            await self._refresh(session_id)
+
+    async def working(self, session_id: str) -> bool:
+        """Whether a tool call of the session was served, here or on another replica."""
+        record = await self.load(session_id)
+        return record is not None and record.working
 
     async def forget(self, session_id: str) -> None:
         self._touched.pop(session_id, None)

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from codegen_mcp.coordinator.__main__ import parse_settings
 from codegen_mcp.coordinator.mcp_sessions import StreamableSessions
+from codegen_mcp.coordinator.sessions import Handshakes
 from codegen_mcp.coordinator.settings import CoordinatorSettings
 from codegen_mcp.coordinator.shared_sessions import (
     FileSessionRecords,
@@ -19,6 +21,7 @@ from codegen_mcp.coordinator.shared_sessions import (
     create_session_records,
     owner_digest,
 )
+from tests.support.waiting import eventually
 
 SESSION = "0123456789abcdef0123456789abcdef"
 
@@ -94,3 +97,37 @@ def test_records_are_kept_only_with_shared_sessions_and_in_redis_on_kubernetes(t
 def test_the_flag_turns_sharing_on() -> None:
     assert parse_settings(["--shared-sessions"])[0].shared_sessions is True
     assert parse_settings([])[0].shared_sessions is False
+
+
+async def test_the_first_tool_call_a_replica_serves_marks_the_session_working(tmp_path: Path) -> None:
+    records = FileSessionRecords(tmp_path, ttl_s=60)
+    await records.save(record())
+    assert not await records.working(SESSION)
+    await records.touch(SESSION)
+    assert await records.working(SESSION)
+    assert (await records.load(SESSION)) == record(working=True)
+
+
+async def test_a_handshake_working_on_another_replica_is_let_go_here_not_ended(tmp_path: Path) -> None:
+    records = FileSessionRecords(tmp_path, ttl_s=60)
+    idle = "f" * 32
+    await records.save(record())
+    await records.save(record(session_id=idle))
+    await records.touch(SESSION)  # another replica served one of its tool calls
+    ended: list[str] = []
+
+    def end(session_id: str) -> Callable[[], Awaitable[None]]:
+        async def ending() -> None:
+            ended.append(session_id)
+
+        return ending
+
+    handshakes = Handshakes(per_client=4, total=4, idle_timeout_s=0.2, records=records)
+    handshakes.start()
+    try:
+        for session_id in (SESSION, idle):
+            handshakes.opened(session_id, "client", end(session_id))
+        await eventually(lambda: len(handshakes) == 0, what="both handshakes to idle out here")
+    finally:
+        await handshakes.aclose()
+    assert ended == [idle]
