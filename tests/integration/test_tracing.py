@@ -180,6 +180,22 @@ async def test_the_coordinators_and_the_agents_log_lines_share_the_call_id(root:
     assert found["logger"] == "codegen_mcp.sandbox_agent.calls" and found["level"] == "DEBUG"
 
 
+async def test_a_coordinator_writing_json_lines_gets_json_lines_from_its_local_agents(root: Path) -> None:
+    (root / "state").mkdir()
+    env = {**private_uid_registry(root / "uids"), "CODEGEN_LOG_FORMAT": "json", "CODEGEN_LOCAL_WARM_POOL": "0"}
+    cp = start_coordinator(root / "state", env=env)
+    try:
+        async with mcp_session(cp.url, timeout=httpx.Timeout(60)) as session:
+            await call(session, "fs.write", path="a.txt", content="hello")
+            (agent_log,) = (root / "state" / "sessions").glob("*/agent.log")  # while the session lasts
+            text = agent_log.read_text()
+    finally:
+        stop_process(cp.proc)
+        print_log_tail(cp)
+    lines = parsed(text)  # every line a JSON object, or this raises
+    assert lines and all({"time", "level", "logger", "message", "call_id", "session"} <= line.keys() for line in lines)
+
+
 class Collector:
     """An OTLP/HTTP trace receiver: what processes export to `url`, decoded into spans."""
 
