@@ -32,12 +32,13 @@ SESSION_HEADER: Final = "X-Codegen-Session"
 # A session key as the coordinator makes them (MCP session ids, `ws-<principal>-<name>`, resource names).
 _VALID_SESSION: Final = re.compile(r"[A-Za-z0-9_./-]{1,128}")
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 _session: ContextVar[str | None] = ContextVar("codegen_session", default=None)
 
 
 class LogFormatError(ValueError):
-    """A log format that is neither json nor text (the message is one sentence for the user)."""
+    """A log format that is neither json nor text, or a level that does not exist (one sentence for the user)."""
 
 
 def current_session() -> str | None:
@@ -129,12 +130,17 @@ def log_format(environ: Mapping[str, str]) -> LogFormat:
 
 
 def configure_logging(level: str | int, fmt: LogFormat, stream: TextIO | None = None) -> logging.Handler:
-    """The root logger writes to `stream` (default stderr) in `fmt` at `level`; its other handlers are removed."""
+    """The root logger writes to `stream` (default stderr) in `fmt` at `level` (a name of LOG_LEVELS, any case,
+    or a number); its other handlers are removed. Raises LogFormatError for a name that is no level."""
+    if isinstance(level, str):
+        if level.strip().upper() not in LOG_LEVELS:
+            raise LogFormatError(f"the log level must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
+        level = level.strip().upper()
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(formatter(fmt))
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(level.upper() if isinstance(level, str) else level)
+    root.setLevel(level)
     return handler

@@ -134,3 +134,25 @@ def test_configure_logging_leaves_one_handler_in_the_format() -> None:
         root.handlers[:] = saved
         root.setLevel(level)
     assert json.loads(out.getvalue())["call_id"] == "call-3"
+
+
+@pytest.mark.parametrize("level", ["loud", "", "15x"])
+def test_a_log_level_that_does_not_exist_is_one_sentence(level: str) -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    try:
+        with pytest.raises(LogFormatError, match=r"^the log level must be one of DEBUG, INFO, WARNING, ERROR"):
+            configure_logging(level, "text", io.StringIO())
+        assert root.handlers == saved  # nothing changed
+    finally:
+        root.handlers[:] = saved
+
+
+def test_the_coordinator_says_so_in_one_sentence() -> None:
+    from codegen_mcp.coordinator.__main__ import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--log-level", "loud"])
+    assert str(exited.value.code) == (
+        "codegen-mcp serve: the log level must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, not 'loud'"
+    )
