@@ -179,3 +179,17 @@ async def test_a_dropped_call_resumes_through_the_other_replica(replicas_on_redi
     assert resumes >= 2  # the run was still going when the client first came back
     assert answer["result"]["structuredContent"]["run"]["stdout"] == "started\nfinished\n"
     assert first.alive() and second.alive()
+
+
+async def test_first_calls_on_both_replicas_at_once_share_one_sandbox(replicas: Replicas) -> None:
+    first, second = replicas.started
+    async with round_robin([first.url, second.url]) as (url, proxy), mcp_session(url, timeout=TIMEOUT) as s:
+        await s.list_tools()
+        calls_before = len(proxy.served)
+        # Two first calls at once, one to each replica: each starts a sandbox, one of them serves the session.
+        await asyncio.gather(*(call(s, "fs.write", path=f"from-{n}.txt", content=str(n)) for n in range(2)))
+        assert {backend for backend, _, _ in proxy.served[calls_before:]} == {first.url, second.url}
+        listing = text_of(await call(s, "fs.list", path="."))
+        assert "from-0.txt" in listing and "from-1.txt" in listing
+    serving = list((replicas.state / "sessions").glob("*/session"))
+    assert len(serving) <= 1  # the session's one sandbox (gone if the session ended already)

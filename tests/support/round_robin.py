@@ -54,15 +54,30 @@ class RoundRobin:
                 raw = [(k.encode(), v.encode()) for k, v in response.headers.multi_items()]
                 out = [(k, v) for k, v in raw if k.lower() not in _HOP_BY_HOP]
                 await send({"type": "http.response.start", "status": response.status_code, "headers": out})
-                with contextlib.suppress(httpx.HTTPError):  # the backend went away mid-stream: the stream ends
-                    async for chunk in response.aiter_raw():
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                relay = asyncio.create_task(self._relay(response, send))
+                gone = asyncio.create_task(self._disconnect(receive))
+                await asyncio.wait({relay, gone}, return_when=asyncio.FIRST_COMPLETED)
+                for task in (relay, gone):  # the client left mid-stream: stop reading the backend, as a Service would
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             finally:
                 await response.aclose()
             return
         await send({"type": "http.response.start", "status": 502, "headers": []})
         await send({"type": "http.response.body", "body": b"no backend answered"})
+
+    @staticmethod
+    async def _relay(response: httpx.Response, send: Send) -> None:
+        with contextlib.suppress(httpx.HTTPError):  # the backend went away mid-stream: the stream ends
+            async for chunk in response.aiter_raw():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    @staticmethod
+    async def _disconnect(receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -312,10 +312,12 @@ class LocalBackend(Backend):
             # A named workspace lives in a folder derived from its key, so it resumes after a restart: it is
             # never served from the pool.
             sandbox_id = "w-" + hashlib.sha256(session_key.encode()).hexdigest()[:12]
+            if self.shared and (self._sessions_dir / sandbox_id).is_dir():
+                return await self._join(sandbox_id)  # served, or left running, by a coordinator on this folder
         else:
             pooled = self.pool.claim()
             if pooled is not None:
-                return self._attach(pooled, session_key, "from the warm pool")
+                return await self._attach(pooled, session_key, "from the warm pool")
             sandbox_id = _new_sandbox_id()
         self._opening += 1
         try:
@@ -323,7 +325,7 @@ class LocalBackend(Backend):
             sandbox = await self._start_sandbox(sandbox_id)
         finally:
             self._opening -= 1
-        return self._attach(sandbox, session_key, "started for it")
+        return await self._attach(sandbox, session_key, "started for it")
 
     def _running(self) -> int:
         """Sandboxes that count against max_sessions: pooled, serving and being started; not suspended ones."""
@@ -347,12 +349,22 @@ class LocalBackend(Backend):
             raise SandboxUnavailable(f"the pooled sandbox {sandbox.sandbox_id} did not answer its health check")
         return sandbox
 
-    def _attach(self, sandbox: Sandbox, session_key: str, how: str) -> Sandbox:
+    async def _attach(self, sandbox: Sandbox, session_key: str, how: str) -> Sandbox:
         """Bind a started sandbox to its session: bookkeeping only, the agent already runs (and knows no session)."""
         log.info("session %s gets sandbox %s (%s)", session_key, sandbox.sandbox_id, how)
-        if self._sharing is not None:
-            self._sharing.link(session_key, sandbox.sandbox_id)
-        return sandbox
+        if self._sharing is None:
+            return sandbox
+        serving = await asyncio.to_thread(self._sharing.link, session_key, sandbox.sandbox_id)
+        if serving == sandbox.sandbox_id:
+            return sandbox
+        log.info(
+            "session %s got sandbox %s from another coordinator meanwhile; %s ends",
+            session_key,
+            serving,
+            sandbox.sandbox_id,
+        )
+        await self.close(sandbox)
+        return await self._join(serving)
 
     async def _start_sandbox(self, sandbox_id: str) -> Sandbox:
         """Make a sandbox's folder, uid, disk and cgroup and start its agent; on failure, remove them again."""

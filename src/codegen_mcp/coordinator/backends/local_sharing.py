@@ -63,11 +63,24 @@ class SharedFolders:
     def prepare(self) -> None:
         self.keys_dir.mkdir(mode=0o700, exist_ok=True)
 
-    def link(self, session_key: str, sandbox_id: str) -> None:
-        """The session key is served by `sandbox_id` from now on."""
+    def link(self, session_key: str, sandbox_id: str) -> str:
+        """Make `sandbox_id` serve the session key, unless another sandbox does already (two coordinators served
+        the session's first calls at once): the one that serves it."""
         digest = key_digest(session_key)
         write_atomically(self.sessions_dir / sandbox_id / SESSION_FILE, digest.encode())
-        write_atomically(self.keys_dir / digest, sandbox_id.encode())
+        link = self.keys_dir / digest
+        tmp = link.with_name(f".{digest}.{secrets.token_hex(4)}")
+        tmp.write_bytes(sandbox_id.encode())
+        try:
+            os.link(tmp, link)  # fails if the link exists: the first coordinator to link wins
+        except FileExistsError:
+            winner = self.find(session_key)
+            if winner is not None:
+                return winner
+            tmp.replace(link)  # the link named a sandbox that has ended since
+        finally:
+            tmp.unlink(missing_ok=True)
+        return sandbox_id
 
     def find(self, session_key: str) -> str | None:
         """The sandbox id serving the key, if its folder is still there."""
