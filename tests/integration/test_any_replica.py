@@ -32,6 +32,7 @@ from tests.support.coordinator import (
 from tests.support.mcp_client import call, mcp_session, text_of
 from tests.support.redis import RedisServer, redis_server  # noqa: F401  (a fixture)
 from tests.support.round_robin import round_robin
+from tests.support.waiting import eventually
 
 TIMEOUT = httpx.Timeout(60.0, read=120.0)
 RUN = "import time\nprint('started', flush=True)\ntime.sleep(3)\nprint('finished')"
@@ -73,6 +74,12 @@ def two_replicas(*extra: str) -> Iterator[Replicas]:
 @pytest.fixture
 def replicas() -> Iterator[Replicas]:
     with two_replicas() as started:
+        yield started
+
+
+@pytest.fixture
+def replicas_idling_fast() -> Iterator[Replicas]:
+    with two_replicas("--idle-timeout", "3") as started:
         yield started
 
 
@@ -193,3 +200,22 @@ async def test_first_calls_on_both_replicas_at_once_share_one_sandbox(replicas: 
         assert "from-0.txt" in listing and "from-1.txt" in listing
     serving = list((replicas.state / "sessions").glob("*/session"))
     assert len(serving) <= 1  # the session's one sandbox (gone if the session ended already)
+
+
+async def test_a_sandbox_its_owner_left_and_nobody_uses_is_ended_by_another_coordinator(
+    replicas_idling_fast: Replicas,
+) -> None:
+    first, second = replicas_idling_fast.started
+    state = replicas_idling_fast.state
+    async with mcp_session(first.url, timeout=TIMEOUT) as s:
+        await call(s, "fs.write", path="left.txt", content="behind")
+        agent = agent_pid(state)
+        first.proc.kill()  # no goodbye: its agent runs on, and its session's client is gone too
+        first.proc.wait()
+        assert Path(f"/proc/{agent}").exists()
+        (folder,) = [p.parent for p in (state / "sessions").glob("*/agent.json")]
+        # Idle for the idle timeout (3 s), with nobody to serve it: the other coordinator sweeps it.
+        await eventually(lambda: not folder.exists(), timeout=20, what="the orphaned sandbox's folder to go")
+        await eventually(lambda: not Path(f"/proc/{agent}").exists(), timeout=5, what="its agent to end")
+        assert second.alive()
+        assert not list((state / "session-keys").iterdir())
