@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -17,10 +17,13 @@ from codegen_mcp.coordinator.sessions import Handshakes
 from codegen_mcp.coordinator.settings import CoordinatorSettings
 from codegen_mcp.coordinator.shared_sessions import (
     FileSessionRecords,
+    RedisSessionRecords,
     SessionRecord,
+    SessionRecords,
     create_session_records,
     owner_digest,
 )
+from tests.support.redis import redis_server  # noqa: F401  (a fixture)
 from tests.support.waiting import eventually
 
 SESSION = "0123456789abcdef0123456789abcdef"
@@ -36,15 +39,29 @@ def record(**changes: object) -> SessionRecord:
     return SessionRecord(**{**fields, **changes})  # type: ignore[arg-type]
 
 
-async def test_a_saved_record_is_read_back_whole_and_forgotten(tmp_path: Path) -> None:
-    records = FileSessionRecords(tmp_path, ttl_s=60)
+@pytest.fixture(params=["files", "redis"])
+async def records(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SessionRecords]:
+    made: SessionRecords
+    if request.param == "files":
+        made = FileSessionRecords(tmp_path / "records", ttl_s=60)
+    else:
+        made = RedisSessionRecords(request.getfixturevalue("redis_server").url, ttl_s=60)
+    async with made.opened():
+        yield made
+
+
+async def test_a_saved_record_is_read_back_whole_and_forgotten(records: SessionRecords) -> None:
     await records.save(record())
     assert await records.load(SESSION) == record()
     await records.set_log_level(SESSION, "error")
     assert (await records.load(SESSION)) == record(log_level="error")
+    assert not await records.working(SESSION)
+    await records.touch(SESSION)  # the first tool call this replica serves
+    assert (await records.load(SESSION)) == record(log_level="error", working=True)
     await records.forget(SESSION)
     assert await records.load(SESSION) is None
-    assert list(tmp_path.iterdir()) == []  # no temporary file left either
+    if isinstance(records, FileSessionRecords):
+        assert list(records.folder.iterdir()) == []  # no temporary file left either
 
 
 @pytest.mark.parametrize("session_id", ["../../etc/passwd", "ABCDEF0123456789ABCDEF0123456789", "", "0" * 33])
@@ -97,15 +114,6 @@ def test_records_are_kept_only_with_shared_sessions_and_in_redis_on_kubernetes(t
 def test_the_flag_turns_sharing_on() -> None:
     assert parse_settings(["--shared-sessions"])[0].shared_sessions is True
     assert parse_settings([])[0].shared_sessions is False
-
-
-async def test_the_first_tool_call_a_replica_serves_marks_the_session_working(tmp_path: Path) -> None:
-    records = FileSessionRecords(tmp_path, ttl_s=60)
-    await records.save(record())
-    assert not await records.working(SESSION)
-    await records.touch(SESSION)
-    assert await records.working(SESSION)
-    assert (await records.load(SESSION)) == record(working=True)
 
 
 async def test_a_handshake_working_on_another_replica_is_let_go_here_not_ended(tmp_path: Path) -> None:
