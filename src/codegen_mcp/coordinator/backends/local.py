@@ -34,6 +34,11 @@ A coordinator that is killed leaves its folders behind, their owner locks free (
 process's flocks). The next start on the state folder sweeps them: a leftover agent and any process of the
 folder's uid are killed, a per-session folder is removed and its uid freed; a named workspace stays, with
 its uid. Folders whose lock is held belong to another live coordinator sharing the state folder: untouched.
+
+With `shared_sessions` (several coordinators on one state folder serving the same MCP sessions), agents are
+started on their own and outlive their coordinator, and what another coordinator needs to reach them is in the
+state folder (`local_sharing`): it uses a live owner's sandbox as a guest, and takes over one whose owner is
+gone. The sweep then spares a session's folder used within the idle timeout, and runs again every while.
 """
 
 from __future__ import annotations
