@@ -219,3 +219,22 @@ async def test_a_sandbox_its_owner_left_and_nobody_uses_is_ended_by_another_coor
         await eventually(lambda: not Path(f"/proc/{agent}").exists(), timeout=5, what="its agent to end")
         assert second.alive()
         assert not list((state / "session-keys").iterdir())
+
+
+async def test_a_call_on_the_other_replica_streams_as_the_session_negotiated(replicas_on_redis: Replicas) -> None:
+    first, second = replicas_on_redis.started
+    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+        session = RawSession(http, f"{first.url}/mcp")  # negotiates 2025-11-25: resumable streams
+        await session.initialize()
+        session.url = f"{second.url}/mcp"
+        # A client that sends an older version header on the session (as the conformance suite's raw requests do)
+        # still gets a resumable stream from a replica that did not answer its `initialize`.
+        headers = session.headers(**{"mcp-protocol-version": "2025-03-26"})
+        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "fs.list", "arguments": {}}}
+        async with http.stream("POST", session.url, json=call, headers=headers) as response:
+            assert response.status_code == 200
+            events = [event async for event in sse_events(response)]
+    priming = events[0]
+    assert priming.data == "" and priming.id and priming.retry == 300
+    answer = events[-1].message()
+    assert answer is not None and answer["id"] == 1 and "result" in answer

@@ -10,12 +10,14 @@ the SDK's session path the header decides nothing else.
 
 The negotiated version is read from the server's answer to `initialize` (its SSE or JSON body), with the
 session id from the answer's headers; the newest sessions are remembered, the oldest forgotten past a bound.
+With shared sessions, a session another replica opened is looked up once in its record (`elsewhere`).
 """
 
 from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
@@ -43,10 +45,16 @@ def _negotiated(body: bytes) -> str | None:
 
 
 class NegotiatedVersion:
-    def __init__(self, app: ASGIApp, remembered: int = DEFAULT_REMEMBERED) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        remembered: int = DEFAULT_REMEMBERED,
+        elsewhere: Callable[[str], Awaitable[str | None]] | None = None,
+    ) -> None:
         self.app = app
         self.remembered = remembered
         self.versions: OrderedDict[str, str] = OrderedDict()
+        self.elsewhere = elsewhere  # the version a session opened by another replica negotiated, if any
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,6 +69,10 @@ class NegotiatedVersion:
                 await self.app(scope, receive, send)
             return
         negotiated = self.versions.get(session_id)
+        if negotiated is None and self.elsewhere is not None:
+            negotiated = await self.elsewhere(session_id)
+            if negotiated is not None:
+                self._remember(session_id, negotiated)
         sent = headers.get(VERSION_HEADER)
         if negotiated is not None:
             self.versions.move_to_end(session_id)

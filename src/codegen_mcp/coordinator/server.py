@@ -657,7 +657,11 @@ def create_app(settings: CoordinatorSettings, backend: Backend | None = None) ->
     )
     streamable = ExplainTooLarge(
         HandshakeTracker(
-            NegotiatedVersion(StreamableHTTPASGIApp(session_manager)),
+            NegotiatedVersion(
+                StreamableHTTPASGIApp(session_manager),
+                # Shared sessions: a session another replica opened streams as the version it negotiated there.
+                elsewhere=coordinator.records.negotiated if coordinator.records is not None else None,
+            ),
             coordinator.handshakes,
             coordinator.streamable_session_ended,
         )

@@ -114,6 +114,11 @@ class SessionRecords(ABC):
         else:
             await self._refresh(session_id)
 
+    async def negotiated(self, session_id: str) -> str | None:
+        """The protocol version the session negotiated, if it has a record."""
+        record = await self.load(session_id)
+        return record.protocol_version if record is not None else None
+
     async def working(self, session_id: str) -> bool:
         """Whether a tool call of the session was served, here or on another replica."""
         record = await self.load(session_id)
