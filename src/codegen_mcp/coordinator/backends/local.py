@@ -654,15 +654,17 @@ class LocalBackend(Backend):
 
         Its agents and their uids' processes are killed and its per-session folders removed; named workspaces
         stay, with their uids. With `orphaned_after_s`, a session's sandbox used more recently is left running:
-        another coordinator may serve it (a warm pool's, serving no session, goes at once).
+        another coordinator may serve it (a warm pool's, serving no session, goes after a minute: a folder just
+        made by a live coordinator is not locked yet).
         """
         removed = 0
         for session_dir in sorted(self._sessions_dir.iterdir()):
             if not session_dir.name.startswith(("s-", "w-")) or session_dir.is_symlink() or not session_dir.is_dir():
                 continue
-            if orphaned_after_s is not None and SharedFolders.serves_a_session(session_dir):
+            if orphaned_after_s is not None:
                 idle_s = SharedFolders.idle_for(session_dir)
-                if idle_s is None or idle_s < orphaned_after_s:
+                serving = SharedFolders.serves_a_session(session_dir)
+                if idle_s is None or idle_s < (orphaned_after_s if serving else min(orphaned_after_s, 60.0)):
                     continue
             removed += self._clear_unowned(session_dir)
         if removed:
