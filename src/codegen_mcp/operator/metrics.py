@@ -153,7 +153,9 @@ def counted(resource: Resource, trigger: str) -> Callable[[Handler], Handler]:
             try:
                 value = await handler(**kwargs)
                 result = "error" if value is False else "ok"
-                return value
+                # kopf patches a handler's result into the object's status: the verdict meant for the count must
+                # not reach it (a Pod's or claim's status is not the operator's to write).
+                return None if isinstance(value, bool) else value
             except kopf.TemporaryError:
                 result = "retry"
                 raise
