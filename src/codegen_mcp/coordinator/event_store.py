@@ -55,6 +55,8 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 from mcp.shared.transport_context import TransportContext
 from mcp_types import (
+    INVALID_REQUEST,
+    ErrorData,
     InitializeRequestParams,
     JSONRPCError,
     JSONRPCMessage,
@@ -64,9 +66,10 @@ from mcp_types import (
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
 from pydantic import ValidationError
 from starlette.datastructures import Headers
+from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from codegen_mcp.coordinator.shared_sessions import SessionRecord, SessionRecords, owner_digest
+from codegen_mcp.coordinator.shared_sessions import SessionRecord, SessionRecords, owner_digest, same_owner
 
 if TYPE_CHECKING:
     from codegen_mcp.coordinator.settings import CoordinatorSettings
@@ -348,6 +351,9 @@ class ResumableSessionManager(StreamableHTTPSessionManager):
         self.events = events
         self.records = records
         self.on_adopt = on_adopt  # told of each session this replica serves that another one opened
+        # With `records`: the `owner_digest` of each session served here, checked on each of its requests (the
+        # SDK compares only an authenticated user, which the coordinator's static tokens do not set).
+        self._owners: dict[str, str] = {}
         super().__init__(**kwargs)
 
     @property
@@ -383,22 +389,31 @@ class ResumableSessionManager(StreamableHTTPSessionManager):
 
     async def _handle_stateful_request(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.records is not None:
-            session_id = Headers(scope=scope).get(MCP_SESSION_ID_HEADER)
+            headers = Headers(scope=scope)
+            session_id = headers.get(MCP_SESSION_ID_HEADER)
             if session_id is None and scope["method"] == "POST":
-                receive, send = _RecordInitialize(self.records, scope, receive, send).streams()
-            elif session_id is not None and session_id not in self._server_instances:
-                await self._adopt(session_id, scope)
+                receive, send = _RecordInitialize(self.records, self._owners, scope, receive, send).streams()
+            elif session_id is not None:
+                if session_id not in self._server_instances:
+                    await self._adopt(session_id, scope)
+                owner = self._owners.get(session_id)
+                if owner is not None and not same_owner(owner, headers.get("authorization")):
+                    # Another credential: answered as a session that does not exist, as the SDK answers.
+                    log.warning("refused a request for MCP session %s with another credential than its own", session_id)
+                    await _not_found(scope, receive, send)
+                    return
         await super()._handle_stateful_request(scope, receive, send)
 
     async def _adopt(self, session_id: str, scope: Scope) -> None:
         """Serve a session another replica opened (if its record says so, for this credential) from now on."""
         assert self.records is not None and self._task_group is not None
         record = await self.records.load(session_id)
-        if record is None or record.owner != owner_digest(Headers(scope=scope).get("authorization")):
+        if record is None or not same_owner(record.owner, Headers(scope=scope).get("authorization")):
             return  # the SDK answers 404, as for any session it does not know
         async with self._session_creation_lock:
             if session_id in self._server_instances:
                 return  # a concurrent request adopted it first
+            self._owners[session_id] = record.owner
             transport = self._server_instances[session_id] = self._transport(session_id)
         await self._task_group.start(self._serve_adopted, transport, record)
         if self.on_adopt is not None:
@@ -435,6 +450,10 @@ class ResumableSessionManager(StreamableHTTPSessionManager):
             finally:
                 await self._discard_session(session_id, transport)
 
+    async def _discard_session(self, session_id: str, transport: StreamableHTTPServerTransport) -> None:
+        self._owners.pop(session_id, None)
+        await super()._discard_session(session_id, transport)
+
     @contextlib.asynccontextmanager
     async def run(self) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
@@ -442,6 +461,12 @@ class ResumableSessionManager(StreamableHTTPSessionManager):
                 await stack.enter_async_context(self.records.opened())
             await stack.enter_async_context(super().run())
             yield
+
+
+async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
+    body = JSONRPCError(jsonrpc="2.0", id=None, error=ErrorData(code=INVALID_REQUEST, message="Session not found"))
+    response = Response(body.model_dump_json(by_alias=True, exclude_unset=True), 404, media_type="application/json")
+    await response(scope, receive, send)
 
 
 def _client_params(record: SessionRecord) -> InitializeRequestParams | None:
@@ -453,10 +478,14 @@ def _client_params(record: SessionRecord) -> InitializeRequestParams | None:
 
 class _RecordInitialize:
     """Around a request that may open a session: once the SDK opened one, its record is saved (before the
-    client learns the session id, so that its next request finds the record on any replica)."""
+    client learns the session id, so that its next request finds the record on any replica), and its owner
+    noted in `owners` (this replica's, checked on each request of the session)."""
 
-    def __init__(self, records: SessionRecords, scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(
+        self, records: SessionRecords, owners: dict[str, str], scope: Scope, receive: Receive, send: Send
+    ) -> None:
         self.records = records
+        self.owners = owners
         self.owner = owner_digest(Headers(scope=scope).get("authorization"))
         self._receive = receive
         self._send = send
@@ -474,6 +503,8 @@ class _RecordInitialize:
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start" and message["status"] < 400:
             session_id = Headers(raw=message["headers"]).get(MCP_SESSION_ID_HEADER)
+            if session_id is not None:
+                self.owners[session_id] = self.owner
             record = self._record(session_id) if session_id is not None else None
             if record is not None:
                 await self.records.save(record)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -46,6 +47,11 @@ TOUCH_EVERY_S: Final = 10.0  # a used session's record is refreshed at most this
 def owner_digest(authorization: str | None) -> str:
     """Who may continue a session: a digest of the `Authorization` header that opened it."""
     return hashlib.sha256((authorization or "").encode()).hexdigest()
+
+
+def same_owner(owner: str, authorization: str | None) -> bool:
+    """Whether `authorization` is the credential whose `owner_digest` is `owner` (in constant time)."""
+    return hmac.compare_digest(owner.encode(), owner_digest(authorization).encode())
 
 
 @dataclass(frozen=True)

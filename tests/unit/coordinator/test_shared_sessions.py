@@ -9,9 +9,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import httpx2 as httpx
 import pytest
+from mcp.server import Server
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 
 from codegen_mcp.coordinator.__main__ import parse_settings
+from codegen_mcp.coordinator.event_store import MemoryEventLog, ResumableSessionManager
 from codegen_mcp.coordinator.mcp_sessions import StreamableSessions
 from codegen_mcp.coordinator.sessions import Handshakes
 from codegen_mcp.coordinator.settings import CoordinatorSettings
@@ -139,3 +143,41 @@ async def test_a_handshake_working_on_another_replica_is_let_go_here_not_ended(t
     finally:
         await handshakes.aclose()
     assert ended == [idle]
+
+
+INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": record().client}
+JSON_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+
+
+async def test_only_the_credential_that_opened_a_session_continues_it_on_any_replica(tmp_path: Path) -> None:
+    records = FileSessionRecords(tmp_path, ttl_s=60)
+    events = MemoryEventLog(max_events_per_stream=10, max_bytes=1 << 20, ttl_s=60)
+    opener, adopter = (
+        ResumableSessionManager(app=Server("t"), events=events, records=records, json_response=True) for _ in "ab"
+    )
+    async with opener.run(), adopter.run():
+        clients = {
+            name: httpx.AsyncClient(transport=httpx.ASGITransport(app=StreamableHTTPASGIApp(m)), base_url="http://c")
+            for name, m in (("opener", opener), ("adopter", adopter))
+        }
+        opened = await clients["opener"].post(
+            "/mcp", json=INITIALIZE, headers={**JSON_HEADERS, "authorization": "Bearer A"}
+        )
+        session = {
+            **JSON_HEADERS,
+            "mcp-session-id": opened.headers["mcp-session-id"],
+            "mcp-protocol-version": "2025-11-25",
+        }
+
+        async def ping(replica: str, token: str) -> int:
+            ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+            response = await clients[replica].post("/mcp", json=ping, headers={**session, "authorization": token})
+            return response.status_code
+
+        assert await ping("adopter", "Bearer B") == 404  # not adopted for another credential
+        assert await ping("adopter", "Bearer A") == 200  # adopted
+        assert await ping("adopter", "Bearer B") == 404  # and once adopted, still its credential's only
+        assert await ping("opener", "Bearer B") == 404  # nor on the replica that opened it
+        assert await ping("opener", "Bearer A") == 200
+        for client in clients.values():
+            await client.aclose()
