@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from codegen_mcp.api.agent_settings import AgentSettings, SandboxMode, agent_variables
+from codegen_mcp.api.call_id import detached_task
 from codegen_mcp.api.errors import SandboxUnavailable
 from codegen_mcp.api.logs import LOG_FORMAT_ENV
 from codegen_mcp.api.tracing import TRACING_ENV
@@ -804,7 +805,7 @@ class LocalBackend(Backend):
         if self._sharing is not None:
             self._sharing.write_agent(session_dir, AgentRecord(proc.pid, address, token))
         sandbox = self._sandbox(sandbox_id, session_dir, address, token)
-        drain = asyncio.create_task(self._drain(proc.stdout), name=f"drain-{sandbox_id}")
+        drain = detached_task(self._drain(proc.stdout), name=f"drain-{sandbox_id}")
         self._follow(sandbox, proc, drain)
         return sandbox
 
@@ -824,7 +825,8 @@ class LocalBackend(Backend):
     def _follow(
         self, sandbox: Sandbox, proc: asyncio.subprocess.Process | ForkedAgent, drain: asyncio.Task[None] | None
     ) -> None:
-        watcher = asyncio.create_task(self._watch(sandbox, proc), name=f"watch-{sandbox.sandbox_id}")
+        # The agent outlives the call that started it: its end is logged under no call.
+        watcher = detached_task(self._watch(sandbox, proc), name=f"watch-{sandbox.sandbox_id}")
         self._procs[sandbox.sandbox_id] = _Process(proc, watcher, drain)
 
     async def _spawn(

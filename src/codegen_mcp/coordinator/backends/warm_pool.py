@@ -20,6 +20,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from codegen_mcp.api.call_id import detached_task
 from codegen_mcp.coordinator.backends.base import Sandbox
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,8 @@ class WarmPool:
         await asyncio.gather(*(self._discard(s) for s in ready), *self._discards, return_exceptions=True)
 
     def _drop(self, sandbox: Sandbox) -> None:
-        task = asyncio.create_task(self._discard(sandbox), name=f"pool-drop-{sandbox.sandbox_id}")
+        # Dropped during a claim (a session's call) or after an agent's end: the discard is no call's.
+        task = detached_task(self._discard(sandbox), name=f"pool-drop-{sandbox.sandbox_id}")
         self._discards.add(task)
         task.add_done_callback(self._discards.discard)
 
