@@ -3,7 +3,8 @@
 With `shared_sessions`, a sandbox's agent outlives the coordinator that started it, and any coordinator on the
 same state folder finds it from the session's key:
 
-    session-keys/<digest of the key>     the sandbox id serving that session key (written when it is attached)
+    session-keys/<digest of the key>     the sandbox id serving that session key (written when it is attached,
+                                         under the flock of session-keys/.lock)
     sessions/<sandbox_id>/session        the same digest: the folder belongs to a session (not to a warm pool)
     sessions/<sandbox_id>/agent.json     its agent's pid, address and token (0600), so another coordinator talks
                                          to it, or ends it
@@ -17,11 +18,13 @@ coordinators never read half of one.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -30,6 +33,7 @@ KEYS_DIR: Final = "session-keys"
 SESSION_FILE: Final = "session"
 AGENT_RECORD: Final = "agent.json"
 ACTIVITY: Final = "activity"
+LOCK: Final = ".lock"  # in KEYS_DIR
 
 
 @dataclass(frozen=True)
@@ -65,22 +69,25 @@ class SharedFolders:
 
     def link(self, session_key: str, sandbox_id: str) -> str:
         """Make `sandbox_id` serve the session key, unless another sandbox does already (two coordinators served
-        the session's first calls at once): the one that serves it."""
+        the session's first calls at once): the one that serves it. Blocks while another coordinator links."""
         digest = key_digest(session_key)
         write_atomically(self.sessions_dir / sandbox_id / SESSION_FILE, digest.encode())
-        link = self.keys_dir / digest
-        tmp = link.with_name(f".{digest}.{secrets.token_hex(4)}")
-        tmp.write_bytes(sandbox_id.encode())
-        try:
-            os.link(tmp, link)  # fails if the link exists: the first coordinator to link wins
-        except FileExistsError:
-            winner = self.find(session_key)
-            if winner is not None:
-                return winner
-            tmp.replace(link)  # the link named a sandbox that has ended since
-        finally:
-            tmp.unlink(missing_ok=True)
+        with self._keys_locked():  # the first coordinator to link wins, even over a link to an ended sandbox
+            serving = self.find(session_key)
+            if serving is not None:
+                return serving
+            write_atomically(self.keys_dir / digest, sandbox_id.encode())
         return sandbox_id
+
+    @contextlib.contextmanager
+    def _keys_locked(self) -> Iterator[None]:
+        """Held while a key's link is checked and changed, by one coordinator on the state folder at a time."""
+        fd = os.open(self.keys_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def find(self, session_key: str) -> str | None:
         """The sandbox id serving the key, if its folder is still there."""
@@ -94,7 +101,7 @@ class SharedFolders:
 
     def unlink(self, session_dir: Path) -> None:
         """The folder's sandbox ended: its key no longer leads to it."""
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError), self._keys_locked():
             digest = (session_dir / SESSION_FILE).read_text().strip()
             link = self.keys_dir / digest
             if link.read_text().strip() == session_dir.name:
