@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from codegen_mcp.coordinator.backends.local_sharing import SharedFolders
+from codegen_mcp.coordinator.backends.local_sharing import AgentRecord, SharedFolders
 
 
 def test_two_coordinators_relinking_a_key_whose_sandbox_ended_agree_on_one_sandbox(
@@ -40,3 +40,12 @@ def test_two_coordinators_relinking_a_key_whose_sandbox_ended_agree_on_one_sandb
     linked["first"] = first.link("key", "s-a")
     others[0].join()
     assert linked["first"] == linked["second"] == find(first, "key")
+
+
+def test_an_agent_record_shown_anywhere_keeps_its_token_out(tmp_path: Path) -> None:
+    (tmp_path / "s-1").mkdir()
+    SharedFolders.write_agent(tmp_path / "s-1", AgentRecord(pid=1, address="unix:/run/a.sock", token="t0ps3cret"))
+    read = SharedFolders.read_agent(tmp_path / "s-1")
+    assert read is not None and read.token == "t0ps3cret"
+    assert "t0ps3cret" not in repr(read) and "t0ps3cret" not in str(read)
+    assert oct((tmp_path / "s-1" / "agent.json").stat().st_mode & 0o777) == oct(0o600)

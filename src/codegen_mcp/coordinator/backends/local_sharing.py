@@ -25,7 +25,7 @@ import os
 import secrets
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -40,7 +40,7 @@ LOCK: Final = ".lock"  # in KEYS_DIR
 class AgentRecord:
     pid: int
     address: str  # as the agent printed it: `unix:<path>` or `host:port`
-    token: str
+    token: str = field(repr=False)  # never in a log line or traceback that shows the record
 
 
 def key_digest(session_key: str) -> str:
