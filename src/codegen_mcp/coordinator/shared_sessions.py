@@ -192,6 +192,7 @@ class FileSessionRecords(SessionRecords):
     @contextlib.asynccontextmanager
     async def opened(self) -> AsyncIterator[None]:
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.folder, 0o700)  # also a folder made before (records tell whose credential opened a session)
         pruner = asyncio.create_task(self._prune_every(max(1.0, min(600.0, self.ttl_s / 4))), name="record-pruner")
         try:
             yield

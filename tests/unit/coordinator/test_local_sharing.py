@@ -49,3 +49,9 @@ def test_an_agent_record_shown_anywhere_keeps_its_token_out(tmp_path: Path) -> N
     assert read is not None and read.token == "t0ps3cret"
     assert "t0ps3cret" not in repr(read) and "t0ps3cret" not in str(read)
     assert oct((tmp_path / "s-1" / "agent.json").stat().st_mode & 0o777) == oct(0o600)
+
+
+def test_the_session_keys_folder_is_the_coordinators_only(tmp_path: Path) -> None:
+    (tmp_path / "session-keys").mkdir(mode=0o755)  # made before, e.g. by hand
+    SharedFolders(tmp_path, tmp_path / "sessions").prepare()
+    assert (tmp_path / "session-keys").stat().st_mode & 0o777 == 0o700

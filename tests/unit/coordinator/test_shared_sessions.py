@@ -181,3 +181,13 @@ async def test_only_the_credential_that_opened_a_session_continues_it_on_any_rep
         assert await ping("opener", "Bearer A") == 200
         for client in clients.values():
             await client.aclose()
+
+
+async def test_records_are_kept_in_a_folder_only_the_coordinator_reads(tmp_path: Path) -> None:
+    folder = tmp_path / "records"
+    folder.mkdir(mode=0o755)  # made before, e.g. by hand
+    records = FileSessionRecords(folder, ttl_s=60)
+    async with records.opened():
+        await records.save(record())
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert (folder / f"{SESSION}.json").stat().st_mode & 0o777 == 0o600

@@ -66,6 +66,7 @@ class SharedFolders:
 
     def prepare(self) -> None:
         self.keys_dir.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(self.keys_dir, 0o700)  # also a folder made before: which sandbox serves which session is ours
 
     def link(self, session_key: str, sandbox_id: str) -> str:
         """Make `sandbox_id` serve the session key, unless another sandbox does already (two coordinators served
