@@ -4,7 +4,7 @@ With `shared_sessions`, a sandbox's agent outlives the coordinator that started 
 same state folder finds it from the session's key:
 
     session-keys/<digest of the key>     the sandbox id serving that session key (written when it is attached,
-                                         under the flock of session-keys/.lock)
+                                         under the flock of session-keys.lock)
     sessions/<sandbox_id>/session        the same digest: the folder belongs to a session (not to a warm pool)
     sessions/<sandbox_id>/agent.json     its agent's pid, address and token (0600), so another coordinator talks
                                          to it, or ends it
@@ -33,7 +33,7 @@ KEYS_DIR: Final = "session-keys"
 SESSION_FILE: Final = "session"
 AGENT_RECORD: Final = "agent.json"
 ACTIVITY: Final = "activity"
-LOCK: Final = ".lock"  # in KEYS_DIR
+KEYS_LOCK: Final = "session-keys.lock"
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,7 @@ def write_atomically(path: Path, data: bytes) -> None:
 class SharedFolders:
     def __init__(self, root: Path, sessions_dir: Path) -> None:
         self.keys_dir = root / KEYS_DIR
+        self.keys_lock = root / KEYS_LOCK
         self.sessions_dir = sessions_dir
 
     def prepare(self) -> None:
@@ -83,7 +84,7 @@ class SharedFolders:
     @contextlib.contextmanager
     def _keys_locked(self) -> Iterator[None]:
         """Held while a key's link is checked and changed, by one coordinator on the state folder at a time."""
-        fd = os.open(self.keys_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = os.open(self.keys_lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
