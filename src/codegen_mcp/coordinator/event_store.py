@@ -413,9 +413,11 @@ class ResumableSessionManager(StreamableHTTPSessionManager):
         async with self._session_creation_lock:
             if session_id in self._server_instances:
                 return  # a concurrent request adopted it first
+            # Served (connected) before it is known: a concurrent request of it must not reach it unconnected.
+            transport = self._transport(session_id)
+            await self._task_group.start(self._serve_adopted, transport, record)
             self._owners[session_id] = record.owner
-            transport = self._server_instances[session_id] = self._transport(session_id)
-        await self._task_group.start(self._serve_adopted, transport, record)
+            self._server_instances[session_id] = transport
         if self.on_adopt is not None:
             self.on_adopt(record)
         log.info("serving MCP session %s, opened by another replica", session_id)

@@ -4,6 +4,8 @@ client set comes with its session to another replica."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -149,18 +151,30 @@ INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": recor
 JSON_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 
 
-async def test_only_the_credential_that_opened_a_session_continues_it_on_any_replica(tmp_path: Path) -> None:
+Ping = Callable[[str, str], Awaitable[int]]
+
+
+@contextlib.asynccontextmanager
+async def a_session_on_two_replicas(tmp_path: Path) -> AsyncIterator[Ping]:
+    """Two replicas on one records folder, and a session opened on the first with `Bearer A`: how a ping of it
+    is answered by a replica ("opener" or "adopter") for an `Authorization` header."""
     records = FileSessionRecords(tmp_path, ttl_s=60)
     events = MemoryEventLog(max_events_per_stream=10, max_bytes=1 << 20, ttl_s=60)
-    opener, adopter = (
-        ResumableSessionManager(app=Server("t"), events=events, records=records, json_response=True) for _ in "ab"
-    )
-    async with opener.run(), adopter.run():
-        clients = {
-            name: httpx.AsyncClient(transport=httpx.ASGITransport(app=StreamableHTTPASGIApp(m)), base_url="http://c")
-            for name, m in (("opener", opener), ("adopter", adopter))
+    managers = {
+        name: ResumableSessionManager(app=Server("t"), events=events, records=records, json_response=True)
+        for name in ("opener", "adopter")
+    }
+    async with managers["opener"].run(), managers["adopter"].run(), contextlib.AsyncExitStack() as clients:
+        http = {
+            name: await clients.enter_async_context(
+                httpx.AsyncClient(
+                    transport=httpx.ASGITransport(app=StreamableHTTPASGIApp(manager), raise_app_exceptions=False),
+                    base_url="http://c",
+                )
+            )
+            for name, manager in managers.items()
         }
-        opened = await clients["opener"].post(
+        opened = await http["opener"].post(
             "/mcp", json=INITIALIZE, headers={**JSON_HEADERS, "authorization": "Bearer A"}
         )
         session = {
@@ -169,18 +183,30 @@ async def test_only_the_credential_that_opened_a_session_continues_it_on_any_rep
             "mcp-protocol-version": "2025-11-25",
         }
 
-        async def ping(replica: str, token: str) -> int:
-            ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
-            response = await clients[replica].post("/mcp", json=ping, headers={**session, "authorization": token})
+        request_ids = itertools.count(2)
+
+        async def ping(replica: str, authorization: str) -> int:
+            request = {"jsonrpc": "2.0", "id": next(request_ids), "method": "ping"}
+            response = await http[replica].post(
+                "/mcp", json=request, headers={**session, "authorization": authorization}
+            )
             return response.status_code
 
+        yield ping
+
+
+async def test_only_the_credential_that_opened_a_session_continues_it_on_any_replica(tmp_path: Path) -> None:
+    async with a_session_on_two_replicas(tmp_path) as ping:
         assert await ping("adopter", "Bearer B") == 404  # not adopted for another credential
         assert await ping("adopter", "Bearer A") == 200  # adopted
         assert await ping("adopter", "Bearer B") == 404  # and once adopted, still its credential's only
         assert await ping("opener", "Bearer B") == 404  # nor on the replica that opened it
         assert await ping("opener", "Bearer A") == 200
-        for client in clients.values():
-            await client.aclose()
+
+
+async def test_requests_at_once_on_a_replica_new_to_the_session_are_all_served(tmp_path: Path) -> None:
+    async with a_session_on_two_replicas(tmp_path) as ping:
+        assert await asyncio.gather(*(ping("adopter", "Bearer A") for _ in range(3))) == [200, 200, 200]
 
 
 async def test_records_are_kept_in_a_folder_only_the_coordinator_reads(tmp_path: Path) -> None:
