@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 SESSION_ID: Final = re.compile(r"^[0-9a-f]{32}$")
 REDIS_KEY_PREFIX: Final = "codegen-mcp:session:"
 TOUCH_EVERY_S: Final = 10.0  # a used session's record is refreshed at most this often
+TOUCHED_PRUNE_MIN: Final = 1024
 
 
 def owner_digest(authorization: str | None) -> str:
@@ -80,7 +81,10 @@ class SessionRecords(ABC):
 
     def __init__(self, ttl_s: float) -> None:
         self.ttl_s = ttl_s  # a record unused this long is dropped (the session's sandbox idled out by then)
+        # When this replica last refreshed each session's record. A session that ends on another replica is
+        # never forgotten here: entries older than `ttl_s` go whenever the map doubled since it was last pruned.
         self._touched: dict[str, float] = {}
+        self._prune_touched_at = TOUCHED_PRUNE_MIN
 
     @abstractmethod
     async def save(self, record: SessionRecord) -> None: ...
@@ -114,6 +118,9 @@ class SessionRecords(ABC):
         if last is not None and now - last < TOUCH_EVERY_S:
             return
         self._touched[session_id] = now
+        if len(self._touched) >= self._prune_touched_at:
+            self._touched = {sid: at for sid, at in self._touched.items() if now - at < self.ttl_s}
+            self._prune_touched_at = max(TOUCHED_PRUNE_MIN, 2 * len(self._touched))
         record = await self.load(session_id) if last is None else None
         if record is not None and not record.working:
             await self.save(replace(record, working=True))

@@ -217,3 +217,12 @@ async def test_records_are_kept_in_a_folder_only_the_coordinator_reads(tmp_path:
         await records.save(record())
     assert folder.stat().st_mode & 0o777 == 0o700
     assert (folder / f"{SESSION}.json").stat().st_mode & 0o777 == 0o600
+
+
+async def test_what_a_replica_keeps_of_sessions_that_ended_elsewhere_stays_bounded(tmp_path: Path) -> None:
+    records = FileSessionRecords(tmp_path, ttl_s=60)
+    long_ago = time.monotonic() - 3600
+    for n in range(5000):  # sessions this replica served once, that then ended on another replica
+        records._touched[f"{n:032x}"] = long_ago
+    await records.touch(SESSION)
+    assert list(records._touched) == [SESSION]
