@@ -62,7 +62,6 @@ class SessionRecord:
     protocol_version: str  # the version `initialize` negotiated
     client: dict[str, Any]  # the client's `initialize` params (capabilities, clientInfo), as it sent them
     log_level: LoggingLevel | None = None  # what the client set with logging/setLevel, if it did
-    working: bool = False  # a tool call of it was served (on any replica): it is no handshake any more
 
     def dumps(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -77,7 +76,12 @@ class SessionRecord:
 
 
 class SessionRecords(ABC):
-    """Where records are kept. Never raises: a record that cannot be kept makes its session this replica's only."""
+    """Where records are kept. Never raises: a record that cannot be kept makes its session this replica's only.
+
+    That a tool call of a session was served (on any replica: it is no handshake any more) is a mark of its
+    own beside the record, never a field rewritten in it: a replica setting the session's log level at the same
+    time would write the record back without it.
+    """
 
     def __init__(self, ttl_s: float) -> None:
         self.ttl_s = ttl_s  # a record unused this long is dropped (the session's sandbox idled out by then)
@@ -96,7 +100,14 @@ class SessionRecords(ABC):
     async def _delete(self, session_id: str) -> None: ...
 
     @abstractmethod
-    async def _refresh(self, session_id: str) -> None: ...
+    async def _refresh(self, session_id: str) -> None:
+        """Keep the record, and its working mark, from expiring."""
+
+    @abstractmethod
+    async def _mark_working(self, session_id: str) -> None: ...
+
+    @abstractmethod
+    async def _marked_working(self, session_id: str) -> bool: ...
 
     async def load(self, session_id: str) -> SessionRecord | None:
         if not SESSION_ID.match(session_id):
@@ -111,8 +122,8 @@ class SessionRecords(ABC):
             await self.save(replace(record, log_level=level))
 
     async def touch(self, session_id: str) -> None:
-        """A tool call of the session: its record stays (written at most every TOUCH_EVERY_S), and says the
-        session works (the first time this replica serves one), so that no replica ends it as a mere handshake."""
+        """A tool call of the session: its record stays (refreshed at most every TOUCH_EVERY_S), and the session
+        is marked working (the first time this replica serves one), so that no replica ends it as a handshake."""
         now = time.monotonic()
         last = self._touched.get(session_id)
         if last is not None and now - last < TOUCH_EVERY_S:
@@ -121,11 +132,9 @@ class SessionRecords(ABC):
         if len(self._touched) >= self._prune_touched_at:
             self._touched = {sid: at for sid, at in self._touched.items() if now - at < self.ttl_s}
             self._prune_touched_at = max(TOUCHED_PRUNE_MIN, 2 * len(self._touched))
-        record = await self.load(session_id) if last is None else None
-        if record is not None and not record.working:
-            await self.save(replace(record, working=True))
-        else:
-            await self._refresh(session_id)
+        if last is None and SESSION_ID.match(session_id):
+            await self._mark_working(session_id)
+        await self._refresh(session_id)
 
     async def negotiated(self, session_id: str) -> str | None:
         """The protocol version the session negotiated, if it has a record."""
@@ -134,8 +143,7 @@ class SessionRecords(ABC):
 
     async def working(self, session_id: str) -> bool:
         """Whether a tool call of the session was served, here or on another replica."""
-        record = await self.load(session_id)
-        return record is not None and record.working
+        return await self.load(session_id) is not None and await self._marked_working(session_id)
 
     async def forget(self, session_id: str) -> None:
         self._touched.pop(session_id, None)
@@ -161,6 +169,9 @@ class FileSessionRecords(SessionRecords):
     def _path(self, session_id: str) -> Path:
         return self.folder / f"{session_id}.json"
 
+    def _mark(self, session_id: str) -> Path:
+        return self.folder / f"{session_id}.working"
+
     async def save(self, record: SessionRecord) -> None:
         tmp = self.folder / f".{record.session_id}.{secrets.token_hex(4)}"
         try:
@@ -180,10 +191,19 @@ class FileSessionRecords(SessionRecords):
 
     async def _delete(self, session_id: str) -> None:
         self._path(session_id).unlink(missing_ok=True)
+        self._mark(session_id).unlink(missing_ok=True)
 
     async def _refresh(self, session_id: str) -> None:
+        for path in (self._path(session_id), self._mark(session_id)):
+            with contextlib.suppress(OSError):
+                os.utime(path)
+
+    async def _mark_working(self, session_id: str) -> None:
         with contextlib.suppress(OSError):
-            os.utime(self._path(session_id))
+            os.close(os.open(self._mark(session_id), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+
+    async def _marked_working(self, session_id: str) -> bool:
+        return self._mark(session_id).exists()
 
     def prune(self) -> int:
         """Drop the records unused for `ttl_s` (and temporary files a killed writer left); how many."""
@@ -245,17 +265,37 @@ class RedisSessionRecords(SessionRecords):
             return None
         return data.encode() if isinstance(data, str) else data
 
+    def _mark(self, session_id: str) -> str:
+        return f"{self.prefix}{session_id}:working"
+
     async def _delete(self, session_id: str) -> None:
         from redis.exceptions import RedisError
 
         with contextlib.suppress(RedisError):
-            await self._redis.delete(self.prefix + session_id)
+            await self._redis.delete(self.prefix + session_id, self._mark(session_id))
 
     async def _refresh(self, session_id: str) -> None:
         from redis.exceptions import RedisError
 
         with contextlib.suppress(RedisError):
-            await self._redis.pexpire(self.prefix + session_id, self._ttl_ms)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.pexpire(self.prefix + session_id, self._ttl_ms)
+                pipe.pexpire(self._mark(session_id), self._ttl_ms)
+                await pipe.execute()
+
+    async def _mark_working(self, session_id: str) -> None:
+        from redis.exceptions import RedisError
+
+        with contextlib.suppress(RedisError):
+            await self._redis.set(self._mark(session_id), b"1", px=self._ttl_ms)
+
+    async def _marked_working(self, session_id: str) -> bool:
+        from redis.exceptions import RedisError
+
+        try:
+            return bool(await self._redis.exists(self._mark(session_id)))
+        except RedisError:
+            return False
 
     @contextlib.asynccontextmanager
     async def opened(self) -> AsyncIterator[None]:

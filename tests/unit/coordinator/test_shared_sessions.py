@@ -63,7 +63,8 @@ async def test_a_saved_record_is_read_back_whole_and_forgotten(records: SessionR
     assert (await records.load(SESSION)) == record(log_level="error")
     assert not await records.working(SESSION)
     await records.touch(SESSION)  # the first tool call this replica serves
-    assert (await records.load(SESSION)) == record(log_level="error", working=True)
+    assert (await records.load(SESSION)) == record(log_level="error")
+    assert await records.working(SESSION)
     await records.forget(SESSION)
     assert await records.load(SESSION) is None
     if isinstance(records, FileSessionRecords):
@@ -226,3 +227,20 @@ async def test_what_a_replica_keeps_of_sessions_that_ended_elsewhere_stays_bound
         records._touched[f"{n:032x}"] = long_ago
     await records.touch(SESSION)
     assert list(records._touched) == [SESSION]
+
+
+async def test_a_log_level_set_on_one_replica_while_another_serves_a_first_call_loses_neither(
+    records: SessionRecords, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = FileSessionRecords(records.folder, ttl_s=60) if isinstance(records, FileSessionRecords) else records
+    await records.save(record())
+    save = records.save
+
+    async def the_other_replica_serves_a_call_meanwhile(saved: SessionRecord) -> None:
+        await elsewhere.touch(SESSION)  # between this replica's read of the record and its write
+        await save(saved)
+
+    monkeypatch.setattr(records, "save", the_other_replica_serves_a_call_meanwhile)
+    await records.set_log_level(SESSION, "debug")
+    assert await records.working(SESSION) and await elsewhere.working(SESSION)
+    assert await elsewhere.load(SESSION) == record(log_level="debug")
