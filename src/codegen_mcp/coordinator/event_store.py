@@ -396,8 +396,11 @@ class ResumableSessionManager(StreamableHTTPSessionManager):
             elif session_id is not None:
                 if session_id not in self._server_instances:
                     await self._adopt(session_id, scope)
-                owner = self._owners.get(session_id)
-                if owner is not None and not same_owner(owner, headers.get("authorization")):
+                owner, authorization = self._owners.get(session_id), headers.get("authorization")
+                # A DELETE with no credential is the coordinator's own (ending an idle handshake, behind the
+                # bearer-token check): from outside, one comes with a token whenever tokens are configured.
+                own = scope["method"] == "DELETE" and authorization is None
+                if owner is not None and not own and not same_owner(owner, authorization):
                     # Another credential: answered as a session that does not exist, as the SDK answers.
                     log.warning("refused a request for MCP session %s with another credential than its own", session_id)
                     await _not_found(scope, receive, send)

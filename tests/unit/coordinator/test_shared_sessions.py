@@ -152,13 +152,13 @@ INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": recor
 JSON_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 
 
-Ping = Callable[[str, str], Awaitable[int]]
+Ask = Callable[..., Awaitable[int]]  # (replica, authorization or None, method="POST") -> HTTP status
 
 
 @contextlib.asynccontextmanager
-async def a_session_on_two_replicas(tmp_path: Path) -> AsyncIterator[Ping]:
-    """Two replicas on one records folder, and a session opened on the first with `Bearer A`: how a ping of it
-    is answered by a replica ("opener" or "adopter") for an `Authorization` header."""
+async def a_session_on_two_replicas(tmp_path: Path) -> AsyncIterator[Ask]:
+    """Two replicas on one records folder, and a session opened on the first with `Bearer A`: how a ping (POST)
+    or DELETE of it is answered by a replica ("opener" or "adopter") for an `Authorization` header (or none)."""
     records = FileSessionRecords(tmp_path, ttl_s=60)
     events = MemoryEventLog(max_events_per_stream=10, max_bytes=1 << 20, ttl_s=60)
     managers = {
@@ -186,28 +186,29 @@ async def a_session_on_two_replicas(tmp_path: Path) -> AsyncIterator[Ping]:
 
         request_ids = itertools.count(2)
 
-        async def ping(replica: str, authorization: str) -> int:
+        async def ask(replica: str, authorization: str | None, method: str = "POST") -> int:
             request = {"jsonrpc": "2.0", "id": next(request_ids), "method": "ping"}
-            response = await http[replica].post(
-                "/mcp", json=request, headers={**session, "authorization": authorization}
+            credential = {"authorization": authorization} if authorization is not None else {}
+            response = await http[replica].request(
+                method, "/mcp", json=request if method == "POST" else None, headers={**session, **credential}
             )
             return response.status_code
 
-        yield ping
+        yield ask
 
 
 async def test_only_the_credential_that_opened_a_session_continues_it_on_any_replica(tmp_path: Path) -> None:
-    async with a_session_on_two_replicas(tmp_path) as ping:
-        assert await ping("adopter", "Bearer B") == 404  # not adopted for another credential
-        assert await ping("adopter", "Bearer A") == 200  # adopted
-        assert await ping("adopter", "Bearer B") == 404  # and once adopted, still its credential's only
-        assert await ping("opener", "Bearer B") == 404  # nor on the replica that opened it
-        assert await ping("opener", "Bearer A") == 200
+    async with a_session_on_two_replicas(tmp_path) as ask:
+        assert await ask("adopter", "Bearer B") == 404  # not adopted for another credential
+        assert await ask("adopter", "Bearer A") == 200  # adopted
+        assert await ask("adopter", "Bearer B") == 404  # and once adopted, still its credential's only
+        assert await ask("opener", "Bearer B") == 404  # nor on the replica that opened it
+        assert await ask("opener", "Bearer A") == 200
 
 
 async def test_requests_at_once_on_a_replica_new_to_the_session_are_all_served(tmp_path: Path) -> None:
-    async with a_session_on_two_replicas(tmp_path) as ping:
-        assert await asyncio.gather(*(ping("adopter", "Bearer A") for _ in range(3))) == [200, 200, 200]
+    async with a_session_on_two_replicas(tmp_path) as ask:
+        assert await asyncio.gather(*(ask("adopter", "Bearer A") for _ in range(3))) == [200, 200, 200]
 
 
 async def test_records_are_kept_in_a_folder_only_the_coordinator_reads(tmp_path: Path) -> None:
@@ -244,3 +245,11 @@ async def test_a_log_level_set_on_one_replica_while_another_serves_a_first_call_
     await records.set_log_level(SESSION, "debug")
     assert await records.working(SESSION) and await elsewhere.working(SESSION)
     assert await elsewhere.load(SESSION) == record(log_level="debug")
+
+
+async def test_the_coordinator_still_ends_a_handshake_it_opened(tmp_path: Path) -> None:
+    # `HandshakeTracker.end_session`: a DELETE of the coordinator's own, sent behind the bearer-token check, has no
+    # `Authorization` (one from outside always has, when tokens are configured).
+    async with a_session_on_two_replicas(tmp_path) as ask:
+        assert await ask("opener", "Bearer B", "DELETE") == 404
+        assert await ask("opener", None, "DELETE") == 200  # the SDK ended it
