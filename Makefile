@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8765
 PYTEST_ARGS ?=
-# `make test` fails when coverage of src/ falls under this (percent, lines and branches); raise it as it grows.
-COV_FAIL_UNDER ?= 50
+# `make test` fails when coverage of src/ (lines and branches) falls under this percent: 3 points under the 90.5 %
+# measured at fa50af5 without the `node` tests, so a full run's small swings pass. Raise it as coverage grows.
+COV_FAIL_UNDER ?= 87
 KIND_CLUSTER ?= codegen-mcp
 IMAGE_TAG ?= dev
 
