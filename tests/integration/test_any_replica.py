@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -67,8 +69,21 @@ def two_replicas(*extra: str) -> Iterator[Replicas]:
         finally:
             for cp in replicas.started:
                 stop_process(cp.proc)
+            end_agents_left_running(state)
             if replicas.started:
                 print_log_tail(replicas.started[0], 120)
+
+
+def end_agents_left_running(state: Path) -> None:
+    """Kill the agents the stopped replicas left running on the state folder, as shared sessions do by design: a
+    session ended on a guest replica runs on its owner until the owner idles it out, and an owner that stops first
+    leaves it to the next coordinator's sweep. No coordinator comes after a test's replicas."""
+    for record in (state / "sessions").glob("*/agent.json"):
+        pid = int(json.loads(record.read_text())["pid"])
+        with contextlib.suppress(OSError):
+            if b"codegen_mcp.sandbox_agent" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue  # the pid was reused: not that agent
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture
