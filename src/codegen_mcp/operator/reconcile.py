@@ -226,8 +226,15 @@ class SessionReconciler:
         pod: dict[str, Any] | None,
         claim: dict[str, Any] | None,
     ) -> None:
-        observed = self._observation(session, pod, claim, body["metadata"].get("generation"))
-        written = await self.kube.update_status(session.namespace, session.name, lambda _b, s: observed(s))
+        generation = body["metadata"].get("generation")
+
+        async def observed(_body: dict[str, Any], status: SessionStatus) -> SessionStatus:
+            # The Pod as it is now, read after the session: a Pod event handled since `pod` was read (say, its
+            # image cannot be pulled: Failed) wrote a newer status, which an older look must not undo.
+            current = pod and await self.kube.get(PODS, session.namespace, pod["metadata"]["name"])
+            return self._observation(session, current, claim, generation)(status)
+
+        written = await self.kube.update_status(session.namespace, session.name, observed)
         await self._announce(status_before=body.get("status") or {}, written=written)
 
     def _observation(
