@@ -42,8 +42,10 @@ class RoundRobin:
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP_BY_HOP]
         target = scope["path"] + (f"?{scope['query_string'].decode()}" if scope["query_string"] else "")
         session = dict(headers).get(b"mcp-session-id", b"").decode()
-        for _ in list(self.backends):
-            backend = self.backends[next(self._turns) % len(self.backends)]
+        backends, turn = list(self.backends), next(self._turns)
+        for backend in backends[turn % len(backends) :] + backends[: turn % len(backends)]:
+            # Each backend once, from this request's turn on: a request taking turns one by one could, while
+            # others take turns meanwhile (the client's GET stream reconnecting), try stopped ones only.
             request = self._http.build_request(scope["method"], backend + target, headers=headers, content=bytes(body))
             try:
                 response = await self._http.send(request, stream=True)
