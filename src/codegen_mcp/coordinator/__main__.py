@@ -100,21 +100,23 @@ async def serve_http(settings: CoordinatorSettings, log_level: str) -> None:
     import uvicorn
 
     from codegen_mcp.coordinator.server import create_app
+    from codegen_mcp.coordinator.stopping import StoppingServer
 
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.host, settings.port))
     port = sock.getsockname()[1]
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         log_level=log_level.lower(),
         log_config=None,  # uvicorn's lines go through the root logger's handler, in CODEGEN_LOG_FORMAT
         lifespan="on",
         access_log=False,
         timeout_graceful_shutdown=5,
     )
-    server = uvicorn.Server(config)
+    server = StoppingServer(config, app.state.session_manager)
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     async with asyncio.timeout(60):
         while not server.started:

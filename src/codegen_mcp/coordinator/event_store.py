@@ -354,6 +354,7 @@ class ResumableSessionManager(StreamableHTTPSessionManager):
         # With `records`: the `owner_digest` of each session served here, checked on each of its requests (the
         # SDK compares only an authenticated user, which the coordinator's static tokens do not set).
         self._owners: dict[str, str] = {}
+        self._open_gets: set[anyio.Event] = set()  # each set when its GET request is answered (`end_streams`)
         super().__init__(**kwargs)
 
     @property
@@ -387,7 +388,29 @@ class ResumableSessionManager(StreamableHTTPSessionManager):
         log.info("Created new transport with session ID: %s", session_id)
         return transport
 
+    async def end_streams(self, within_s: float = 1.0) -> None:
+        """This process stops: end each session's GET stream as a complete response, so that its client opens it
+        again from its newest event (on another replica), rather than see it cut mid-response. Waits (at most
+        `within_s`) until the GET requests in flight are answered."""
+        for transport in list(self._server_instances.values()):
+            transport.close_standalone_sse_stream()
+        with anyio.move_on_after(within_s):
+            for answered in list(self._open_gets):
+                await answered.wait()
+
     async def _handle_stateful_request(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "GET":
+            await self._handle_session_request(scope, receive, send)
+            return
+        answered = anyio.Event()
+        self._open_gets.add(answered)
+        try:
+            await self._handle_session_request(scope, receive, send)
+        finally:
+            self._open_gets.discard(answered)
+            answered.set()
+
+    async def _handle_session_request(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.records is not None:
             headers = Headers(scope=scope)
             session_id = headers.get(MCP_SESSION_ID_HEADER)

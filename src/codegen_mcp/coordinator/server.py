@@ -700,6 +700,7 @@ def create_app(settings: CoordinatorSettings, backend: Backend | None = None) ->
     if tokens:
         app.add_middleware(BearerTokenMiddleware, tokens=tokens)
     app.state.coordinator = coordinator
+    app.state.session_manager = session_manager  # told to end its streams when the process stops (`stopping`)
     return app
 
 
