@@ -40,6 +40,9 @@ from typing import Any
 
 import aiohttp
 
+# One API request of the harness (not a watch); a loaded API server answers in well under a second.
+REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=30)
+
 log = logging.getLogger(__name__)
 
 AGENT_COMMAND = ["codegen-mcp", "agent"]
@@ -174,12 +177,17 @@ class FakeKubelet:
     # --- API plumbing ---------------------------------------------------------------------------------------
 
     async def _request(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
-        """One API request; None for 404 (and for a 409 on delete: a precondition already moot)."""
+        """One API request; None for 404 (and for a 409 on delete: a precondition already moot).
+
+        Bounded (`REQUEST_TIMEOUT`), unlike the watches: an API server that does not answer fails the request
+        where it was made, rather than holding a teardown until the test's own timeout says nothing useful.
+        """
         async with self.http.request(
             method,
             self.server + path,
             data=None if body is None else json.dumps(body),
             headers={"Content-Type": content_type},
+            timeout=REQUEST_TIMEOUT,
         ) as resp:
             if resp.status == 404 or (resp.status == 409 and method == "DELETE"):
                 return None
