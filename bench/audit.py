@@ -28,7 +28,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
 from bench.roundtrip import coordinator_argv, echo_figures, echo_table, time_echo  # noqa: E402
-from bench.runner import bench_parser, report  # noqa: E402
+from bench.runner import add_rounds, bench_parser, report  # noqa: E402
 from tests.support.postgres import PostgresServer, server_bin_dir, start_postgres  # noqa: E402
 
 MESSAGE = "hello from bench/audit.py"
@@ -85,11 +85,8 @@ def format_table(figures: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = bench_parser(__doc__)
-    parser.add_argument("--n", type=int, default=200, help="timed calls per coordinator (default: 200)")
-    parser.add_argument("--warmup", type=int, default=20, help="untimed calls per coordinator first (default: 20)")
+    add_rounds(parser, n=200, warmup=20, per="coordinator")
     args = parser.parse_args(argv)
-    if args.n < 2:
-        parser.error("--n must be at least 2")
     report(args, lambda: measure(args), format_table)
 
 

@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from runner import bench_parser, report
+from runner import add_rounds, bench_parser, report
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -345,11 +345,8 @@ async def beside_bare(measure: Callable[[str, str], Awaitable[dict[str, Any]]], 
 
 def main(argv: list[str] | None = None) -> None:
     parser = bench_parser(__doc__)
-    parser.add_argument("--n", type=int, default=300, help="timed calls per measurement (default: 300)")
-    parser.add_argument("--warmup", type=int, default=30, help="untimed calls per measurement first (default: 30)")
+    add_rounds(parser, n=300, warmup=30, per="measurement")
     args = parser.parse_args(argv)
-    if args.n < 2:
-        parser.error("--n must be at least 2")
     report(args, lambda: run(args), format_table)
 
 

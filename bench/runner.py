@@ -23,6 +23,20 @@ def bench_parser(doc: str, *, timeout_s: float = 300.0) -> argparse.ArgumentPars
     return parser
 
 
+def add_rounds(parser: argparse.ArgumentParser, *, n: int, warmup: int, per: str) -> None:
+    """`--n` timed and `--warmup` untimed calls per `per` (a server, a coordinator...); at least 2 timed calls,
+    so that a p50 and a spread exist."""
+
+    def timed(value: str) -> int:
+        count = int(value)
+        if count < 2:
+            raise argparse.ArgumentTypeError("must be at least 2")
+        return count
+
+    parser.add_argument("--n", type=timed, default=n, help=f"timed calls per {per} (default: {n})")
+    parser.add_argument("--warmup", type=int, default=warmup, help=f"untimed calls per {per} first (default: {warmup})")
+
+
 def run_bench(measure: Callable[[], Awaitable[dict[str, Any]]], timeout_s: float) -> dict[str, Any]:
     """Run a bench's measurement; ctrl-C, SIGTERM and its timeout end it with a sentence, servers stopped."""
     # A failed call raises here anyway; what the SDK client logs as its streams are torn down on ctrl-C

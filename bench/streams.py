@@ -28,7 +28,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
 from bench.roundtrip import BARE_ARGV, coordinator_argv, echo_figures, echo_table, time_echo  # noqa: E402
-from bench.runner import bench_parser, report  # noqa: E402
+from bench.runner import add_rounds, bench_parser, report  # noqa: E402
 from tests.support.redis import RedisServer, start_redis, stop_redis  # noqa: E402
 
 MESSAGE = "hello from bench/streams.py"
@@ -101,16 +101,13 @@ def serve_bare(kind: str, redis_url: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = bench_parser(__doc__)
-    parser.add_argument("--n", type=int, default=200, help="timed calls per server (default: 200)")
-    parser.add_argument("--warmup", type=int, default=20, help="untimed calls per server first (default: 20)")
+    add_rounds(parser, n=200, warmup=20, per="server")
     parser.add_argument("--serve-bare", choices=["memory", "redis"], help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_bare:
         serve_bare(args.serve_bare, args.redis_url)
         return
-    if args.n < 2:
-        parser.error("--n must be at least 2")
     report(args, lambda: measure(args), format_table)
 
 
